@@ -1,0 +1,130 @@
+"""Shared plumbing for experiment scripts: argument parsing, run folders, plots.
+
+Experiments import the library; the library never imports experiments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from typing import Any
+
+
+def parse_config(config_cls, description: str, argv=None):
+    """Build an argparse CLI from a dataclass of defaults; ``--name value`` overrides a field."""
+    parser = argparse.ArgumentParser(description=description)
+    for field in dataclasses.fields(config_cls):
+        default = field.default
+        kind = type(default)
+        if kind is bool:
+            parser.add_argument(f"--{field.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=default)
+        else:
+            parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=default, help=f"default: {default}")
+    return config_cls(**vars(parser.parse_args(argv)))
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write JSON through a temporary file and a rename: never a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def run_record(config) -> dict:
+    """What reproduces a run: the config, the command line, versions."""
+    import jax
+
+    return {
+        "config": dataclasses.asdict(config),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def plot_history(history: dict, path: str, title: str) -> bool:
+    """Loss and accuracy curves per epoch as a PNG; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = history["epoch"]
+    for key in ("train_loss", "test_loss"):
+        if key in history:
+            ax_loss.plot(epochs, history[key], label=key.replace("_", " "))
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
+    for key in ("train_accuracy", "test_accuracy"):
+        if key in history:
+            ax_acc.plot(epochs, history[key], label=key.replace("_", " "))
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def run_classifier(config, model, optimizer, dataset, *, title: str, t_start: float) -> dict:
+    """Train ``model`` on ``dataset`` with ``fit``; print the history; save metrics.json and curves.png.
+
+    ``config`` needs ``epochs``, ``batch_size``, ``seed``, ``progress`` and ``out``.
+    """
+    import jaxnets
+    from jaxnets import losses
+
+    print(f"data:  {dataset}")
+    print(f"model: {model}")
+    state, history = jaxnets.fit(
+        model, losses.softmax_cross_entropy_with_integer_labels, optimizer, dataset,
+        epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, progress=config.progress,
+    )
+    num_params = jaxnets.count_params(state.params)
+    print(f"params: {num_params:,}")
+    print("epoch  train_loss  train_acc  test_loss  test_acc   time_s")
+    for i, epoch in enumerate(history["epoch"]):
+        print(f"{epoch:5d}  {history['train_loss'][i]:10.4f}  {history['train_accuracy'][i]:9.4f}  "
+              f"{history['test_loss'][i]:9.4f}  {history['test_accuracy'][i]:8.4f}  {history['time'][i]:7.2f}")
+    wall = time.perf_counter() - t_start
+    result = {
+        **run_record(config),
+        "final_test_accuracy": history["test_accuracy"][-1],
+        "final_test_loss": history["test_loss"][-1],
+        "train_seconds": history["time"][-1],
+        "wall_seconds": wall,
+        "num_params": num_params,
+        "history": history,
+    }
+    metrics_path = os.path.join(config.out, "metrics.json")
+    write_json_atomic(metrics_path, result)
+    plot_path = os.path.join(config.out, "curves.png")
+    plotted = plot_history(history, plot_path, f"{title} (seed {config.seed})")
+    print(f"final test accuracy: {result['final_test_accuracy']:.4f}  "
+          f"(training {result['train_seconds']:.2f} s, script {wall:.2f} s)")
+    print(f"wrote {metrics_path}")
+    print(f"wrote {plot_path}" if plotted else "no plot: pip install 'jaxnets[plots]'")
+    return result

@@ -1,0 +1,117 @@
+"""Argument checks shared by every module.
+
+Each check raises ``ValueError`` or ``TypeError`` with one message naming the
+argument, what was expected and what was received, so that a user mistake is
+reported before JAX or XLA sees it.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+
+def is_traced(x: Any) -> bool:
+    """True when ``x`` is an abstract value inside ``jit``/``vmap``/``grad``."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def positive_int(value: Any, name: str) -> int:
+    """Return ``value`` as an int, or raise if it is not an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {value!r} of type {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a float, or raise if it is not > 0 (>= 0 with ``allow_zero``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value}")
+    return value
+
+
+def in_unit_interval(value: Any, name: str, *, closed_right: bool = False) -> float:
+    """Return ``value`` as a float in [0, 1) (or [0, 1]), or raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
+    value = float(value)
+    ok = 0.0 <= value <= 1.0 if closed_right else 0.0 <= value < 1.0
+    if not ok:
+        interval = "[0, 1]" if closed_right else "[0, 1)"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+    return value
+
+
+def int_tuple(value: Any, length: int, name: str) -> tuple[int, ...]:
+    """An int or a sequence of ``length`` positive ints, as a tuple."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (int(value),) * length
+    if not isinstance(value, Sequence) or len(value) != length:
+        raise ValueError(f"{name} must be a positive int or a sequence of {length} positive ints, got {value!r}")
+    return tuple(positive_int(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+
+def shape_tuple(shape: Any, name: str = "input_shape") -> tuple[int, ...]:
+    """A shape of ints, where -1 marks an unknown (batch) size."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise TypeError(f"{name} must be a tuple of ints (use -1 for the batch), got {shape!r}")
+    out = []
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or (d < 1 and d != -1):
+            raise ValueError(f"{name} must hold positive ints or -1 (unknown batch), got {tuple(shape)!r}")
+        out.append(int(d))
+    return tuple(out)
+
+
+def padding_mode(padding: Any, name: str = "padding") -> str:
+    """'SAME' or 'VALID' (any case)."""
+    if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
+        raise ValueError(f"{name} must be 'SAME' or 'VALID', got {padding!r}")
+    return padding.upper()
+
+
+def array_like(x: Any, name: str) -> jax.Array | np.ndarray:
+    """Accept JAX/NumPy arrays and tracers; reject everything else with a TypeError."""
+    if isinstance(x, (jax.Array, np.ndarray, jax.core.Tracer)):
+        return x
+    raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+
+
+def floating(x: Any, name: str) -> None:
+    """Raise TypeError unless ``x`` has a floating dtype."""
+    dtype = np.dtype(getattr(x, "dtype", type(x)))
+    if not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
+        raise TypeError(f"{name} must have a floating dtype, got {dtype.name}")
+
+
+def integer(x: Any, name: str) -> None:
+    """Raise TypeError unless ``x`` has an integer dtype."""
+    dtype = np.dtype(getattr(x, "dtype", type(x)))
+    if not np.issubdtype(dtype, np.integer):
+        raise TypeError(f"{name} must have an integer dtype, got {dtype.name}")
+
+
+def labels_in_range(labels: Any, num_classes: int, name: str = "labels") -> None:
+    """Raise ValueError if concrete integer ``labels`` fall outside [0, num_classes).
+
+    Under ``jit`` the values are unknown, so the check is skipped there; every
+    entry point that sees data before tracing (``fit``, ``evaluate``, eager
+    loss calls) runs it.
+    """
+    if is_traced(labels):
+        return
+    arr = np.asarray(labels)
+    if arr.size == 0:
+        return
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{name} must lie in [0, {num_classes}) for {num_classes} classes, got values in [{lo}, {hi}]")

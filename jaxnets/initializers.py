@@ -1,0 +1,116 @@
+"""Weight initializers.
+
+An initializer is a function ``init(key, shape, dtype) -> array``, the same
+contract as ``jax.nn.initializers``, so either library's initializers can be
+passed to any jaxnets layer. Sampling is delegated to ``jax.nn.initializers``
+(a well-tested implementation); this module states the math.
+
+Fan-in and fan-out follow the kernel layouts jaxnets uses: a dense kernel is
+``(in_features, out_features)``; a convolution kernel is
+``(*window, in_channels, out_channels)``, so ``fan_in = prod(window) *
+in_channels`` and ``fan_out = prod(window) * out_channels``.
+
+Variance scaling draws weights with variance ``scale / n`` where ``n`` is the
+fan-in, the fan-out, or their average:
+
+=================  ======  ============  ======================
+initializer        scale   n             reference
+=================  ======  ============  ======================
+``glorot_*``       1       (in + out)/2  Glorot & Bengio, 2010
+``he_*``           2       in            He et al., 2015
+``lecun_*``        1       in            LeCun et al., 1998
+=================  ======  ============  ======================
+
+``*_normal`` draws from a normal truncated at two standard deviations
+(rescaled so the variance is exactly ``scale / n``); ``*_uniform`` from
+``U(-sqrt(3 scale / n), sqrt(3 scale / n))``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxnets import _checks
+
+Initializer = Callable[..., jax.Array]
+
+__all__ = [
+    "Initializer",
+    "glorot_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
+    "lecun_normal",
+    "lecun_uniform",
+    "normal",
+    "uniform",
+    "zeros",
+    "ones",
+    "orthogonal",
+]
+
+_vs = jax.nn.initializers.variance_scaling
+
+
+def glorot_normal() -> Initializer:
+    """Truncated normal with variance ``2 / (fan_in + fan_out)`` (Xavier normal)."""
+    return _vs(1.0, "fan_avg", "truncated_normal")
+
+
+def glorot_uniform() -> Initializer:
+    """``U(-a, a)`` with ``a = sqrt(6 / (fan_in + fan_out))`` (Xavier uniform)."""
+    return _vs(1.0, "fan_avg", "uniform")
+
+
+def he_normal() -> Initializer:
+    """Truncated normal with variance ``2 / fan_in``: keeps ReLU activations' scale."""
+    return _vs(2.0, "fan_in", "truncated_normal")
+
+
+def he_uniform() -> Initializer:
+    """``U(-a, a)`` with ``a = sqrt(6 / fan_in)``."""
+    return _vs(2.0, "fan_in", "uniform")
+
+
+def lecun_normal() -> Initializer:
+    """Truncated normal with variance ``1 / fan_in``: the default for dense and conv kernels."""
+    return _vs(1.0, "fan_in", "truncated_normal")
+
+
+def lecun_uniform() -> Initializer:
+    """``U(-a, a)`` with ``a = sqrt(3 / fan_in)``."""
+    return _vs(1.0, "fan_in", "uniform")
+
+
+def normal(stddev: float = 1e-2) -> Initializer:
+    """``N(0, stddev^2)``, independent of the shape."""
+    return jax.nn.initializers.normal(_checks.positive_float(stddev, "stddev"))
+
+
+def uniform(scale: float = 1e-2) -> Initializer:
+    """``U(0, scale)``, as ``jax.nn.initializers.uniform``."""
+    return jax.nn.initializers.uniform(_checks.positive_float(scale, "scale"))
+
+
+def orthogonal(scale: float = 1.0) -> Initializer:
+    """A (semi-)orthogonal matrix times ``scale`` (Saxe et al., 2014).
+
+    The last axis is the output; all other axes are flattened into the input,
+    so ``W.T @ W = scale^2 I`` (or ``W @ W.T``, whichever is smaller).
+    """
+    return jax.nn.initializers.orthogonal(_checks.positive_float(scale, "scale"))
+
+
+def zeros(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+    """All zeros (the default for biases). Takes a key only to share the contract."""
+    del key
+    return jnp.zeros(shape, dtype)
+
+
+def ones(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+    """All ones (the default for normalisation scales)."""
+    del key
+    return jnp.ones(shape, dtype)

@@ -1,0 +1,1112 @@
+"""Layers: pairs of pure functions over parameter pytrees, and their combinators.
+
+The contract
+============
+
+A :class:`Layer` holds pure functions::
+
+    init(key, input_shape) -> (output_shape, params)
+    apply(params, x, *, key=None, train=False) -> y
+
+``input_shape`` is a tuple of ints in which ``-1`` leaves a size (the batch)
+unknown, as in ``jax.example_libraries.stax``; ``init`` returns the output
+shape computed from it without running the layer. ``params`` is a plain nested
+dict of arrays with readable keys, e.g.
+``{"dense_0": {"w": (64, 128), "b": (128,)}, "dense_1": {...}}``.
+
+* ``key`` is a ``jax.random`` key for random layers (``Dropout``). A random
+  layer in training mode without a key raises; combinators split the key so
+  that each random child gets its own.
+* ``train`` switches training behaviour on: ``Dropout`` drops, ``BatchNorm``
+  normalises with batch statistics. The default ``train=False`` is evaluation.
+
+State (BatchNorm's running mean and variance) is an explicit pytree beside
+params, threaded through the second pair of functions::
+
+    init_with_state(key, input_shape) -> (output_shape, params, state)
+    apply_with_state(params, state, x, *, key=None, train=False) -> (y, state)
+
+Every layer has both pairs; for a stateless layer the state is ``{}`` and is
+passed through unchanged, so stateless models use ``init``/``apply`` alone and
+stay as short as stax. Calling ``apply`` on a model that holds state raises,
+naming the layer and pointing to ``apply_with_state``.
+
+``backward`` is the place for the layer's hand-derived backward rule
+(cotangent of the output in; cotangents of params and input out). It is
+``None`` until the hand-derived backprop work fills it in.
+
+Layout conventions: dense layers act on the last axis of any-rank input;
+convolutions and pooling take channels-last input ``(batch, *spatial,
+channels)`` (NWC for 1-D, NHWC for 2-D) and kernels ``(*window, in, out)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxnets import _checks
+from jaxnets import activations as act
+from jaxnets import initializers as inits
+
+__all__ = [
+    "Layer",
+    # parametric layers
+    "Dense",
+    "Conv",
+    "Conv1D",
+    "Conv2D",
+    "ConvTranspose",
+    "ConvTranspose2D",
+    "Embedding",
+    "LayerNorm",
+    "BatchNorm",
+    # parameter-free layers
+    "MaxPool",
+    "AvgPool",
+    "Flatten",
+    "Dropout",
+    "Elementwise",
+    # activation layers
+    "Relu",
+    "LeakyRelu",
+    "Elu",
+    "Gelu",
+    "Sigmoid",
+    "Tanh",
+    "Softplus",
+    "Silu",
+    "Softmax",
+    "LogSoftmax",
+    "Identity",
+    # combinators
+    "serial",
+    "parallel",
+    "residual",
+    "FanOut",
+    "FanInSum",
+    "FanInConcat",
+    # utilities
+    "count_params",
+]
+
+Params = Any  # a nested dict of arrays
+Shape = tuple  # ints, -1 for unknown
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """A layer: pure ``init``/``apply`` functions (see the module docstring).
+
+    Attributes:
+      name: short kind name, used for params keys (``"dense"`` -> ``"dense_0"``).
+      spec: how the layer was built, e.g. ``"Dense(128)"``; its ``repr``.
+      init: ``(key, input_shape) -> (output_shape, params)``.
+      apply: ``(params, x, *, key=None, train=False) -> y``.
+      init_with_state: ``(key, input_shape) -> (output_shape, params, state)``.
+      apply_with_state: ``(params, state, x, *, key=None, train=False) -> (y, state)``.
+      backward: hand-derived backward rule, or ``None``.
+    """
+
+    name: str
+    spec: str
+    init: Callable[..., tuple]
+    apply: Callable[..., Any]
+    init_with_state: Callable[..., tuple]
+    apply_with_state: Callable[..., tuple]
+    backward: Callable[..., tuple] | None = None
+
+    def __repr__(self) -> str:
+        return self.spec
+
+
+# ---------------------------------------------------------------------------
+# Building blocks for defining layers
+# ---------------------------------------------------------------------------
+
+
+def _stateless(name: str, spec: str, init: Callable, apply: Callable) -> Layer:
+    """A layer without state; derives the state-threading pair."""
+
+    def checked_init(key, input_shape):
+        return init(key, _checks.shape_tuple(input_shape))
+
+    def init_with_state(key, input_shape):
+        out_shape, params = checked_init(key, input_shape)
+        return out_shape, params, {}
+
+    def apply_with_state(params, state, x, *, key=None, train=False):
+        return apply(params, x, key=key, train=train), state
+
+    return Layer(name, spec, checked_init, apply, init_with_state, apply_with_state)
+
+
+def _stateful(name: str, spec: str, init_with_state: Callable, apply_with_state: Callable) -> Layer:
+    """A layer that may carry state; derives the stateless pair from the general one."""
+
+    def init(key, input_shape):
+        out_shape, params, _ = init_with_state(key, input_shape)
+        return out_shape, params
+
+    def apply(params, x, *, key=None, train=False):
+        y, _ = apply_with_state(params, {}, x, key=key, train=train)
+        return y
+
+    return Layer(name, spec, init, apply, init_with_state, apply_with_state)
+
+
+def _has_leaves(tree: Any) -> bool:
+    return bool(jax.tree_util.tree_leaves(tree))
+
+
+def _entry(tree: Any, key: str, what: str, layer: str) -> Any:
+    """``tree[key]``, or a ValueError naming the layer and the keys present."""
+    if not isinstance(tree, dict):
+        raise TypeError(f"{layer}: {what} must be a dict, got {type(tree).__name__}")
+    if key not in tree:
+        raise ValueError(f"{layer}: {what} has no entry {key!r}; it has {sorted(tree)}")
+    return tree[key]
+
+
+def _check_input(x: Any, layer: str, *, min_rank: int = 1, rank: int | None = None, dtype: str = "floating") -> None:
+    _checks.array_like(x, f"{layer} input x")
+    if rank is not None and x.ndim != rank:
+        raise ValueError(f"{layer} expects input of rank {rank}, got x of shape {tuple(x.shape)}")
+    if x.ndim < min_rank:
+        raise ValueError(f"{layer} expects input of rank >= {min_rank}, got x of shape {tuple(x.shape)}")
+    if dtype == "floating":
+        _checks.floating(x, f"{layer} input x")
+    elif dtype == "integer":
+        _checks.integer(x, f"{layer} input x")
+
+
+def _check_rank(input_shape: Shape, layer: str, *, min_rank: int = 1, rank: int | None = None) -> None:
+    if rank is not None and len(input_shape) != rank:
+        raise ValueError(f"{layer} expects an input_shape of rank {rank}, got {input_shape}")
+    if len(input_shape) < min_rank:
+        raise ValueError(f"{layer} expects an input_shape of rank >= {min_rank}, got {input_shape}")
+
+
+def _check_last_dim(input_shape: Shape, layer: str) -> int:
+    features = input_shape[-1]
+    if features == -1:
+        raise ValueError(f"{layer} needs a known last dimension (features), got input_shape {input_shape}")
+    return features
+
+
+def _check_initializer(fn: Any, name: str) -> Callable:
+    if not callable(fn):
+        raise TypeError(f"{name} must be an initializer (key, shape, dtype) -> array, got {fn!r}")
+    return fn
+
+
+def _window_out(size: int, window: int, stride: int, padding: str, what: str) -> int:
+    """Output length of a strided window over ``size`` (-1 stays -1)."""
+    if size == -1:
+        return -1
+    if padding == "SAME":
+        return -(-size // stride)
+    if size < window:
+        raise ValueError(f"{what}: window {window} is larger than the input size {size} with padding 'VALID'")
+    return (size - window) // stride + 1
+
+
+# ---------------------------------------------------------------------------
+# Dense
+# ---------------------------------------------------------------------------
+
+
+def Dense(
+    out_features: int,
+    *,
+    use_bias: bool = True,
+    w_init: inits.Initializer | None = None,
+    b_init: inits.Initializer = inits.zeros,
+) -> Layer:
+    """Affine map on the last axis: ``y = x W + b``.
+
+    Args:
+      out_features: size of the output's last axis.
+      use_bias: add ``b``; without it the params hold only ``w``.
+      w_init: initializer of ``W``; default ``lecun_normal()`` (variance
+        ``1 / in_features``, flax's default; use ``he_normal()`` for deep
+        ReLU stacks).
+      b_init: initializer of ``b``; default zeros.
+
+    Shapes:
+      x: ``(..., in_features)``; params ``{"w": (in_features, out_features),
+      "b": (out_features,)}``; y: ``(..., out_features)``.
+
+    Raises:
+      ValueError: if ``x``'s last axis is not ``in_features``.
+    """
+    out_features = _checks.positive_int(out_features, "out_features")
+    w_init = _check_initializer(w_init or inits.lecun_normal(), "w_init")
+    b_init = _check_initializer(b_init, "b_init")
+    spec = f"Dense({out_features}{'' if use_bias else ', use_bias=False'})"
+
+    def init(key, input_shape):
+        _check_rank(input_shape, spec)
+        in_features = _check_last_dim(input_shape, spec)
+        k_w, k_b = jax.random.split(key)
+        params = {"w": w_init(k_w, (in_features, out_features), jnp.float32)}
+        if use_bias:
+            params["b"] = b_init(k_b, (out_features,), jnp.float32)
+        return input_shape[:-1] + (out_features,), params
+
+    def apply(params, x, *, key=None, train=False):
+        del key, train
+        w = _entry(params, "w", "params", spec)
+        _check_input(x, spec)
+        if x.shape[-1] != w.shape[0]:
+            raise ValueError(
+                f"{spec} expects inputs with last dimension {w.shape[0]} (w has shape {tuple(w.shape)}), "
+                f"got x of shape {tuple(x.shape)}"
+            )
+        y = x @ w
+        if use_bias:
+            y = y + _entry(params, "b", "params", spec)
+        return y
+
+    return _stateless("dense", spec, init, apply)
+
+
+# ---------------------------------------------------------------------------
+# Convolutions
+# ---------------------------------------------------------------------------
+
+_SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+
+
+def _dimension_numbers(ndim: int) -> tuple[str, str, str]:
+    s = _SPATIAL[ndim]
+    return (f"N{s}C", f"{s}IO", f"N{s}C")
+
+
+def _same_pads(sizes, kernel, strides) -> list[tuple[int, int]]:
+    """XLA's 'SAME' padding: output ceil(n / s), the extra padding at the end."""
+    pads = []
+    for n, k, s in zip(sizes, kernel, strides):
+        total = max((-(-n // s) - 1) * s + k - n, 0)
+        pads.append((total // 2, total - total // 2))
+    return pads
+
+
+def _transpose_pads(kernel, strides, padding) -> list[tuple[int, int]]:
+    """Edge padding of the stride-dilated input that makes a stride-1 conv a transposed conv."""
+    pads = []
+    for k, s in zip(kernel, strides):
+        if padding == "SAME":
+            total = k + s - 2
+            lo = k - 1 if s > k - 1 else -(-total // 2)
+        else:
+            total = k + s - 2 + max(k - s, 0)
+            lo = k - 1
+        pads.append((lo, total - lo))
+    return pads
+
+
+def _conv_im2col(x, w, strides, pads):
+    """Convolution as one matmul over gathered windows ("im2col").
+
+    For each offset ``o`` in the window, a strided slice of the padded input
+    gives ``x[b, i * s + o, c]`` at every output position ``i``; the slices
+    are concatenated on the channel axis in the order of ``w.reshape(-1, out)``:
+
+        cols[b, i, (o, c)] = x_pad[b, i * s + o, c]      (b, *out, prod(k) * in)
+        y = cols @ W.reshape(prod(k) * in, out)
+
+    Its gradient is pads, slices and one matmul, which XLA:CPU runs fast
+    inside ``lax.scan`` (where its native convolution gradients are an order
+    of magnitude slower; see ``experiments/benchmarks/conv_impl.py``).
+    """
+    n = len(strides)
+    kernel = w.shape[:n]
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    out = [(xp.shape[1 + a] - kernel[a]) // strides[a] + 1 for a in range(n)]
+    patches = []
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        start = (0, *offset, 0)
+        limit = (xp.shape[0], *(o + (m - 1) * s + 1 for o, m, s in zip(offset, out, strides)), xp.shape[-1])
+        patches.append(lax.slice(xp, start, limit, (1, *strides, 1)))
+    cols = jnp.concatenate(patches, axis=-1)  # (batch, *out, prod(kernel) * in_channels)
+    return cols @ w.reshape(-1, w.shape[-1])  # (batch, *out, out_channels)
+
+
+_CONV_IMPLS = ("auto", "xla", "im2col")
+
+
+def _resolve_impl(impl: str) -> str:
+    """'auto' is im2col on CPU (fast inside scanned epochs), XLA's convolution elsewhere (cuDNN on GPU)."""
+    if impl == "auto":
+        return "im2col" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+def _conv_layer(
+    name: str,
+    spec: str,
+    out_channels: int,
+    kernel_size: tuple[int, ...],
+    strides: tuple[int, ...],
+    padding: str,
+    use_bias: bool,
+    w_init: Callable,
+    b_init: Callable,
+    transpose: bool,
+    impl: str,
+) -> Layer:
+    n = len(kernel_size)
+    dn = _dimension_numbers(n)
+    if impl not in _CONV_IMPLS:
+        raise ValueError(f"impl must be one of {_CONV_IMPLS}, got {impl!r}")
+
+    def out_size(size: int, k: int, s: int) -> int:
+        if not transpose:
+            return _window_out(size, k, s, padding, spec)
+        if size == -1:
+            return -1
+        return size * s if padding == "SAME" else size * s + max(k - s, 0)
+
+    def init(key, input_shape):
+        _check_rank(input_shape, spec, rank=n + 2)
+        in_channels = _check_last_dim(input_shape, spec)
+        k_w, k_b = jax.random.split(key)
+        params = {"w": w_init(k_w, kernel_size + (in_channels, out_channels), jnp.float32)}
+        if use_bias:
+            params["b"] = b_init(k_b, (out_channels,), jnp.float32)
+        spatial = tuple(out_size(d, k, s) for d, k, s in zip(input_shape[1:-1], kernel_size, strides))
+        return (input_shape[0],) + spatial + (out_channels,), params
+
+    def apply(params, x, *, key=None, train=False):
+        del key, train
+        w = _entry(params, "w", "params", spec)
+        _check_input(x, spec, rank=n + 2)
+        if x.shape[-1] != w.shape[-2]:
+            raise ValueError(
+                f"{spec} expects {w.shape[-2]} input channels (last axis; layout {dn[0]}), "
+                f"got x of shape {tuple(x.shape)}"
+            )
+        how = _resolve_impl(impl)
+        if not transpose:
+            for size, k in zip(x.shape[1:-1], kernel_size):
+                _window_out(size, k, 1, padding, spec)  # raises if the window does not fit
+            if how == "xla":
+                y = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
+            else:
+                pads = _same_pads(x.shape[1:-1], kernel_size, strides) if padding == "SAME" else [(0, 0)] * n
+                y = _conv_im2col(x, w, strides, pads)
+        elif how == "xla":
+            y = lax.conv_transpose(x, w, strides, padding, dimension_numbers=dn)
+        else:
+            # Insert s - 1 zeros between inputs, pad the edges, then a stride-1 convolution.
+            edges = _transpose_pads(kernel_size, strides, padding)
+            config = [(0, 0, 0)] + [(lo, hi, s - 1) for (lo, hi), s in zip(edges, strides)] + [(0, 0, 0)]
+            dilated = lax.pad(x, jnp.zeros((), x.dtype), config)
+            y = _conv_im2col(dilated, w, (1,) * n, [(0, 0)] * n)
+        if use_bias:
+            y = y + _entry(params, "b", "params", spec)
+        return y
+
+    return _stateless(name, spec, init, apply)
+
+
+def Conv(
+    out_channels: int,
+    kernel_size: Sequence[int],
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: str = "SAME",
+    use_bias: bool = True,
+    w_init: inits.Initializer | None = None,
+    b_init: inits.Initializer = inits.zeros,
+    impl: str = "auto",
+) -> Layer:
+    """N-D convolution (cross-correlation, as in every framework), channels last.
+
+    ``y[b, i, o] = sum_{k, c} x[b, i * s + k, c] W[k, c, o] + b[o]`` in 1-D,
+    and likewise over each spatial axis.
+
+    Args:
+      out_channels: number of output channels.
+      kernel_size: the window, one int per spatial axis: ``(k,)`` for 1-D,
+        ``(kh, kw)`` for 2-D. Its length sets the number of spatial axes.
+      strides: an int for every axis, or one per spatial axis.
+      padding: ``"SAME"`` (output size ``ceil(n / s)``) or ``"VALID"``
+        (``floor((n - k) / s) + 1``).
+      use_bias, w_init, b_init: as in :func:`Dense` (default ``lecun_normal``
+        with ``fan_in = prod(kernel_size) * in_channels``).
+      impl: how to compute it: ``"xla"`` (``lax.conv_general_dilated``,
+        cuDNN on GPU), ``"im2col"`` (gathered windows and one matmul; on CPU
+        over 10x faster to train inside a scanned epoch), or ``"auto"``
+        (default: im2col on CPU, xla elsewhere). Same result either way.
+
+    Shapes:
+      x: ``(batch, *spatial, in_channels)``; params ``{"w": (*kernel_size,
+      in_channels, out_channels), "b": (out_channels,)}``; y:
+      ``(batch, *spatial_out, out_channels)``.
+    """
+    out_channels = _checks.positive_int(out_channels, "out_channels")
+    if isinstance(kernel_size, (int, np.integer)) or not isinstance(kernel_size, Sequence) or not 1 <= len(kernel_size) <= 3:
+        raise ValueError(f"kernel_size must be a sequence of 1 to 3 ints (use Conv1D/Conv2D for an int), got {kernel_size!r}")
+    kernel_size = _checks.int_tuple(kernel_size, len(kernel_size), "kernel_size")
+    strides = _checks.int_tuple(strides, len(kernel_size), "strides")
+    padding = _checks.padding_mode(padding)
+    spec = f"Conv({out_channels}, {kernel_size}, strides={strides}, padding={padding!r})"
+    return _conv_layer(
+        "conv", spec, out_channels, kernel_size, strides, padding, use_bias,
+        _check_initializer(w_init or inits.lecun_normal(), "w_init"), _check_initializer(b_init, "b_init"),
+        transpose=False, impl=impl,
+    )
+
+
+def Conv1D(out_channels: int, kernel_size: int, **kwargs) -> Layer:
+    """1-D convolution over ``(batch, length, channels)``; see :func:`Conv`."""
+    return Conv(out_channels, _checks.int_tuple(kernel_size, 1, "kernel_size"), **kwargs)
+
+
+def Conv2D(out_channels: int, kernel_size: int | Sequence[int], **kwargs) -> Layer:
+    """2-D convolution over ``(batch, height, width, channels)``; see :func:`Conv`."""
+    return Conv(out_channels, _checks.int_tuple(kernel_size, 2, "kernel_size"), **kwargs)
+
+
+def ConvTranspose(
+    out_channels: int,
+    kernel_size: Sequence[int],
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: str = "SAME",
+    use_bias: bool = True,
+    w_init: inits.Initializer | None = None,
+    b_init: inits.Initializer = inits.zeros,
+    impl: str = "auto",
+) -> Layer:
+    """Transposed convolution (fractionally strided), channels last: upsamples.
+
+    Each input position scatters ``W``'s window, scaled by its value, into the
+    output at stride ``s``; overlapping windows add. Implemented with
+    ``lax.conv_transpose`` (kernel not flipped, as in flax's ``ConvTranspose``).
+
+    Output size per spatial axis: ``n * s`` for ``"SAME"``;
+    ``n * s + max(k - s, 0)`` for ``"VALID"``. ``impl`` as in :func:`Conv`
+    (im2col here dilates the input with ``s - 1`` zeros, pads it, and runs a
+    stride-1 convolution).
+
+    Shapes:
+      x: ``(batch, *spatial, in_channels)``; params ``{"w": (*kernel_size,
+      in_channels, out_channels), "b": (out_channels,)}``.
+    """
+    out_channels = _checks.positive_int(out_channels, "out_channels")
+    if isinstance(kernel_size, (int, np.integer)) or not isinstance(kernel_size, Sequence) or not 1 <= len(kernel_size) <= 3:
+        raise ValueError(f"kernel_size must be a sequence of 1 to 3 ints (use ConvTranspose2D for an int), got {kernel_size!r}")
+    kernel_size = _checks.int_tuple(kernel_size, len(kernel_size), "kernel_size")
+    strides = _checks.int_tuple(strides, len(kernel_size), "strides")
+    padding = _checks.padding_mode(padding)
+    spec = f"ConvTranspose({out_channels}, {kernel_size}, strides={strides}, padding={padding!r})"
+    return _conv_layer(
+        "conv_transpose", spec, out_channels, kernel_size, strides, padding, use_bias,
+        _check_initializer(w_init or inits.lecun_normal(), "w_init"), _check_initializer(b_init, "b_init"),
+        transpose=True, impl=impl,
+    )
+
+
+def ConvTranspose2D(out_channels: int, kernel_size: int | Sequence[int], **kwargs) -> Layer:
+    """2-D transposed convolution over NHWC input; see :func:`ConvTranspose`."""
+    return ConvTranspose(out_channels, _checks.int_tuple(kernel_size, 2, "kernel_size"), **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Pooling, Flatten
+# ---------------------------------------------------------------------------
+
+
+def _pool(name: str, label: str, window_shape, strides, padding) -> Layer:
+    if isinstance(window_shape, (int, np.integer)):
+        window_shape = (window_shape, window_shape)
+    if not isinstance(window_shape, Sequence) or not 1 <= len(window_shape) <= 3:
+        raise ValueError(f"window_shape must be an int (2-D) or a sequence of 1 to 3 ints, got {window_shape!r}")
+    window = _checks.int_tuple(window_shape, len(window_shape), "window_shape")
+    n = len(window)
+    strides = window if strides is None else _checks.int_tuple(strides, n, "strides")
+    padding = _checks.padding_mode(padding)
+    spec = f"{label}({window}, strides={strides}, padding={padding!r})"
+    dims, steps = (1,) + window + (1,), (1,) + strides + (1,)
+
+    def init(key, input_shape):
+        del key
+        _check_rank(input_shape, spec, rank=n + 2)
+        spatial = tuple(_window_out(d, k, s, padding, spec) for d, k, s in zip(input_shape[1:-1], window, strides))
+        return (input_shape[0],) + spatial + (input_shape[-1],), {}
+
+    def apply(params, x, *, key=None, train=False):
+        del params, key, train
+        _check_input(x, spec, rank=n + 2)
+        for size, k in zip(x.shape[1:-1], window):
+            _window_out(size, k, 1, padding, spec)
+        if name == "max_pool":
+            return lax.reduce_window(x, -jnp.inf, lax.max, dims, steps, padding)
+        sums = lax.reduce_window(x, 0.0, lax.add, dims, steps, padding)
+        # Divide each window by the number of real (not padded) inputs in it.
+        ones = jnp.ones((1,) + x.shape[1:-1] + (1,), x.dtype)
+        counts = lax.reduce_window(ones, 0.0, lax.add, dims, steps, padding)
+        return sums / counts
+
+    return _stateless(name, spec, init, apply)
+
+
+def MaxPool(window_shape: int | Sequence[int], strides: int | Sequence[int] | None = None, padding: str = "VALID") -> Layer:
+    """Maximum over each window of the spatial axes, per channel.
+
+    Args:
+      window_shape: one int per spatial axis (an int means a square 2-D window).
+      strides: defaults to ``window_shape`` (non-overlapping windows).
+      padding: ``"VALID"`` (default) or ``"SAME"`` (padded with ``-inf``).
+
+    Shapes: x ``(batch, *spatial, channels)`` -> ``(batch, *spatial_out, channels)``.
+    """
+    return _pool("max_pool", "MaxPool", window_shape, strides, padding)
+
+
+def AvgPool(window_shape: int | Sequence[int], strides: int | Sequence[int] | None = None, padding: str = "VALID") -> Layer:
+    """Mean over each window of the spatial axes, per channel.
+
+    With ``"SAME"`` padding a window at the border is averaged over the
+    inputs it covers only (padding is not counted), like PyTorch's
+    ``count_include_pad=False``. Arguments as in :func:`MaxPool`.
+    """
+    return _pool("avg_pool", "AvgPool", window_shape, strides, padding)
+
+
+def Flatten() -> Layer:
+    """Flattens all axes but the first: ``(batch, d1, ..., dk) -> (batch, d1 * ... * dk)``."""
+    spec = "Flatten()"
+
+    def init(key, input_shape):
+        del key
+        _check_rank(input_shape, spec, min_rank=2)
+        rest = input_shape[1:]
+        if -1 in rest:
+            raise ValueError(f"{spec} needs known sizes beyond the batch axis, got input_shape {input_shape}")
+        return (input_shape[0], math.prod(rest)), {}
+
+    def apply(params, x, *, key=None, train=False):
+        del params, key, train
+        _check_input(x, spec, min_rank=2, dtype="any")
+        return x.reshape(x.shape[0], -1)  # (batch, d1 * ... * dk)
+
+    return _stateless("flatten", spec, init, apply)
+
+
+# ---------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------
+
+
+def Dropout(drop_prob: float) -> Layer:
+    """Inverted dropout: zeroes each entry with probability ``drop_prob`` in training.
+
+    In training (``train=True``) each entry is kept with probability
+    ``1 - drop_prob`` and the kept entries are scaled by ``1 / (1 - drop_prob)``
+    so the expected output equals the input; in evaluation it is the identity.
+
+    Args:
+      drop_prob: probability of *dropping* an entry, in ``[0, 1)``. (stax's
+        ``Dropout(rate)`` means the probability of keeping; this one does not.)
+
+    Raises:
+      ValueError: in training without a ``key``.
+    """
+    drop_prob = _checks.in_unit_interval(drop_prob, "drop_prob")
+    spec = f"Dropout(drop_prob={drop_prob})"
+
+    def init(key, input_shape):
+        del key
+        return input_shape, {}
+
+    def apply(params, x, *, key=None, train=False):
+        del params
+        if not train or drop_prob == 0.0:
+            return x
+        if key is None:
+            raise ValueError(
+                f"{spec} is random in training: pass key=... to apply (got key=None with train=True)"
+            )
+        keep_prob = 1.0 - drop_prob
+        keep = jax.random.bernoulli(key, keep_prob, x.shape)
+        return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
+
+    return _stateless("dropout", spec, init, apply)
+
+
+# ---------------------------------------------------------------------------
+# Normalisation
+# ---------------------------------------------------------------------------
+
+
+def LayerNorm(*, eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True) -> Layer:
+    """Normalises each example over its last axis, then scales and shifts.
+
+    ``y = (x - mean(x)) / sqrt(var(x) + eps) * scale + bias``, with the mean
+    and (biased) variance over the last axis of each example.
+
+    Shapes: x ``(..., features)``; params ``{"scale": (features,), "bias": (features,)}``.
+    """
+    eps = _checks.positive_float(eps, "eps")
+    spec = f"LayerNorm(eps={eps})"
+
+    def init(key, input_shape):
+        del key
+        _check_rank(input_shape, spec)
+        features = _check_last_dim(input_shape, spec)
+        params = {}
+        if use_scale:
+            params["scale"] = jnp.ones((features,), jnp.float32)
+        if use_bias:
+            params["bias"] = jnp.zeros((features,), jnp.float32)
+        return input_shape, params
+
+    def apply(params, x, *, key=None, train=False):
+        del key, train
+        _check_input(x, spec)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * lax.rsqrt(var + eps)
+        if use_scale:
+            y = y * _entry(params, "scale", "params", spec)
+        if use_bias:
+            y = y + _entry(params, "bias", "params", spec)
+        return y
+
+    return _stateless("layer_norm", spec, init, apply)
+
+
+def BatchNorm(*, momentum: float = 0.99, eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True) -> Layer:
+    """Normalises each channel over the batch (and spatial axes), with running statistics.
+
+    In training: ``y = (x - mu_B) / sqrt(var_B + eps) * scale + bias`` with the
+    mean and biased variance over every axis but the last, and the running
+    statistics move towards them:
+    ``mean <- momentum * mean + (1 - momentum) * mu_B`` (same for ``var``).
+    In evaluation the running statistics replace the batch ones.
+
+    ``momentum`` weights the *old* value (flax's and Keras's convention);
+    PyTorch's ``momentum=0.1`` is ``momentum=0.9`` here. The running variance
+    is the biased batch variance (as flax; PyTorch keeps the unbiased one).
+
+    Params ``{"scale": (C,), "bias": (C,)}``; state ``{"mean": (C,), "var": (C,)}``.
+    Use ``init_with_state`` / ``apply_with_state``.
+    """
+    momentum = _checks.in_unit_interval(momentum, "momentum")
+    eps = _checks.positive_float(eps, "eps")
+    spec = f"BatchNorm(momentum={momentum}, eps={eps})"
+
+    def init_with_state(key, input_shape):
+        del key
+        input_shape = _checks.shape_tuple(input_shape)
+        _check_rank(input_shape, spec, min_rank=2)
+        c = _check_last_dim(input_shape, spec)
+        params = {}
+        if use_scale:
+            params["scale"] = jnp.ones((c,), jnp.float32)
+        if use_bias:
+            params["bias"] = jnp.zeros((c,), jnp.float32)
+        state = {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)}
+        return input_shape, params, state
+
+    def apply_with_state(params, state, x, *, key=None, train=False):
+        del key
+        _check_input(x, spec, min_rank=2)
+        if not state:
+            raise ValueError(
+                f"{spec} keeps running statistics as state: build with init_with_state and call "
+                f"apply_with_state(params, state, x, train=...) (got no state)"
+            )
+        running_mean = _entry(state, "mean", "state", spec)
+        running_var = _entry(state, "var", "state", spec)
+        if x.shape[-1] != running_mean.shape[0]:
+            raise ValueError(f"{spec} expects {running_mean.shape[0]} channels (last axis), got x of shape {tuple(x.shape)}")
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axis=axes)
+            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            new_state = {
+                "mean": momentum * running_mean + (1.0 - momentum) * mean.astype(running_mean.dtype),
+                "var": momentum * running_var + (1.0 - momentum) * var.astype(running_var.dtype),
+            }
+        else:
+            mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
+            new_state = state
+        y = (x - mean) * lax.rsqrt(var + eps)
+        if use_scale:
+            y = y * _entry(params, "scale", "params", spec)
+        if use_bias:
+            y = y + _entry(params, "bias", "params", spec)
+        return y, new_state
+
+    return _stateful("batch_norm", spec, init_with_state, apply_with_state)
+
+
+# ---------------------------------------------------------------------------
+# Embedding
+# ---------------------------------------------------------------------------
+
+
+def Embedding(num_embeddings: int, features: int, *, embedding_init: inits.Initializer | None = None) -> Layer:
+    """Looks up rows of a table: ``y[..., :] = table[ids[...], :]``.
+
+    Equivalent to ``one_hot(ids) @ table`` without building the one-hot.
+
+    Args:
+      num_embeddings: number of rows (the vocabulary size).
+      features: size of each row.
+      embedding_init: default ``normal(1.0)``.
+
+    Shapes: ids ``(...)`` of an integer dtype; params ``{"table": (num_embeddings,
+    features)}``; y ``(..., features)``.
+
+    Raises:
+      TypeError: for non-integer ids.
+      ValueError: for ids outside ``[0, num_embeddings)`` when their values are
+        known (outside ``jit``). Under ``jit`` such ids give rows of ``nan``,
+        so the error shows in the loss instead of passing silently.
+    """
+    num_embeddings = _checks.positive_int(num_embeddings, "num_embeddings")
+    features = _checks.positive_int(features, "features")
+    embedding_init = _check_initializer(embedding_init or inits.normal(1.0), "embedding_init")
+    spec = f"Embedding({num_embeddings}, {features})"
+
+    def init(key, input_shape):
+        return input_shape + (features,), {"table": embedding_init(key, (num_embeddings, features), jnp.float32)}
+
+    def apply(params, ids, *, key=None, train=False):
+        del key, train
+        table = _entry(params, "table", "params", spec)
+        _check_input(ids, spec, min_rank=0, dtype="integer")
+        _checks.labels_in_range(ids, num_embeddings, f"{spec} ids")
+        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+
+    return _stateless("embedding", spec, init, apply)
+
+
+# ---------------------------------------------------------------------------
+# Activation layers
+# ---------------------------------------------------------------------------
+
+
+def Elementwise(fn: Callable[[jax.Array], jax.Array], name: str = "elementwise", **fn_kwargs) -> Layer:
+    """A parameter-free layer applying ``fn(x, **fn_kwargs)``; shape unchanged.
+
+    The activation layers below are made with it; use it for your own.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+    args = "".join(f", {k}={v!r}" for k, v in fn_kwargs.items())
+    spec = f"{''.join(p.capitalize() for p in name.split('_'))}({args[2:]})"
+
+    def init(key, input_shape):
+        del key
+        return input_shape, {}
+
+    def apply(params, x, *, key=None, train=False):
+        del params, key, train
+        _checks.array_like(x, f"{spec} input x")
+        return fn(x, **fn_kwargs)
+
+    return _stateless(name, spec, init, apply)
+
+
+def Relu() -> Layer:
+    """:func:`jaxnets.activations.relu` as a layer."""
+    return Elementwise(act.relu, "relu")
+
+
+def LeakyRelu(negative_slope: float = 0.01) -> Layer:
+    """:func:`jaxnets.activations.leaky_relu` as a layer."""
+    return Elementwise(act.leaky_relu, "leaky_relu", negative_slope=_checks.positive_float(negative_slope, "negative_slope", allow_zero=True))
+
+
+def Elu(alpha: float = 1.0) -> Layer:
+    """:func:`jaxnets.activations.elu` as a layer."""
+    return Elementwise(act.elu, "elu", alpha=_checks.positive_float(alpha, "alpha"))
+
+
+def Gelu(approximate: bool = False) -> Layer:
+    """:func:`jaxnets.activations.gelu` as a layer (exact by default)."""
+    return Elementwise(act.gelu, "gelu", approximate=bool(approximate))
+
+
+def Sigmoid() -> Layer:
+    """:func:`jaxnets.activations.sigmoid` as a layer."""
+    return Elementwise(act.sigmoid, "sigmoid")
+
+
+def Tanh() -> Layer:
+    """:func:`jaxnets.activations.tanh` as a layer."""
+    return Elementwise(act.tanh, "tanh")
+
+
+def Softplus() -> Layer:
+    """:func:`jaxnets.activations.softplus` as a layer."""
+    return Elementwise(act.softplus, "softplus")
+
+
+def Silu() -> Layer:
+    """:func:`jaxnets.activations.silu` as a layer."""
+    return Elementwise(act.silu, "silu")
+
+
+def Softmax(axis: int = -1) -> Layer:
+    """:func:`jaxnets.activations.softmax` as a layer."""
+    return Elementwise(act.softmax, "softmax", axis=int(axis))
+
+
+def LogSoftmax(axis: int = -1) -> Layer:
+    """:func:`jaxnets.activations.log_softmax` as a layer."""
+    return Elementwise(act.log_softmax, "log_softmax", axis=int(axis))
+
+
+def Identity() -> Layer:
+    """The identity as a layer (a placeholder, or a skip branch in :func:`parallel`)."""
+    return Elementwise(act.identity, "identity")
+
+
+# ---------------------------------------------------------------------------
+# Combinators
+# ---------------------------------------------------------------------------
+
+
+def _check_layers(layers: Sequence[Any], combinator: str) -> tuple[Layer, ...]:
+    if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+        layers = tuple(layers[0])
+    if not layers:
+        raise ValueError(f"{combinator} needs at least one layer, got none")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            hint = " (did you forget to call it, e.g. Relu()?)" if callable(layer) else ""
+            raise TypeError(f"{combinator}: argument {i} must be a Layer, got {layer!r}{hint}")
+    return tuple(layers)
+
+
+def _child_names(layers: Sequence[Layer]) -> list[str]:
+    """Readable params keys: a counter per kind, e.g. dense_0, relu_0, dense_1."""
+    seen: Counter = Counter()
+    names = []
+    for layer in layers:
+        names.append(f"{layer.name}_{seen[layer.name]}")
+        seen[layer.name] += 1
+    return names
+
+
+def _located(path: str, fn: Callable, *args, **kwargs):
+    """Call ``fn``; prefix the path of the failing child to our own errors."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, TypeError) as e:
+        if type(e) not in (ValueError, TypeError):
+            raise
+        raise type(e)(f"{path}: {e}") from None
+
+
+def _children(names, layers, params, state):
+    """Each child's params and state (``{}`` for parameter-free ones); rejects unknown keys."""
+    for what, tree in (("params", params), ("state", state)):
+        if not isinstance(tree, dict):
+            raise TypeError(f"{what} must be a dict keyed by layer name, got {type(tree).__name__}")
+        unknown = sorted(set(tree) - set(names))
+        if unknown:
+            raise ValueError(f"{what} has entries {unknown} that match no layer; the layers are {names}")
+    return [(params.get(n, {}), state.get(n, {})) for n in names]
+
+
+def _split(key, n):
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def serial(*layers: Layer) -> Layer:
+    """Composes layers in sequence: ``serial(f, g, h)(x) = h(g(f(x)))``.
+
+    Params and state are dicts keyed ``<kind>_<i>`` (``dense_0``, ``dense_1``,
+    ...); parameter-free layers (activations, pooling, ...) take no entry.
+    The key is split so that each child gets its own.
+    """
+    layers = _check_layers(layers, "serial")
+    names = _child_names(layers)
+    spec = f"serial({', '.join(map(repr, layers))})"
+
+    def init_with_state(key, input_shape):
+        shape = input_shape
+        params, state = {}, {}
+        for name, layer, k in zip(names, layers, jax.random.split(key, len(layers))):
+            shape, p, s = _located(name, layer.init_with_state, k, shape)
+            if _has_leaves(p):
+                params[name] = p
+            if _has_leaves(s):
+                state[name] = s
+        return shape, params, state
+
+    def apply_with_state(params, state, x, *, key=None, train=False):
+        new_state = {}
+        children = _children(names, layers, params, state)
+        for name, layer, (p, s), k in zip(names, layers, children, _split(key, len(layers))):
+            x, s = _located(name, layer.apply_with_state, p, s, x, key=k, train=train)
+            if _has_leaves(s):
+                new_state[name] = s
+        return x, new_state
+
+    return _stateful("serial", spec, init_with_state, apply_with_state)
+
+
+def parallel(*layers: Layer) -> Layer:
+    """Applies layer ``i`` to input ``i``: ``(x_0, ..., x_n) -> (f_0(x_0), ..., f_n(x_n))``.
+
+    ``input_shape`` is a tuple of shapes, one per layer. Pair with
+    :func:`FanOut` and :func:`FanInSum`/:func:`FanInConcat` to build branches.
+    """
+    layers = _check_layers(layers, "parallel")
+    names = _child_names(layers)
+    spec = f"parallel({', '.join(map(repr, layers))})"
+    n = len(layers)
+
+    def check_arity(inputs, what):
+        if not isinstance(inputs, (tuple, list)) or len(inputs) != n:
+            got = f"{len(inputs)} items" if isinstance(inputs, (tuple, list)) else type(inputs).__name__
+            raise ValueError(f"{spec} expects {what} to be a tuple of {n} items, one per layer, got {got}")
+
+    def init_with_state(key, input_shape):
+        check_arity(input_shape, "input_shape")
+        shapes, params, state = [], {}, {}
+        for name, layer, k, shp in zip(names, layers, jax.random.split(key, n), input_shape):
+            out, p, s = _located(name, layer.init_with_state, k, shp)
+            shapes.append(out)
+            if _has_leaves(p):
+                params[name] = p
+            if _has_leaves(s):
+                state[name] = s
+        return tuple(shapes), params, state
+
+    def apply_with_state(params, state, xs, *, key=None, train=False):
+        check_arity(xs, "the input")
+        ys, new_state = [], {}
+        children = _children(names, layers, params, state)
+        for name, layer, (p, s), k, x in zip(names, layers, children, _split(key, n), xs):
+            y, s = _located(name, layer.apply_with_state, p, s, x, key=k, train=train)
+            ys.append(y)
+            if _has_leaves(s):
+                new_state[name] = s
+        return tuple(ys), new_state
+
+    return _stateful("parallel", spec, init_with_state, apply_with_state)
+
+
+def residual(*layers: Layer) -> Layer:
+    """A skip connection around ``serial(*layers)``: ``y = x + f(x)``.
+
+    The body must keep the shape. Params are the body's own dict (no extra
+    nesting), e.g. ``{"residual_0": {"dense_0": ..., "dense_1": ...}}`` in a model.
+    """
+    body = serial(*_check_layers(layers, "residual"))
+    spec = f"residual({body.spec[len('serial('):-1]})"
+
+    def init_with_state(key, input_shape):
+        input_shape = _checks.shape_tuple(input_shape)
+        out_shape, params, state = body.init_with_state(key, input_shape)
+        if len(out_shape) != len(input_shape) or any(a != b and -1 not in (a, b) for a, b in zip(out_shape, input_shape)):
+            raise ValueError(f"{spec}: the body must keep the input shape {input_shape}, but it gives {out_shape}")
+        return input_shape, params, state
+
+    def apply_with_state(params, state, x, *, key=None, train=False):
+        y, state = body.apply_with_state(params, state, x, key=key, train=train)
+        if y.shape != x.shape:
+            raise ValueError(f"{spec}: the body must keep the input shape {tuple(x.shape)}, but it gives {tuple(y.shape)}")
+        return x + y, state
+
+    return _stateful("residual", spec, init_with_state, apply_with_state)
+
+
+def FanOut(num: int) -> Layer:
+    """Copies its input ``num`` times: ``x -> (x, ..., x)`` (for :func:`parallel`)."""
+    num = _checks.positive_int(num, "num")
+    spec = f"FanOut({num})"
+
+    def init(key, input_shape):
+        del key
+        return (input_shape,) * num, {}
+
+    def apply(params, x, *, key=None, train=False):
+        del params, key, train
+        return (x,) * num
+
+    layer = _stateless("fan_out", spec, init, apply)
+    # Input may be any shape, including a tuple of shapes; skip the shape check.
+    return dataclasses.replace(layer, init=init, init_with_state=lambda key, s: init(key, s) + ({},))
+
+
+def _fan_in(name: str, spec: str, out_shape: Callable, combine: Callable) -> Layer:
+    def init_with_state(key, input_shapes):
+        del key
+        if not isinstance(input_shapes, (tuple, list)) or not input_shapes or not all(isinstance(s, (tuple, list)) for s in input_shapes):
+            raise ValueError(f"{spec} expects a tuple of input shapes (from parallel), got {input_shapes!r}")
+        shapes = [_checks.shape_tuple(s) for s in input_shapes]
+        return out_shape(shapes), {}, {}
+
+    def apply_with_state(params, state, xs, *, key=None, train=False):
+        del params, key, train
+        if not isinstance(xs, (tuple, list)) or not xs:
+            raise ValueError(f"{spec} expects a tuple of arrays (from parallel), got {type(xs).__name__}")
+        return combine(xs), state
+
+    return _stateful(name, spec, init_with_state, apply_with_state)
+
+
+def FanInSum() -> Layer:
+    """Sums a tuple of same-shaped inputs: ``(x_0, ..., x_n) -> x_0 + ... + x_n``."""
+    spec = "FanInSum()"
+
+    def out_shape(shapes):
+        first = shapes[0]
+        for s in shapes[1:]:
+            if len(s) != len(first) or any(a != b and -1 not in (a, b) for a, b in zip(s, first)):
+                raise ValueError(f"{spec} needs inputs of one shape, got {shapes}")
+        return first
+
+    def combine(xs):
+        shapes = [tuple(x.shape) for x in xs]
+        if len(set(shapes)) != 1:
+            raise ValueError(f"{spec} needs inputs of one shape, got {shapes}")
+        return sum(xs[1:], xs[0])
+
+    return _fan_in("fan_in_sum", spec, out_shape, combine)
+
+
+def FanInConcat(axis: int = -1) -> Layer:
+    """Concatenates a tuple of inputs along ``axis`` (default: the features)."""
+    axis = int(axis)
+    spec = f"FanInConcat(axis={axis})"
+
+    def out_shape(shapes):
+        rank = len(shapes[0])
+        if any(len(s) != rank for s in shapes) or not -rank <= axis < rank:
+            raise ValueError(f"{spec} needs inputs of one rank with axis {axis} in range, got {shapes}")
+        ax = axis % rank
+        sizes = [s[ax] for s in shapes]
+        total = -1 if -1 in sizes else sum(sizes)
+        return shapes[0][:ax] + (total,) + shapes[0][ax + 1 :]
+
+    def combine(xs):
+        out_shape([tuple(x.shape) for x in xs])
+        return jnp.concatenate(xs, axis=axis)
+
+    return _fan_in("fan_in_concat", spec, out_shape, combine)
+
+
+def count_params(params: Params) -> int:
+    """Number of scalars in a params pytree."""
+    return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
