@@ -404,14 +404,17 @@ def _conv_layer(
             else:
                 pads = _same_pads(x.shape[1:-1], kernel_size, strides) if padding == "SAME" else [(0, 0)] * n
                 y = _conv_im2col(x, w, strides, pads)
-        elif how == "xla":
-            y = lax.conv_transpose(x, w, strides, padding, dimension_numbers=dn)
         else:
-            # Insert s - 1 zeros between inputs, pad the edges, then a stride-1 convolution.
-            edges = _transpose_pads(kernel_size, strides, padding)
-            config = [(0, 0, 0)] + [(lo, hi, s - 1) for (lo, hi), s in zip(edges, strides)] + [(0, 0, 0)]
-            dilated = lax.pad(x, jnp.zeros((), x.dtype), config)
-            y = _conv_im2col(dilated, w, (1,) * n, [(0, 0)] * n)
+            # A scatter of W is a correlation with W flipped in space over the
+            # input dilated by s - 1 zeros and padded at the edges.
+            flipped = jnp.flip(w, axis=tuple(range(n)))
+            if how == "xla":
+                y = lax.conv_transpose(x, flipped, strides, padding, dimension_numbers=dn)
+            else:
+                edges = _transpose_pads(kernel_size, strides, padding)
+                config = [(0, 0, 0)] + [(lo, hi, s - 1) for (lo, hi), s in zip(edges, strides)] + [(0, 0, 0)]
+                dilated = lax.pad(x, jnp.zeros((), x.dtype), config)
+                y = _conv_im2col(dilated, flipped, (1,) * n, [(0, 0)] * n)
         if use_bias:
             y = y + _entry(params, "b", "params", spec)
         return y
@@ -492,8 +495,12 @@ def ConvTranspose(
     """Transposed convolution (fractionally strided), channels last: upsamples.
 
     Each input position scatters ``W``'s window, scaled by its value, into the
-    output at stride ``s``; overlapping windows add. Implemented with
-    ``lax.conv_transpose`` (kernel not flipped, as in flax's ``ConvTranspose``).
+    output at stride ``s``; overlapping windows add:
+    ``y[b, i * s + o, d] += x[b, i, c] W[o, c, d]``. This is the adjoint of
+    :func:`Conv` with the same kernel (channels swapped), the gradient of a
+    convolution with respect to its input, and PyTorch's ``ConvTranspose``.
+    (flax's ``ConvTranspose`` with ``transpose_kernel=False`` differs from it
+    by a spatial flip of the kernel.)
 
     Output size per spatial axis: ``n * s`` for ``"SAME"``;
     ``n * s + max(k - s, 0)`` for ``"VALID"``. ``impl`` as in :func:`Conv`

@@ -1,0 +1,90 @@
+"""Activations against jax.nn, at ordinary and extreme inputs; kink conventions pinned."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnets import activations as A
+
+ORDINARY = jnp.linspace(-6.0, 6.0, 241)
+EXTREME = jnp.array([-1e4, -1000.0, -100.0, -30.0, 30.0, 100.0, 1000.0, 1e4])
+
+PAIRS = [
+    ("relu", A.relu, jax.nn.relu),
+    ("leaky_relu", A.leaky_relu, jax.nn.leaky_relu),
+    ("elu", A.elu, jax.nn.elu),
+    ("gelu_exact", A.gelu, lambda x: jax.nn.gelu(x, approximate=False)),
+    ("gelu_tanh", lambda x: A.gelu(x, approximate=True), lambda x: jax.nn.gelu(x, approximate=True)),
+    ("sigmoid", A.sigmoid, jax.nn.sigmoid),
+    ("tanh", A.tanh, jnp.tanh),
+    ("softplus", A.softplus, jax.nn.softplus),
+    ("silu", A.silu, jax.nn.silu),
+    ("softmax", A.softmax, jax.nn.softmax),
+    ("log_softmax", A.log_softmax, jax.nn.log_softmax),
+    ("identity", A.identity, lambda x: x),
+]
+
+
+def test_every_activation_is_tested():
+    tested = {name.split("_exact")[0].split("_tanh")[0] for name, _, _ in PAIRS}
+    assert set(A.__all__) == tested
+
+
+@pytest.mark.parametrize("name,ours,ref", PAIRS, ids=[p[0] for p in PAIRS])
+def test_values_match_jax_nn(name, ours, ref):
+    for x in (ORDINARY, EXTREME):
+        np.testing.assert_allclose(ours(x), ref(x), rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,ours,ref", PAIRS, ids=[p[0] for p in PAIRS])
+def test_finite_values_and_gradients_at_extremes(name, ours, ref):
+    del ref
+    y = ours(EXTREME)
+    assert np.all(np.isfinite(y)), f"{name} overflows: {y}"
+    g = jax.grad(lambda x: jnp.sum(ours(x)))(EXTREME)
+    assert np.all(np.isfinite(g)), f"{name}'s gradient is not finite at extremes: {g}"
+
+
+@pytest.mark.parametrize("name,ours,ref", [p for p in PAIRS if p[0] not in ("softmax", "log_softmax")], ids=lambda p: p if isinstance(p, str) else "")
+def test_gradients_match_jax_nn_in_float64(name, ours, ref):
+    with jax.enable_x64(True):
+        x = jnp.linspace(-5.0, 5.0, 101, dtype=jnp.float64) + 0.013  # avoid the kink at 0
+        ours_g = jax.vmap(jax.grad(ours))(x)
+        ref_g = jax.vmap(jax.grad(ref))(x)
+        np.testing.assert_allclose(ours_g, ref_g, rtol=1e-12, atol=1e-12)
+
+
+def test_relu_derivative_at_zero_is_zero():
+    assert float(jax.grad(A.relu)(0.0)) == 0.0
+
+
+def test_leaky_relu_derivative_at_zero_is_the_slope():
+    assert float(jax.grad(lambda x: A.leaky_relu(x, 0.2))(0.0)) == pytest.approx(0.2)
+
+
+def test_sigmoid_saturates_exactly():
+    assert float(A.sigmoid(jnp.float32(-1000.0))) == 0.0
+    assert float(A.sigmoid(jnp.float32(1000.0))) == 1.0
+    assert float(A.sigmoid(jnp.float32(0.0))) == 0.5
+
+
+def test_log_softmax_is_stable_for_huge_logits():
+    x = jnp.array([[1000.0, 0.0, -1000.0], [1e30, 1e30, 0.0]])
+    y = A.log_softmax(x)
+    np.testing.assert_allclose(y[0], [0.0, -1000.0, -2000.0], rtol=1e-6)
+    np.testing.assert_allclose(y[1, :2], [-np.log(2.0)] * 2, rtol=1e-6)
+    np.testing.assert_allclose(A.softmax(x).sum(axis=-1), 1.0, rtol=1e-6)
+
+
+def test_softmax_along_another_axis():
+    x = jax.random.normal(jax.random.key(0), (3, 4))
+    np.testing.assert_allclose(A.softmax(x, axis=0), jax.nn.softmax(x, axis=0), rtol=1e-6)
+    np.testing.assert_allclose(A.softmax(x, axis=0).sum(axis=0), 1.0, rtol=1e-6)
+
+
+def test_log_softmax_with_minus_infinity_entries():
+    x = jnp.array([0.0, -jnp.inf, 1.0])
+    y = A.log_softmax(x)
+    assert y[1] == -jnp.inf and np.all(np.isfinite(np.asarray(y)[[0, 2]]))
+    np.testing.assert_allclose(jnp.exp(y).sum(), 1.0, rtol=1e-6)

@@ -1,0 +1,544 @@
+"""Layers: shapes agree with init, jit/vmap/determinism, values against independent references."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnets.layers as L
+
+# ---------------------------------------------------------------------------
+# The registry: every public layer constructor, with inputs to test it on.
+# name -> (factory, list of input shapes, input kind)
+# A shape may be a tuple of shapes (for layers that take several inputs).
+# ---------------------------------------------------------------------------
+
+REGISTRY = {
+    "Dense": (lambda: L.Dense(5), [(3, 4), (2, 3, 4), (1, 7)], "float"),
+    "Conv": (lambda: L.Conv(4, (3, 2), strides=(2, 1), padding="VALID"), [(2, 7, 6, 3), (1, 5, 5, 1)], "float"),
+    "Conv1D": (lambda: L.Conv1D(4, 3, strides=2), [(2, 9, 3), (3, 4, 1)], "float"),
+    "Conv2D": (lambda: L.Conv2D(4, 3), [(2, 8, 8, 1), (1, 5, 7, 3)], "float"),
+    "ConvTranspose": (lambda: L.ConvTranspose(3, (3, 3), strides=2, padding="VALID"), [(2, 4, 5, 2), (1, 3, 3, 1)], "float"),
+    "ConvTranspose2D": (lambda: L.ConvTranspose2D(3, 4, strides=2), [(2, 4, 5, 2), (1, 3, 3, 1)], "float"),
+    "Embedding": (lambda: L.Embedding(11, 6), [(4,), (2, 5)], "int"),
+    "LayerNorm": (lambda: L.LayerNorm(), [(3, 6), (2, 3, 6)], "float"),
+    "BatchNorm": (lambda: L.BatchNorm(), [(8, 5), (4, 3, 3, 2)], "float"),
+    "MaxPool": (lambda: L.MaxPool(2), [(2, 6, 6, 3), (1, 5, 7, 2)], "float"),
+    "AvgPool": (lambda: L.AvgPool((2, 3), strides=1, padding="SAME"), [(2, 6, 6, 3), (1, 5, 7, 2)], "float"),
+    "Flatten": (lambda: L.Flatten(), [(2, 3, 4), (3, 2, 2, 2)], "float"),
+    "Dropout": (lambda: L.Dropout(0.5), [(4, 10), (2, 3, 4)], "float"),
+    "Elementwise": (lambda: L.Elementwise(jnp.sin, "sin"), [(3, 4)], "float"),
+    "Relu": (lambda: L.Relu(), [(3, 4)], "float"),
+    "LeakyRelu": (lambda: L.LeakyRelu(0.1), [(3, 4)], "float"),
+    "Elu": (lambda: L.Elu(), [(3, 4)], "float"),
+    "Gelu": (lambda: L.Gelu(), [(3, 4)], "float"),
+    "Sigmoid": (lambda: L.Sigmoid(), [(3, 4)], "float"),
+    "Tanh": (lambda: L.Tanh(), [(3, 4)], "float"),
+    "Softplus": (lambda: L.Softplus(), [(3, 4)], "float"),
+    "Silu": (lambda: L.Silu(), [(3, 4)], "float"),
+    "Softmax": (lambda: L.Softmax(), [(3, 4)], "float"),
+    "LogSoftmax": (lambda: L.LogSoftmax(), [(3, 4)], "float"),
+    "Identity": (lambda: L.Identity(), [(3, 4)], "float"),
+    "serial": (lambda: L.serial(L.Dense(6), L.Relu(), L.Dropout(0.2), L.Dense(3)), [(4, 5), (2, 3, 5)], "float"),
+    "parallel": (lambda: L.parallel(L.Dense(3), L.Identity()), [((2, 4), (2, 7))], "float"),
+    "residual": (lambda: L.residual(L.Dense(4), L.Tanh(), L.Dense(4)), [(3, 4), (2, 2, 4)], "float"),
+    "FanOut": (lambda: L.FanOut(3), [(2, 4)], "float"),
+    "FanInSum": (lambda: L.FanInSum(), [((2, 4), (2, 4), (2, 4))], "float"),
+    "FanInConcat": (lambda: L.FanInConcat(), [((2, 4), (2, 3))], "float"),
+}
+
+NOT_LAYERS = {"Layer", "count_params"}
+
+
+def test_registry_covers_every_public_layer():
+    public = set(L.__all__) - NOT_LAYERS
+    missing = public - set(REGISTRY)
+    assert not missing, f"layers without a registry entry (add them to REGISTRY): {sorted(missing)}"
+    assert not set(REGISTRY) - public, "registry names a layer that is not public"
+
+
+def _is_multi(shape):
+    return isinstance(shape[0], tuple)
+
+
+def _make_input(key, shape, kind):
+    if _is_multi(shape):
+        return tuple(_make_input(k, s, kind) for k, s in zip(jax.random.split(key, len(shape)), shape))
+    if kind == "int":
+        return jax.random.randint(key, shape, 0, 11)
+    return jax.random.normal(key, shape)
+
+
+def _abstract(shape):
+    """The input shape with the batch left unknown."""
+    if _is_multi(shape):
+        return tuple(_abstract(s) for s in shape)
+    return (-1,) + tuple(shape[1:])
+
+
+def _shapes_of(y):
+    return jax.tree_util.tree_map(lambda a: a.shape, y)
+
+
+def _substitute_batch(predicted, batch):
+    if isinstance(predicted, tuple) and predicted and isinstance(predicted[0], tuple):
+        return tuple(_substitute_batch(p, batch) for p in predicted)
+    return tuple(batch if d == -1 else d for d in predicted)
+
+
+CASES = [(name, shape) for name, (_, shapes, _) in REGISTRY.items() for shape in shapes]
+
+
+@pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{s}" for n, s in CASES])
+def test_output_shape_matches_init(name, shape, key):
+    factory, _, kind = REGISTRY[name]
+    layer = factory()
+    k_init, k_x, k_apply = jax.random.split(key, 3)
+    x = _make_input(k_x, shape, kind)
+    batch = shape[0][0] if _is_multi(shape) else shape[0]
+    for train in (False, True):
+        predicted, params, state = layer.init_with_state(k_init, _abstract(shape))
+        y, _ = layer.apply_with_state(params, state, x, key=k_apply, train=train)
+        actual = _shapes_of(y)
+        expected = _substitute_batch(predicted, batch)
+        assert actual == expected, f"{name}: init predicted {predicted}, apply gave {actual}"
+    concrete, _, _ = layer.init_with_state(k_init, shape)
+    assert concrete == _shapes_of(y)
+
+
+@pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{s}" for n, s in CASES])
+def test_jit_equals_eager_and_is_deterministic(name, shape, key):
+    factory, _, kind = REGISTRY[name]
+    layer = factory()
+    k_init, k_x, k_apply = jax.random.split(key, 3)
+    x = _make_input(k_x, shape, kind)
+    _, params, state = layer.init_with_state(k_init, _abstract(shape))
+    _, params_again, _ = layer.init_with_state(k_init, _abstract(shape))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, params_again)
+    for train in (False, True):
+        eager, _ = layer.apply_with_state(params, state, x, key=k_apply, train=train)
+        jitted, _ = jax.jit(lambda p, s, x, k: layer.apply_with_state(p, s, x, key=k, train=train))(params, state, x, k_apply)
+        again, _ = layer.apply_with_state(params, state, x, key=k_apply, train=train)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), eager, jitted)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, eager, again)
+
+
+@pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{s}" for n, s in CASES])
+def test_vmap_over_a_stack_of_batches(name, shape, key):
+    factory, _, kind = REGISTRY[name]
+    layer = factory()
+    k_init, k_x = jax.random.split(key)
+    xs = [_make_input(k, shape, kind) for k in jax.random.split(k_x, 3)]
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
+    _, params, state = layer.init_with_state(k_init, _abstract(shape))
+    mapped, _ = jax.vmap(lambda x: layer.apply_with_state(params, state, x))(stacked)
+    for i, x in enumerate(xs):
+        single, _ = layer.apply_with_state(params, state, x)
+        jax.tree_util.tree_map(lambda m, s: np.testing.assert_allclose(m[i], s, rtol=1e-5, atol=1e-5), mapped, single)
+
+
+# ---------------------------------------------------------------------------
+# Values against independent references
+# ---------------------------------------------------------------------------
+
+
+def test_dense_is_affine(key):
+    layer = L.Dense(3)
+    _, params = layer.init(key, (-1, 4))
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    expected = x @ np.asarray(params["w"]) + np.asarray(params["b"])
+    np.testing.assert_allclose(layer.apply(params, jnp.asarray(x)), expected, rtol=1e-6)
+    assert set(params) == {"w", "b"} and params["w"].shape == (4, 3)
+    _, no_bias = L.Dense(3, use_bias=False).init(key, (-1, 4))
+    assert set(no_bias) == {"w"}
+
+
+def _naive_conv(x, w, strides, padding):
+    """Cross-correlation by explicit loops over output positions (NumPy)."""
+    n = w.ndim - 2
+    k = w.shape[:n]
+    sizes = x.shape[1:-1]
+    if padding == "SAME":
+        outs = [-(-d // s) for d, s in zip(sizes, strides)]
+        pads = [max((o - 1) * s + kk - d, 0) for o, s, kk, d in zip(outs, strides, k, sizes)]
+        x = np.pad(x, [(0, 0)] + [(p // 2, p - p // 2) for p in pads] + [(0, 0)])
+    else:
+        outs = [(d - kk) // s + 1 for d, kk, s in zip(sizes, k, strides)]
+    y = np.zeros((x.shape[0], *outs, w.shape[-1]))
+    for pos in itertools.product(*(range(o) for o in outs)):
+        window = tuple(slice(p * s, p * s + kk) for p, s, kk in zip(pos, strides, k))
+        patch = x[(slice(None),) + window]  # (b, *k, c_in)
+        y[(slice(None),) + pos] = np.tensordot(patch, w, axes=(list(range(1, n + 2)), list(range(n + 1))))
+    return y
+
+
+def _naive_conv_transpose(x, w, strides, padding):
+    """Each input scatters w's window scaled by its value at stride s; then crop for SAME (NumPy)."""
+    n = w.ndim - 2
+    k = w.shape[:n]
+    sizes = x.shape[1:-1]
+    full = [(d - 1) * s + kk for d, s, kk in zip(sizes, strides, k)]
+    y = np.zeros((x.shape[0], *full, w.shape[-1]))
+    for pos in itertools.product(*(range(d) for d in sizes)):
+        window = tuple(slice(p * s, p * s + kk) for p, s, kk in zip(pos, strides, k))
+        contrib = np.tensordot(x[(slice(None),) + pos], w, axes=([1], [n]))  # (b, *k, c_out)
+        y[(slice(None),) + window] += contrib
+    if padding == "VALID":
+        outs = [d * s + max(kk - s, 0) for d, s, kk in zip(sizes, strides, k)]
+        pad = [o - f for o, f in zip(outs, full)]  # zero rows added at the end when s > k
+        return np.pad(y, [(0, 0)] + [(0, p) for p in pad] + [(0, 0)])
+    outs = [d * s for d, s in zip(sizes, strides)]
+    starts = []
+    for f, o, kk, s in zip(full, outs, k, strides):
+        total = kk + s - 2
+        lo = kk - 1 if s > kk - 1 else -(-total // 2)
+        starts.append(kk - 1 - lo)  # lax.conv_transpose's SAME crop, stated independently
+    if any(st < 0 for st in starts):
+        y = np.pad(y, [(0, 0)] + [(max(-st, 0), 0) for st in starts] + [(0, 0)])
+        starts = [max(st, 0) for st in starts]
+    y = np.pad(y, [(0, 0)] + [(0, max(0, st + o - y.shape[i + 1])) for i, (st, o) in enumerate(zip(starts, outs))] + [(0, 0)])
+    return y[(slice(None),) + tuple(slice(st, st + o) for st, o in zip(starts, outs)) + (slice(None),)]
+
+
+CONV_CASES = [
+    (k, s, pad, impl)
+    for k, s, pad in itertools.product([(1,), (3,), (2, 2), (3, 2)], [1, 2], ["SAME", "VALID"])
+    for impl in ("xla", "im2col")
+]
+
+
+@pytest.mark.parametrize("kernel,stride,padding,impl", CONV_CASES)
+def test_conv_matches_naive_loops(kernel, stride, padding, impl, rng):
+    n = len(kernel)
+    x = rng.normal(size=(2,) + (7,) * n + (3,)).astype(np.float32)
+    layer = L.Conv(4, kernel, strides=stride, padding=padding, impl=impl)
+    _, params = layer.init(jax.random.key(1), (-1,) + x.shape[1:])
+    params["b"] = jnp.asarray(rng.normal(size=4).astype(np.float32))
+    y = layer.apply(params, jnp.asarray(x))
+    expected = _naive_conv(x, np.asarray(params["w"]), (stride,) * n, padding) + np.asarray(params["b"])
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,impl", CONV_CASES)
+def test_conv_transpose_matches_naive_scatter(kernel, stride, padding, impl, rng):
+    n = len(kernel)
+    x = rng.normal(size=(2,) + (4,) * n + (3,)).astype(np.float32)
+    layer = L.ConvTranspose(2, kernel, strides=stride, padding=padding, impl=impl)
+    _, params = layer.init(jax.random.key(1), (-1,) + x.shape[1:])
+    y = layer.apply(params, jnp.asarray(x))
+    expected = _naive_conv_transpose(x, np.asarray(params["w"]), (stride,) * n, padding)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["xla", "im2col"])
+@pytest.mark.parametrize("kernel,stride", [((3,), 1), ((3,), 2), ((3, 3), 2), ((2, 3), 1)])
+def test_conv_transpose_is_the_adjoint_of_conv(kernel, stride, impl, rng):
+    """<Conv(x; W), y> = <x, ConvTranspose(y; W with its channel axes swapped)>."""
+    n = len(kernel)
+    size = 2 * stride + max(kernel)  # (size - k) divisible by the stride for k in {2, 3} when stride <= 2
+    size += (size - max(kernel)) % stride
+    x = jnp.asarray(rng.normal(size=(2,) + (size,) * n + (3,)).astype(np.float32))
+    conv = L.Conv(4, kernel, strides=stride, padding="VALID", impl=impl, use_bias=False)
+    _, params = conv.init(jax.random.key(0), (-1,) + x.shape[1:])
+    y_shape = conv.init(jax.random.key(0), x.shape)[0]
+    y = jnp.asarray(rng.normal(size=y_shape).astype(np.float32))
+    transpose = L.ConvTranspose(3, kernel, strides=stride, padding="VALID", impl=impl, use_bias=False)
+    back = transpose.apply({"w": jnp.swapaxes(params["w"], -1, -2)}, y)
+    back = back[(slice(None),) + tuple(slice(0, size) for _ in range(n))]  # drop rows no input reaches
+    lhs = float(jnp.vdot(conv.apply(params, x), y))
+    rhs = float(jnp.vdot(x, back))
+    assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs))
+
+
+def test_conv_impls_have_equal_gradients(rng):
+    x = jnp.asarray(rng.normal(size=(3, 6, 6, 2)).astype(np.float32))
+    grads = []
+    for impl in ("xla", "im2col"):
+        layer = L.Conv2D(3, 3, strides=2, impl=impl)
+        _, params = layer.init(jax.random.key(0), (-1, 6, 6, 2))
+        grads.append(jax.grad(lambda p, x: jnp.sum(layer.apply(p, x) ** 2), argnums=(0, 1))(params, x))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
+
+
+def test_pooling_matches_numpy(rng):
+    x = rng.normal(size=(2, 6, 4, 3)).astype(np.float32)
+    blocks = x.reshape(2, 3, 2, 2, 2, 3)  # (b, 3, 2, 2, 2, c): 2x2 windows
+    np.testing.assert_allclose(L.MaxPool(2).apply({}, jnp.asarray(x)), blocks.max(axis=(2, 4)), rtol=1e-6)
+    np.testing.assert_allclose(L.AvgPool(2).apply({}, jnp.asarray(x)), blocks.mean(axis=(2, 4)), rtol=1e-6, atol=1e-7)
+
+
+def test_avg_pool_same_padding_excludes_padding(rng):
+    x = rng.normal(size=(1, 3, 3, 1)).astype(np.float32)
+    y = np.asarray(L.AvgPool(2, strides=1, padding="SAME").apply({}, jnp.asarray(x)))
+    # SAME for a 2-wide window pads one row/column at the end: the last row averages 2 values.
+    np.testing.assert_allclose(y[0, 2, 0, 0], x[0, 2, 0:2, 0].mean(), rtol=1e-6)
+    np.testing.assert_allclose(y[0, 2, 2, 0], x[0, 2, 2, 0], rtol=1e-6)
+    np.testing.assert_allclose(y[0, 0, 0, 0], x[0, 0:2, 0:2, 0].mean(), rtol=1e-6)
+
+
+def test_flatten_keeps_batch(rng):
+    x = rng.normal(size=(3, 2, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(L.Flatten().apply({}, jnp.asarray(x)), x.reshape(3, 40))
+
+
+def test_layer_norm_normalises_each_example(rng):
+    x = jnp.asarray(rng.normal(3.0, 5.0, size=(4, 16)).astype(np.float32))
+    layer = L.LayerNorm()
+    _, params = layer.init(jax.random.key(0), (-1, 16))
+    y = np.asarray(layer.apply(params, x))
+    np.testing.assert_allclose(y.mean(axis=-1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.var(axis=-1), 1.0, rtol=1e-3)
+    params = {"scale": jnp.full((16,), 2.0), "bias": jnp.full((16,), -1.0)}
+    np.testing.assert_allclose(layer.apply(params, x), 2.0 * y - 1.0, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_train_normalises_and_updates_running_stats(rng):
+    x = jnp.asarray(rng.normal(4.0, 3.0, size=(256, 5)).astype(np.float32))
+    layer = L.BatchNorm(momentum=0.9)
+    _, params, state = layer.init_with_state(jax.random.key(0), (-1, 5))
+    y, new_state = layer.apply_with_state(params, state, x, train=True)
+    y = np.asarray(y)
+    np.testing.assert_allclose(y.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(y.var(axis=0), 1.0, rtol=1e-3)
+    xn = np.asarray(x)
+    np.testing.assert_allclose(new_state["mean"], 0.1 * xn.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(new_state["var"], 0.9 + 0.1 * xn.var(axis=0), rtol=1e-5)
+
+
+def test_batch_norm_eval_uses_running_stats(rng):
+    x = jnp.asarray(rng.normal(size=(8, 3)).astype(np.float32))
+    layer = L.BatchNorm(eps=1e-5)
+    _, params, _ = layer.init_with_state(jax.random.key(0), (-1, 3))
+    state = {"mean": jnp.array([1.0, 2.0, 3.0]), "var": jnp.array([4.0, 1.0, 0.25])}
+    y, same_state = layer.apply_with_state(params, state, x, train=False)
+    expected = (np.asarray(x) - np.array([1.0, 2.0, 3.0])) / np.sqrt(np.array([4.0, 1.0, 0.25]) + 1e-5)
+    np.testing.assert_allclose(y, expected, rtol=1e-5)
+    assert same_state is state
+
+
+def test_batch_norm_running_stats_converge_to_data_stats(rng):
+    layer = L.BatchNorm(momentum=0.9)
+    _, params, state = layer.init_with_state(jax.random.key(0), (-1, 2))
+    step = jax.jit(lambda s, x: layer.apply_with_state(params, s, x, train=True)[1])
+    for _ in range(200):
+        state = step(state, jnp.asarray(rng.normal([2.0, -1.0], [0.5, 3.0], size=(128, 2)).astype(np.float32)))
+    np.testing.assert_allclose(state["mean"], [2.0, -1.0], atol=0.15)
+    np.testing.assert_allclose(state["var"], [0.25, 9.0], rtol=0.1)
+
+
+def test_batch_norm_over_spatial_axes(rng):
+    x = jnp.asarray(rng.normal(2.0, 2.0, size=(4, 5, 5, 3)).astype(np.float32))
+    layer = L.BatchNorm()
+    _, params, state = layer.init_with_state(jax.random.key(0), (-1, 5, 5, 3))
+    y, _ = layer.apply_with_state(params, state, x, train=True)
+    np.testing.assert_allclose(np.asarray(y).mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+
+
+def test_dropout_keeps_the_right_fraction_and_the_mean(key):
+    drop_prob = 0.3
+    x = jnp.ones((200, 500))
+    y = np.asarray(L.Dropout(drop_prob).apply({}, x, key=key, train=True))
+    kept = (y != 0).mean()
+    # 100,000 Bernoulli(0.7) draws: standard error 0.0014; allow 5 of them.
+    assert abs(kept - (1 - drop_prob)) < 0.007
+    np.testing.assert_allclose(y[y != 0], 1 / (1 - drop_prob), rtol=1e-6)
+    assert abs(y.mean() - 1.0) < 0.01
+
+
+def test_dropout_is_identity_in_evaluation_and_needs_a_key_in_training(key):
+    x = jnp.arange(6.0).reshape(2, 3)
+    layer = L.Dropout(0.5)
+    np.testing.assert_array_equal(layer.apply({}, x), x)
+    np.testing.assert_array_equal(layer.apply({}, x, train=False, key=key), x)
+    with pytest.raises(ValueError, match=r"Dropout\(drop_prob=0.5\) is random in training: pass key="):
+        layer.apply({}, x, train=True)
+    a = layer.apply({}, x, key=key, train=True)
+    b = layer.apply({}, x, key=jax.random.key(1), train=True)
+    assert not np.array_equal(a, b) or np.all(np.asarray(x) == 0)
+
+
+def test_embedding_equals_one_hot_matmul(key):
+    layer = L.Embedding(7, 4)
+    _, params = layer.init(key, (-1, 3))
+    ids = jnp.array([[0, 6, 2], [3, 3, 1]])
+    expected = np.asarray(jax.nn.one_hot(ids, 7)) @ np.asarray(params["table"])
+    np.testing.assert_allclose(layer.apply(params, ids), expected, rtol=1e-6)
+
+
+def test_embedding_rejects_bad_ids(key):
+    layer = L.Embedding(5, 2)
+    _, params = layer.init(key, (-1,))
+    with pytest.raises(TypeError, match="integer dtype, got float32"):
+        layer.apply(params, jnp.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 5\) for 5 classes, got values in \[0, 5\]"):
+        layer.apply(params, jnp.array([0, 5]))
+    out = jax.jit(layer.apply)(params, jnp.array([1, 9]))  # under jit: nan rows, not silent clamping
+    assert np.all(np.isnan(out[1])) and np.all(np.isfinite(out[0]))
+
+
+# ---------------------------------------------------------------------------
+# Combinators
+# ---------------------------------------------------------------------------
+
+
+def test_serial_params_are_readable_nested_dicts(key):
+    model = L.serial(L.Dense(128), L.Relu(), L.Dense(128), L.Relu(), L.Dense(10))
+    out_shape, params = model.init(key, (-1, 64))
+    assert out_shape == (-1, 10)
+    assert jax.tree_util.tree_map(jnp.shape, params) == {
+        "dense_0": {"w": (64, 128), "b": (128,)},
+        "dense_1": {"w": (128, 128), "b": (128,)},
+        "dense_2": {"w": (128, 10), "b": (10,)},
+    }
+    assert L.count_params(params) == 64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10
+
+
+def test_serial_composes_in_order(key):
+    d1, d2 = L.Dense(3), L.Dense(2)
+    model = L.serial(d1, L.Tanh(), d2)
+    _, params = model.init(key, (-1, 4))
+    x = jnp.ones((5, 4))
+    expected = d2.apply(params["dense_1"], jnp.tanh(d1.apply(params["dense_0"], x)))
+    np.testing.assert_allclose(model.apply(params, x), expected, rtol=1e-6)
+
+
+def test_serial_gives_each_random_layer_its_own_key(key):
+    model = L.serial(L.Dropout(0.5), L.Dropout(0.5))
+    single = L.Dropout(0.5)
+    x = jnp.ones((50, 50))
+    y = np.asarray(model.apply({}, x, key=key, train=True))
+    # Two independent draws keep 1/4 of the entries; the same draw twice would keep 1/2.
+    assert abs((y != 0).mean() - 0.25) < 0.03
+    assert not np.array_equal(y != 0, np.asarray(single.apply({}, x, key=key, train=True)) != 0)
+
+
+def test_residual_adds_its_input(key):
+    body = L.serial(L.Dense(4), L.Relu(), L.Dense(4))
+    model = L.residual(L.Dense(4), L.Relu(), L.Dense(4))
+    _, params = model.init(key, (-1, 4))
+    assert set(params) == {"dense_0", "dense_1"}
+    x = jax.random.normal(jax.random.key(3), (2, 4))
+    np.testing.assert_allclose(model.apply(params, x), x + body.apply(params, x), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"must keep the input shape \(-1, 4\), but it gives \(-1, 3\)"):
+        L.residual(L.Dense(3)).init(key, (-1, 4))
+
+
+def test_fan_out_parallel_fan_in(key):
+    model = L.serial(L.FanOut(2), L.parallel(L.Dense(3), L.Dense(3)), L.FanInSum())
+    out_shape, params = model.init(key, (-1, 5))
+    assert out_shape == (-1, 3)
+    assert set(params) == {"parallel_0"} and set(params["parallel_0"]) == {"dense_0", "dense_1"}
+    x = jnp.ones((2, 5))
+    p = params["parallel_0"]
+    expected = L.Dense(3).apply(p["dense_0"], x) + L.Dense(3).apply(p["dense_1"], x)
+    np.testing.assert_allclose(model.apply(params, x), expected, rtol=1e-6)
+    concat = L.serial(L.FanOut(2), L.parallel(L.Dense(3), L.Identity()), L.FanInConcat())
+    out_shape, params = concat.init(key, (-1, 5))
+    assert out_shape == (-1, 8)
+    assert concat.apply(params, x).shape == (2, 8)
+
+
+def test_batch_norm_inside_serial_threads_state(key):
+    model = L.serial(L.Dense(4), L.BatchNorm(), L.Relu(), L.Dense(2), L.BatchNorm())
+    _, params, state = model.init_with_state(key, (-1, 3))
+    assert set(state) == {"batch_norm_0", "batch_norm_1"}
+    x = jax.random.normal(jax.random.key(1), (16, 3))
+    y, new_state = model.apply_with_state(params, state, x, train=True)
+    assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
+    assert not np.allclose(new_state["batch_norm_0"]["mean"], state["batch_norm_0"]["mean"])
+    y_eval, same = model.apply_with_state(params, new_state, x, train=False)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, same, new_state)
+
+
+# ---------------------------------------------------------------------------
+# Bad input: clear errors naming what is wrong, before any XLA error
+# ---------------------------------------------------------------------------
+
+
+def test_dense_wrong_input_features(key):
+    model = L.serial(L.Dense(8), L.Relu(), L.Dense(2))
+    _, params = model.init(key, (-1, 4))
+    with pytest.raises(ValueError, match=r"dense_0: Dense\(8\) expects inputs with last dimension 4 \(w has shape \(4, 8\)\), got x of shape \(3, 5\)"):
+        model.apply(params, jnp.ones((3, 5)))
+    with pytest.raises(ValueError, match="dense_0"):
+        jax.jit(model.apply)(params, jnp.ones((3, 5)))
+
+
+def test_conv_wrong_rank_and_channels(key):
+    layer = L.Conv2D(4, 3)
+    with pytest.raises(ValueError, match=r"expects an input_shape of rank 4, got \(-1, 8, 8\)"):
+        layer.init(key, (-1, 8, 8))
+    _, params = layer.init(key, (-1, 8, 8, 1))
+    with pytest.raises(ValueError, match=r"expects input of rank 4, got x of shape \(2, 8, 8\)"):
+        layer.apply(params, jnp.ones((2, 8, 8)))
+    with pytest.raises(ValueError, match=r"expects 1 input channels \(last axis; layout NHWC\), got x of shape \(2, 8, 8, 3\)"):
+        layer.apply(params, jnp.ones((2, 8, 8, 3)))
+    with pytest.raises(ValueError, match="window 5 is larger than the input size 4 with padding 'VALID'"):
+        L.Conv2D(1, 5, padding="VALID").init(key, (-1, 4, 4, 1))
+
+
+def test_integer_input_to_dense_is_a_type_error(key):
+    layer = L.Dense(2)
+    _, params = layer.init(key, (-1, 3))
+    with pytest.raises(TypeError, match=r"Dense\(2\) input x must have a floating dtype, got int32"):
+        layer.apply(params, jnp.ones((2, 3), jnp.int32))
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match=r"drop_prob must be in \[0, 1\), got 1.0"):
+        L.Dropout(1.0)
+    with pytest.raises(ValueError, match=r"drop_prob must be in \[0, 1\), got -0.1"):
+        L.Dropout(-0.1)
+    with pytest.raises(ValueError, match="out_features must be a positive integer, got 0"):
+        L.Dense(0)
+    with pytest.raises(TypeError, match="out_features must be a positive integer, got 2.5"):
+        L.Dense(2.5)
+    with pytest.raises(ValueError, match="padding must be 'SAME' or 'VALID', got 'full'"):
+        L.Conv2D(3, 3, padding="full")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        L.Conv2D(3, 3, impl="cudnn")
+    with pytest.raises(TypeError, match=r"argument 1 must be a Layer, got .*did you forget to call it, e\.g\. Relu\(\)\?"):
+        L.serial(L.Dense(3), L.Relu)
+    with pytest.raises(ValueError, match="serial needs at least one layer"):
+        L.serial()
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.5"):
+        L.BatchNorm(momentum=1.5)
+
+
+def test_bad_input_shapes(key):
+    with pytest.raises(ValueError, match=r"input_shape must hold positive ints or -1 \(unknown batch\), got \(-1, 0\)"):
+        L.Dense(3).init(key, (-1, 0))
+    with pytest.raises(TypeError, match="input_shape must be a tuple of ints"):
+        L.Dense(3).init(key, 64)
+    with pytest.raises(ValueError, match=r"needs a known last dimension \(features\)"):
+        L.Dense(3).init(key, (8, -1))
+
+
+def test_params_mismatch_names_the_keys(key):
+    model = L.serial(L.Dense(3), L.Dense(2))
+    _, params = model.init(key, (-1, 4))
+    with pytest.raises(ValueError, match=r"params has entries \['dense_9'\] that match no layer; the layers are \['dense_0', 'dense_1'\]"):
+        model.apply({**params, "dense_9": {}}, jnp.ones((1, 4)))
+    broken = {"dense_0": {"b": params["dense_0"]["b"]}, "dense_1": params["dense_1"]}
+    with pytest.raises(ValueError, match=r"dense_0: Dense\(3\): params has no entry 'w'; it has \['b'\]"):
+        model.apply(broken, jnp.ones((1, 4)))
+
+
+def test_stateful_model_through_stateless_api_says_what_to_do(key):
+    model = L.serial(L.Dense(3), L.BatchNorm())
+    _, params = model.init(key, (-1, 4))
+    with pytest.raises(ValueError, match="batch_norm_0: BatchNorm.*build with init_with_state and call apply_with_state"):
+        model.apply(params, jnp.ones((2, 4)))
+
+
+def test_parallel_arity(key):
+    model = L.parallel(L.Dense(2), L.Dense(2))
+    with pytest.raises(ValueError, match="expects input_shape to be a tuple of 2 items, one per layer, got 3 items"):
+        model.init(key, ((-1, 2), (-1, 2), (-1, 2)))
+
+
+def test_fan_in_sum_shape_mismatch(key):
+    with pytest.raises(ValueError, match=r"FanInSum\(\) needs inputs of one shape"):
+        L.FanInSum().init(key, ((-1, 2), (-1, 3)))
