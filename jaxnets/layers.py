@@ -352,18 +352,28 @@ def _resolve_impl(impl: str) -> str:
 
 
 def _conv_layer(
+    label: str,
     name: str,
-    spec: str,
     out_channels: int,
-    kernel_size: tuple[int, ...],
-    strides: tuple[int, ...],
+    kernel_size: Sequence[int],
+    strides: int | Sequence[int],
     padding: str,
     use_bias: bool,
-    w_init: Callable,
+    w_init: Callable | None,
     b_init: Callable,
     transpose: bool,
     impl: str,
 ) -> Layer:
+    """Validates the arguments of :func:`Conv` / :func:`ConvTranspose` and builds the layer."""
+    out_channels = _checks.positive_int(out_channels, "out_channels")
+    if isinstance(kernel_size, (int, np.integer)) or not isinstance(kernel_size, Sequence) or not 1 <= len(kernel_size) <= 3:
+        raise ValueError(f"kernel_size must be a sequence of 1 to 3 ints (use {label}2D for an int), got {kernel_size!r}")
+    kernel_size = _checks.int_tuple(kernel_size, len(kernel_size), "kernel_size")
+    strides = _checks.int_tuple(strides, len(kernel_size), "strides")
+    padding = _checks.padding_mode(padding)
+    w_init = _check_initializer(w_init or inits.lecun_normal(), "w_init")
+    b_init = _check_initializer(b_init, "b_init")
+    spec = f"{label}({out_channels}, {kernel_size}, strides={strides}, padding={padding!r})"
     n = len(kernel_size)
     dn = _dimension_numbers(n)
     if impl not in _CONV_IMPLS:
@@ -457,18 +467,8 @@ def Conv(
       in_channels, out_channels), "b": (out_channels,)}``; y:
       ``(batch, *spatial_out, out_channels)``.
     """
-    out_channels = _checks.positive_int(out_channels, "out_channels")
-    if isinstance(kernel_size, (int, np.integer)) or not isinstance(kernel_size, Sequence) or not 1 <= len(kernel_size) <= 3:
-        raise ValueError(f"kernel_size must be a sequence of 1 to 3 ints (use Conv1D/Conv2D for an int), got {kernel_size!r}")
-    kernel_size = _checks.int_tuple(kernel_size, len(kernel_size), "kernel_size")
-    strides = _checks.int_tuple(strides, len(kernel_size), "strides")
-    padding = _checks.padding_mode(padding)
-    spec = f"Conv({out_channels}, {kernel_size}, strides={strides}, padding={padding!r})"
-    return _conv_layer(
-        "conv", spec, out_channels, kernel_size, strides, padding, use_bias,
-        _check_initializer(w_init or inits.lecun_normal(), "w_init"), _check_initializer(b_init, "b_init"),
-        transpose=False, impl=impl,
-    )
+    return _conv_layer("Conv", "conv", out_channels, kernel_size, strides, padding, use_bias, w_init, b_init,
+                       transpose=False, impl=impl)
 
 
 def Conv1D(out_channels: int, kernel_size: int, **kwargs) -> Layer:
@@ -511,18 +511,8 @@ def ConvTranspose(
       x: ``(batch, *spatial, in_channels)``; params ``{"w": (*kernel_size,
       in_channels, out_channels), "b": (out_channels,)}``.
     """
-    out_channels = _checks.positive_int(out_channels, "out_channels")
-    if isinstance(kernel_size, (int, np.integer)) or not isinstance(kernel_size, Sequence) or not 1 <= len(kernel_size) <= 3:
-        raise ValueError(f"kernel_size must be a sequence of 1 to 3 ints (use ConvTranspose2D for an int), got {kernel_size!r}")
-    kernel_size = _checks.int_tuple(kernel_size, len(kernel_size), "kernel_size")
-    strides = _checks.int_tuple(strides, len(kernel_size), "strides")
-    padding = _checks.padding_mode(padding)
-    spec = f"ConvTranspose({out_channels}, {kernel_size}, strides={strides}, padding={padding!r})"
-    return _conv_layer(
-        "conv_transpose", spec, out_channels, kernel_size, strides, padding, use_bias,
-        _check_initializer(w_init or inits.lecun_normal(), "w_init"), _check_initializer(b_init, "b_init"),
-        transpose=True, impl=impl,
-    )
+    return _conv_layer("ConvTranspose", "conv_transpose", out_channels, kernel_size, strides, padding, use_bias,
+                       w_init, b_init, transpose=True, impl=impl)
 
 
 def ConvTranspose2D(out_channels: int, kernel_size: int | Sequence[int], **kwargs) -> Layer:

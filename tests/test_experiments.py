@@ -1,0 +1,52 @@
+"""End-to-end: the experiment scripts train real models on digits and write their results."""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+STANDARD_PROMOTION_REASON = "experiments use optax's Adam/AdamW, whose bias correction mixes int32 and float"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_main_job_reaches_the_accuracy_floor(tmp_path):
+    result = load("digits_mlp").main(["--out", str(tmp_path), "--no-progress"])
+    assert result["final_test_accuracy"] >= 0.97
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["final_test_accuracy"] == result["final_test_accuracy"]
+    assert saved["config"]["seed"] == 0 and len(saved["history"]["epoch"]) == 40
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_main_job_is_deterministic_for_a_seed(tmp_path):
+    main = load("digits_mlp").main
+    a = main(["--out", str(tmp_path / "a"), "--no-progress", "--epochs", "3", "--seed", "5"])
+    b = main(["--out", str(tmp_path / "b"), "--no-progress", "--epochs", "3", "--seed", "5"])
+    assert a["history"]["test_loss"] == b["history"]["test_loss"]
+
+
+@pytest.mark.slow
+def test_cnn_experiment_learns(tmp_path):
+    result = load("digits_cnn").main(["--out", str(tmp_path), "--no-progress", "--epochs", "3"])
+    assert result["final_test_accuracy"] > 0.9
+    assert (tmp_path / "metrics.json").exists()
+
+
+def test_experiment_rejects_bad_hyperparameters(tmp_path):
+    main = load("digits_mlp").main
+    with pytest.raises(ValueError, match="learning_rate must be finite and > 0, got -0.1"):
+        main(["--out", str(tmp_path), "--learning-rate", "-0.1"])
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        main(["--out", str(tmp_path), "--batch-size", "0"])
