@@ -1,0 +1,173 @@
+"""Shared pieces of the hand-written optimizers: checks, scaling, moments, masks.
+
+Only ``optax.GradientTransformation`` (its ``ExtraArgs`` form) and optax's
+schedule convention (a callable of the step count) are used from optax; the
+update equations are written out in each optimizer's module.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+
+ScalarOrSchedule = Any  # a float, a scalar array, or a callable count -> float
+
+
+def _concrete_scalar(value: Any) -> float | None:
+    """The value as a float if it is a number typed by the user; None for dynamic values.
+
+    Schedules and JAX arrays are dynamic: ``optax.inject_hyperparams``
+    rebuilds the optimizer with array hyperparameters at every update (traced
+    under ``jit``, concrete in eager mode), and may legitimately set them to
+    values such as a learning rate of 0 during warm-up.
+    """
+    if callable(value) or isinstance(value, (jax.Array, jax.core.Tracer)):
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"expected a number, got {value!r}")
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return float(value)
+    raise TypeError(f"expected a scalar, got {value!r}")
+
+
+def _named(name: str, value: Any) -> float | None:
+    try:
+        return _concrete_scalar(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a scalar number, got {value!r}") from None
+
+
+def check_learning_rate(learning_rate: ScalarOrSchedule) -> None:
+    """A learning rate is a positive finite number, or a schedule (callable of the count)."""
+    v = _named("learning_rate", learning_rate)
+    if v is not None and not (np.isfinite(v) and v > 0):
+        raise ValueError(f"learning_rate must be a finite number > 0 or a schedule, got {v}")
+
+
+def check_decay(value: Any, name: str) -> None:
+    """Decay rates (betas, momentum) lie in [0, 1)."""
+    v = _named(name, value)
+    if v is not None and not 0.0 <= v < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {v}")
+
+
+def check_nonnegative(value: Any, name: str) -> None:
+    """eps, eps_root, weight decay, initial accumulators: finite and >= 0 (or a schedule)."""
+    v = _named(name, value)
+    if v is not None and not (np.isfinite(v) and v >= 0.0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+
+
+def check_dtype(dtype: Any, name: str):
+    if dtype is None:
+        return None
+    try:
+        return jax.dtypes.canonicalize_dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be a dtype or None, got {dtype!r}") from None
+
+
+def check_same_structure(grads: Any, reference: Any, what: str) -> None:
+    """Raise a ValueError printing both structures when ``grads`` and ``reference`` differ."""
+    a = jax.tree_util.tree_structure(grads)
+    b = jax.tree_util.tree_structure(reference)
+    if a != b:
+        raise ValueError(f"grads must have the structure of the {what}:\n  grads: {a}\n  {what}: {b}")
+
+
+def promote(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Both arrays in their common dtype (what standard promotion would pick), explicitly."""
+    dtype = jnp.promote_types(a.dtype, b.dtype)
+    return a.astype(dtype), b.astype(dtype)
+
+
+def abs_sq(g: jax.Array) -> jax.Array:
+    """``|g|^2`` elementwise: ``g * g`` for real ``g``, ``Re(conj(g) g)`` for complex."""
+    if jnp.iscomplexobj(g):
+        return (g.conj() * g).real
+    return g * g
+
+
+def ema(g: jax.Array, moment: jax.Array, decay: Any) -> jax.Array:
+    """Exponential moving average ``(1 - decay) g + decay m``."""
+    g, moment = promote(g, moment)
+    return (1 - decay) * g + decay * moment
+
+
+def ema_sq(g: jax.Array, moment: jax.Array, decay: Any) -> jax.Array:
+    """Exponential moving average of ``|g|^2``: ``(1 - decay) |g|^2 + decay v``."""
+    sq, moment = promote(abs_sq(g), moment)
+    return (1 - decay) * sq + decay * moment
+
+
+def debias(moment: jax.Array, decay: Any, count: jax.Array) -> jax.Array:
+    """Bias correction ``m / (1 - decay^t)``.
+
+    The denominator is computed in the default float precision (``decay^t``
+    in bfloat16 rounds to 1 for small ``t``), then cast to the moment's dtype.
+    """
+    base = jnp.asarray(decay, jnp.result_type(decay, float))
+    correction = 1 - lax.pow(base, count)  # an integer power, as optax computes it
+    return moment / correction.astype(moment.dtype)
+
+
+def increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, saturating at the int32 maximum instead of wrapping."""
+    top = jnp.iinfo(jnp.int32).max
+    return jnp.where(count < top, count + 1, jnp.asarray(top, jnp.int32))
+
+
+def scale_by_learning_rate(updates: Any, learning_rate: ScalarOrSchedule, count: jax.Array) -> Any:
+    """``-learning_rate * u``; a schedule is evaluated at the number of steps taken so far."""
+    if callable(learning_rate):
+        step = -1 * learning_rate(count)
+        return jax.tree_util.tree_map(lambda u: jnp.array(step, dtype=u.dtype) * u, updates)
+    step = -1 * learning_rate
+    return jax.tree_util.tree_map(lambda u: step * u, updates)
+
+
+def resolve_mask(mask: Any, params: Any, name: str = "mask") -> Any:
+    """A full tree of bools, one per params leaf, from a mask tree (or prefix) or a callable."""
+    if mask is None:
+        return jax.tree_util.tree_map(lambda _: True, params)
+    tree = mask(params) if callable(mask) else mask
+    try:
+        return jax.tree_util.tree_map(
+            lambda m, sub: jax.tree_util.tree_map(lambda _: bool(m), sub), tree, params,
+            is_leaf=lambda x: isinstance(x, (bool, np.bool_)),
+        )
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"{name} must have the structure of params (or a prefix of it) with bool leaves:\n"
+            f"  {name}: {jax.tree_util.tree_structure(tree)}\n  params: {jax.tree_util.tree_structure(params)}"
+        ) from None
+
+
+def add_weight_decay(updates: Any, params: Any, weight_decay: ScalarOrSchedule, mask: Any, count: jax.Array) -> Any:
+    """``u + weight_decay * p`` on the leaves the mask selects (decoupled weight decay)."""
+    if params is None:
+        raise ValueError("this optimizer applies weight decay and needs params: call update(grads, state, params)")
+    if isinstance(weight_decay, (int, float)) and weight_decay == 0.0:
+        return updates
+    s = weight_decay(count) if callable(weight_decay) else weight_decay
+    selected = resolve_mask(mask, params)
+    return jax.tree_util.tree_map(lambda u, p, m: u + s * p if m else u, updates, params, selected)
+
+
+def transformation(init: Callable, update: Callable) -> optax.GradientTransformationExtraArgs:
+    """Wraps init/update as an optax transformation whose update ignores extra keyword arguments."""
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args  # accepted and ignored, as optax's own optimizers do
+        return update(updates, state, params)
+
+    return optax.GradientTransformationExtraArgs(init, update_fn)

@@ -1,0 +1,73 @@
+"""Stochastic gradient descent, with heavy-ball or Nesterov momentum."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxnets.optim import _base
+
+
+class SgdState(NamedTuple):
+    """``count``: steps taken (int32). ``velocity``: the momentum buffer ``v`` (None without momentum)."""
+
+    count: jax.Array
+    velocity: Any
+
+
+def sgd(
+    learning_rate: _base.ScalarOrSchedule,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    accumulator_dtype: Any = None,
+):
+    r"""Stochastic gradient descent, optionally with momentum.
+
+    Without momentum: ``p <- p - lr g``. With momentum ``mu``:
+
+    .. math::
+        v_t = g_t + \mu v_{t-1}, \qquad
+        p_t = p_{t-1} - \mathrm{lr}\, v_t
+        \quad(\text{Nesterov: } p_t = p_{t-1} - \mathrm{lr}\,(g_t + \mu v_t))
+
+    Args:
+      learning_rate: a number > 0 or a schedule ``count -> lr``.
+      momentum: ``mu`` in [0, 1), or None for plain SGD.
+      nesterov: use the Nesterov look-ahead form above.
+      accumulator_dtype: dtype of ``v`` (default: that of the gradients).
+
+    Same as ``optax.sgd``. PyTorch's ``SGD(momentum=mu, dampening=0)`` is the
+    same for a constant learning rate (it folds ``lr`` in after the buffer too).
+    """
+    _base.check_learning_rate(learning_rate)
+    if momentum is not None:
+        _base.check_decay(momentum, "momentum")
+    accumulator_dtype = _base.check_dtype(accumulator_dtype, "accumulator_dtype")
+
+    def init(params):
+        velocity = None
+        if momentum is not None:
+            velocity = jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=accumulator_dtype), params)
+        return SgdState(count=jnp.zeros([], jnp.int32), velocity=velocity)
+
+    def update(grads, state, params=None):
+        del params
+        if momentum is None:
+            updates, velocity = grads, None
+        else:
+            _base.check_same_structure(grads, state.velocity, "momentum buffer")
+
+            def trace(g, v):
+                g, v = _base.promote(g, v)
+                return g + momentum * v
+
+            velocity = jax.tree_util.tree_map(trace, grads, state.velocity)
+            updates = jax.tree_util.tree_map(trace, grads, velocity) if nesterov else velocity
+            if accumulator_dtype is not None:
+                velocity = jax.tree_util.tree_map(lambda v: v.astype(accumulator_dtype), velocity)
+        updates = _base.scale_by_learning_rate(updates, learning_rate, state.count)
+        return updates, SgdState(count=_base.increment(state.count), velocity=velocity)
+
+    return _base.transformation(init, update)
