@@ -50,3 +50,16 @@ def test_experiment_rejects_bad_hyperparameters(tmp_path):
         main(["--out", str(tmp_path), "--learning-rate", "-0.1"])
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         main(["--out", str(tmp_path), "--batch-size", "0"])
+
+
+@pytest.mark.slow
+def test_optimizer_study_quick(tmp_path):
+    result = load("optimizer_study").main(["--quick", "--out", str(tmp_path)])
+    names = [r["optimizer"] for r in result["rows"]]
+    assert names == ["sgd", "adagrad", "rmsprop", "adam", "adamw", "adamax", "nadam", "amsgrad", "lion"]
+    for row in result["rows"]:
+        assert row["max_rel_deviation_shared_grads"] <= 1e-6, row
+        assert row["jaxnets_test_accuracy"] == pytest.approx(row["optax_test_accuracy"], abs=1e-3)
+        assert row["flops_ratio"] == pytest.approx(1.0, abs=1e-3)
+    for name in ("optimizer_study.json", "optimizer_study.md", "loss_curves.png"):
+        assert (tmp_path / name).stat().st_size > 0
