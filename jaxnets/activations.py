@@ -7,8 +7,11 @@ in ``exp``, no ``nan`` in values or gradients for finite inputs of any size.
 Conventions at kinks (pinned by tests): ``relu'(0) = 0`` and
 ``leaky_relu'(0) = negative_slope``, the same as ``jax.nn``.
 
-The hand-derived derivative of each function will sit directly below it
-(see the issue on hand-derived backprop).
+Each function's hand-derived derivative sits directly below it:
+``<name>_grad(x)`` (the elementwise derivative ``f'(x)``), or for the two
+normalising functions ``<name>_vjp(x, y_bar)`` (the cotangent of ``x``
+given the cotangent ``y_bar`` of the output). ``GRADIENTS`` maps each
+activation to its rule as a vjp ``(x, y_bar, **kwargs) -> x_bar``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,18 @@ __all__ = [
     "softmax",
     "log_softmax",
     "identity",
+    "relu_grad",
+    "leaky_relu_grad",
+    "elu_grad",
+    "gelu_grad",
+    "sigmoid_grad",
+    "tanh_grad",
+    "softplus_grad",
+    "silu_grad",
+    "softmax_vjp",
+    "log_softmax_vjp",
+    "identity_grad",
+    "GRADIENTS",
 ]
 
 
@@ -42,9 +57,19 @@ def relu(x: jax.Array) -> jax.Array:
     return jnp.where(x > 0, x, jnp.zeros_like(x))
 
 
+def relu_grad(x: jax.Array) -> jax.Array:
+    """``relu'(x) = 1`` for ``x > 0``, else 0 (0 at the kink ``x = 0``)."""
+    return (x > 0).astype(x.dtype)
+
+
 def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
     """``x`` for ``x > 0``, ``negative_slope * x`` otherwise (derivative at 0: ``negative_slope``)."""
     return jnp.where(x > 0, x, negative_slope * x)
+
+
+def leaky_relu_grad(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
+    """1 for ``x > 0``, else ``negative_slope`` (including at ``x = 0``)."""
+    return jnp.where(x > 0, jnp.ones_like(x), jnp.full_like(x, negative_slope))
 
 
 def elu(x: jax.Array, alpha: float = 1.0) -> jax.Array:
@@ -54,6 +79,11 @@ def elu(x: jax.Array, alpha: float = 1.0) -> jax.Array:
     overflow (an ``inf`` there would turn the gradient into ``nan``).
     """
     return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0)))
+
+
+def elu_grad(x: jax.Array, alpha: float = 1.0) -> jax.Array:
+    """1 for ``x > 0``, else ``alpha exp(x)`` (``alpha`` at 0, the left limit)."""
+    return jnp.where(x > 0, jnp.ones_like(x), alpha * jnp.exp(jnp.minimum(x, 0)))
 
 
 def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
@@ -72,6 +102,21 @@ def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
     return 0.5 * x * (1.0 + lax.erf(x / math.sqrt(2.0)))
 
 
+def gelu_grad(x: jax.Array, approximate: bool = False) -> jax.Array:
+    """``d/dx [x Phi(x)] = Phi(x) + x phi(x)`` with ``phi`` the standard normal density.
+
+    Tanh form: with ``u = c (x + a x^3)``, ``c = sqrt(2/pi)``, ``a = 0.044715``,
+    ``t = tanh(u)``: ``(1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2``.
+    """
+    if approximate:
+        c = math.sqrt(2.0 / math.pi)
+        t = jnp.tanh(c * (x + 0.044715 * x**3))
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * x * x)
+    cdf = 0.5 * (1.0 + lax.erf(x / math.sqrt(2.0)))
+    pdf = jnp.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return cdf + x * pdf
+
+
 def sigmoid(x: jax.Array) -> jax.Array:
     """Logistic function ``1 / (1 + exp(-x))``, without overflow.
 
@@ -82,9 +127,21 @@ def sigmoid(x: jax.Array) -> jax.Array:
     return jnp.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
 
 
+def sigmoid_grad(x: jax.Array) -> jax.Array:
+    """``sigmoid'(x) = s (1 - s)`` with ``s = sigmoid(x)``."""
+    s = sigmoid(x)
+    return s * (1.0 - s)
+
+
 def tanh(x: jax.Array) -> jax.Array:
     """Hyperbolic tangent."""
     return jnp.tanh(x)
+
+
+def tanh_grad(x: jax.Array) -> jax.Array:
+    """``tanh'(x) = 1 - tanh(x)^2``."""
+    t = jnp.tanh(x)
+    return 1.0 - t * t
 
 
 def softplus(x: jax.Array) -> jax.Array:
@@ -92,9 +149,20 @@ def softplus(x: jax.Array) -> jax.Array:
     return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
 
+def softplus_grad(x: jax.Array) -> jax.Array:
+    """``softplus'(x) = sigmoid(x)``."""
+    return sigmoid(x)
+
+
 def silu(x: jax.Array) -> jax.Array:
     """Sigmoid linear unit (swish), ``x * sigmoid(x)``."""
     return x * sigmoid(x)
+
+
+def silu_grad(x: jax.Array) -> jax.Array:
+    """``d/dx [x s(x)] = s + x s (1 - s) = s (1 + x (1 - s))``."""
+    s = sigmoid(x)
+    return s * (1.0 + x * (1.0 - s))
 
 
 def _stable_max(x: jax.Array, axis: int) -> jax.Array:
@@ -110,12 +178,59 @@ def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
 
 
+def log_softmax_vjp(x: jax.Array, y_bar: jax.Array, axis: int = -1) -> jax.Array:
+    """Cotangent of ``x`` for ``y = log_softmax(x)``: ``y_bar - softmax(x) sum(y_bar)``.
+
+    The Jacobian is ``I - 1 softmax(x)^T`` along ``axis``, so
+    ``x_bar = J^T y_bar = y_bar - softmax(x) * sum_j y_bar_j``.
+    """
+    return y_bar - softmax(x, axis) * jnp.sum(y_bar, axis=axis, keepdims=True)
+
+
 def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     """``exp(x_i) / sum_j exp(x_j)`` along ``axis``, with the max subtracted first."""
     unnormalised = jnp.exp(x - _stable_max(x, axis))
     return unnormalised / jnp.sum(unnormalised, axis=axis, keepdims=True)
 
 
+def softmax_vjp(x: jax.Array, y_bar: jax.Array, axis: int = -1) -> jax.Array:
+    """Cotangent of ``x`` for ``s = softmax(x)``: ``s * (y_bar - sum(y_bar s))``.
+
+    The Jacobian is ``diag(s) - s s^T`` (symmetric) along ``axis``, so
+    ``x_bar = s * y_bar - s (s . y_bar)``.
+    """
+    s = softmax(x, axis)
+    return s * (y_bar - jnp.sum(y_bar * s, axis=axis, keepdims=True))
+
+
 def identity(x: jax.Array) -> jax.Array:
     """Returns ``x`` unchanged (a linear output layer)."""
     return x
+
+
+def identity_grad(x: jax.Array) -> jax.Array:
+    """1 everywhere."""
+    return jnp.ones_like(x)
+
+
+def _from_derivative(derivative):
+    def vjp(x, y_bar, **kwargs):
+        return y_bar * derivative(x, **kwargs)
+
+    return vjp
+
+
+# activation -> its hand-derived rule as a vjp (x, y_bar, **kwargs) -> x_bar
+GRADIENTS = {
+    relu: _from_derivative(relu_grad),
+    leaky_relu: _from_derivative(leaky_relu_grad),
+    elu: _from_derivative(elu_grad),
+    gelu: _from_derivative(gelu_grad),
+    sigmoid: _from_derivative(sigmoid_grad),
+    tanh: _from_derivative(tanh_grad),
+    softplus: _from_derivative(softplus_grad),
+    silu: _from_derivative(silu_grad),
+    softmax: softmax_vjp,
+    log_softmax: log_softmax_vjp,
+    identity: _from_derivative(identity_grad),
+}

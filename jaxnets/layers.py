@@ -31,9 +31,21 @@ passed through unchanged, so stateless models use ``init``/``apply`` alone and
 stay as short as stax. Calling ``apply`` on a model that holds state raises,
 naming the layer and pointing to ``apply_with_state``.
 
-``backward`` is the place for the layer's hand-derived backward rule
-(cotangent of the output in; cotangents of params and input out). It is
-``None`` until the hand-derived backprop work fills it in.
+Every built-in layer also carries a hand-derived backward rule, written as
+plain linear algebra right after its forward function::
+
+    backward(params, state, x, y_bar, *, key=None, train=False) -> (params_bar, x_bar)
+
+``y_bar`` is the cotangent of the output (``dL/dy``); the rule returns the
+cotangents of the params (same pytree) and of the input. Combinators apply
+the chain rule over their children's rules through a *tape*::
+
+    tape_forward(params, state, x, *, key=None, train=False) -> (y, state, tape)
+    tape_backward(params, state, tape, y_bar, *, key=None, train=False) -> (params_bar, x_bar)
+
+where the tape holds what the backward pass needs (each child's input), so
+the forward pass runs once. :mod:`jaxnets.backprop` turns these into
+gradients of whole models; :mod:`jaxnets.gradcheck` checks them.
 
 Layout conventions: dense layers act on the last axis of any-rank input;
 convolutions and pooling take channels-last input ``(batch, *spatial,
@@ -43,6 +55,7 @@ channels)`` (NWC for 1-D, NHWC for 2-D) and kernels ``(*window, in, out)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections import Counter
@@ -113,7 +126,10 @@ class Layer:
       apply: ``(params, x, *, key=None, train=False) -> y``.
       init_with_state: ``(key, input_shape) -> (output_shape, params, state)``.
       apply_with_state: ``(params, state, x, *, key=None, train=False) -> (y, state)``.
-      backward: hand-derived backward rule, or ``None``.
+      backward: the hand-derived rule ``(params, state, x, y_bar, *, key=None,
+        train=False) -> (params_bar, x_bar)``, or ``None`` for a layer without one.
+      tape_forward, tape_backward: the same rule split around a recorded
+        forward pass (see the module docstring); ``None`` without a rule.
     """
 
     name: str
@@ -123,6 +139,8 @@ class Layer:
     init_with_state: Callable[..., tuple]
     apply_with_state: Callable[..., tuple]
     backward: Callable[..., tuple] | None = None
+    tape_forward: Callable[..., tuple] | None = None
+    tape_backward: Callable[..., tuple] | None = None
 
     def __repr__(self) -> str:
         return self.spec
@@ -133,8 +151,26 @@ class Layer:
 # ---------------------------------------------------------------------------
 
 
-def _stateless(name: str, spec: str, init: Callable, apply: Callable) -> Layer:
-    """A layer without state; derives the state-threading pair."""
+def _with_rule(layer: Layer, backward: Callable | None) -> Layer:
+    """Attach a primitive layer's rule; its tape is simply its input ``x``."""
+    if backward is None:
+        return layer
+
+    def tape_forward(params, state, x, *, key=None, train=False):
+        y, new_state = layer.apply_with_state(params, state, x, key=key, train=train)
+        return y, new_state, x
+
+    def tape_backward(params, state, tape, y_bar, *, key=None, train=False):
+        return backward(params, state, tape, y_bar, key=key, train=train)
+
+    return dataclasses.replace(layer, backward=backward, tape_forward=tape_forward, tape_backward=tape_backward)
+
+
+def _stateless(name: str, spec: str, init: Callable, apply: Callable, backward: Callable | None = None) -> Layer:
+    """A layer without state; derives the state-threading pair.
+
+    ``backward`` is the rule without state: ``(params, x, y_bar, *, key, train) -> (params_bar, x_bar)``.
+    """
 
     def checked_init(key, input_shape):
         return init(key, _checks.shape_tuple(input_shape))
@@ -146,10 +182,17 @@ def _stateless(name: str, spec: str, init: Callable, apply: Callable) -> Layer:
     def apply_with_state(params, state, x, *, key=None, train=False):
         return apply(params, x, key=key, train=train), state
 
-    return Layer(name, spec, checked_init, apply, init_with_state, apply_with_state)
+    rule = None
+    if backward is not None:
+
+        def rule(params, state, x, y_bar, *, key=None, train=False):
+            del state
+            return backward(params, x, y_bar, key=key, train=train)
+
+    return _with_rule(Layer(name, spec, checked_init, apply, init_with_state, apply_with_state), rule)
 
 
-def _stateful(name: str, spec: str, init_with_state: Callable, apply_with_state: Callable) -> Layer:
+def _stateful(name: str, spec: str, init_with_state: Callable, apply_with_state: Callable, backward: Callable | None = None) -> Layer:
     """A layer that may carry state; derives the stateless pair from the general one."""
 
     def init(key, input_shape):
@@ -160,7 +203,29 @@ def _stateful(name: str, spec: str, init_with_state: Callable, apply_with_state:
         y, _ = apply_with_state(params, {}, x, key=key, train=train)
         return y
 
-    return Layer(name, spec, init, apply, init_with_state, apply_with_state)
+    return _with_rule(Layer(name, spec, init, apply, init_with_state, apply_with_state), backward)
+
+
+def _combinator(name: str, spec: str, init_with_state: Callable, apply_with_state: Callable,
+                tape_forward: Callable, tape_backward: Callable) -> Layer:
+    """A layer built from others: its rule is the chain rule over the children's tapes."""
+
+    def backward(params, state, x, y_bar, *, key=None, train=False):
+        _, _, tape = tape_forward(params, state, x, key=key, train=train)
+        return tape_backward(params, state, tape, y_bar, key=key, train=train)
+
+    layer = _stateful(name, spec, init_with_state, apply_with_state)
+    return dataclasses.replace(layer, backward=backward, tape_forward=tape_forward, tape_backward=tape_backward)
+
+
+def _require_rule(layer: Layer) -> None:
+    if layer.tape_forward is None or layer.tape_backward is None:
+        raise ValueError(f"{layer.spec} has no hand-derived backward rule (for Elementwise, pass vjp=...)")
+
+
+def _sum_leading(a: jax.Array, keep: int = 1) -> jax.Array:
+    """Sum over all axes but the last ``keep``: the batch (and spatial) axes."""
+    return jnp.sum(a, axis=tuple(range(a.ndim - keep)))
 
 
 def _has_leaves(tree: Any) -> bool:
@@ -276,7 +341,21 @@ def Dense(
             y = y + _entry(params, "b", "params", spec)
         return y
 
-    return _stateless("dense", spec, init, apply)
+    def backward(params, x, y_bar, *, key=None, train=False):
+        """With the batch (and any leading axes) flattened into the rows of X:
+
+        dL/dW = X^T Y_bar  (in, out);   dL/db = sum of Y_bar's rows;   dL/dX = Y_bar W^T.
+        """
+        del key, train
+        w = _entry(params, "w", "params", spec)
+        rows_x = x.reshape(-1, x.shape[-1])  # (rows, in)
+        rows_y = y_bar.reshape(-1, y_bar.shape[-1])  # (rows, out)
+        grads = {"w": rows_x.T @ rows_y}
+        if use_bias:
+            grads["b"] = jnp.sum(rows_y, axis=0)
+        return grads, y_bar @ w.T
+
+    return _stateless("dense", spec, init, apply, backward)
 
 
 # ---------------------------------------------------------------------------
@@ -314,6 +393,43 @@ def _transpose_pads(kernel, strides, padding) -> list[tuple[int, int]]:
     return pads
 
 
+def _patches(xp, kernel, strides):
+    """One strided slice of the padded input per window offset ``o``:
+    ``patch_o[b, i, c] = xp[b, i * s + o, c]`` for every output position ``i``."""
+    n = len(strides)
+    out = [(xp.shape[1 + a] - kernel[a]) // strides[a] + 1 for a in range(n)]
+    patches = []
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        start = (0, *offset, 0)
+        limit = (xp.shape[0], *(o + (m - 1) * s + 1 for o, m, s in zip(offset, out, strides)), xp.shape[-1])
+        patches.append(lax.slice(xp, start, limit, (1, *strides, 1)))
+    return patches
+
+
+def _patches_adjoint(pieces, padded_shape, kernel, strides):
+    """The adjoint of :func:`_patches` ("col2im"): add each piece back where its slice came from.
+
+    A strided slice's adjoint pads with zeros: ``o`` before, ``s - 1`` between
+    entries, the rest after. Overlapping windows add up.
+    """
+    n = len(strides)
+    total = None
+    for piece, offset in zip(pieces, itertools.product(*(range(k) for k in kernel))):
+        config = [(0, 0, 0)]
+        for a in range(n):
+            m, o, s, size = piece.shape[1 + a], offset[a], strides[a], padded_shape[1 + a]
+            config.append((o, size - (o + (m - 1) * s + 1), s - 1))
+        config.append((0, 0, 0))
+        placed = lax.pad(piece, jnp.zeros((), piece.dtype), config)
+        total = placed if total is None else total + placed
+    return total
+
+
+def _crop(a, pads):
+    """Remove edge padding: the adjoint of zero-padding."""
+    return a[(slice(None),) + tuple(slice(lo, a.shape[1 + i] - hi) for i, (lo, hi) in enumerate(pads)) + (slice(None),)]
+
+
 def _conv_im2col(x, w, strides, pads):
     """Convolution as one matmul over gathered windows ("im2col").
 
@@ -328,17 +444,31 @@ def _conv_im2col(x, w, strides, pads):
     inside ``lax.scan`` (where its native convolution gradients are an order
     of magnitude slower; see ``experiments/benchmarks/conv_impl.py``).
     """
-    n = len(strides)
-    kernel = w.shape[:n]
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    out = [(xp.shape[1 + a] - kernel[a]) // strides[a] + 1 for a in range(n)]
-    patches = []
-    for offset in itertools.product(*(range(k) for k in kernel)):
-        start = (0, *offset, 0)
-        limit = (xp.shape[0], *(o + (m - 1) * s + 1 for o, m, s in zip(offset, out, strides)), xp.shape[-1])
-        patches.append(lax.slice(xp, start, limit, (1, *strides, 1)))
-    cols = jnp.concatenate(patches, axis=-1)  # (batch, *out, prod(kernel) * in_channels)
+    cols = jnp.concatenate(_patches(xp, w.shape[: len(strides)], strides), axis=-1)  # (batch, *out, prod(k) * in)
     return cols @ w.reshape(-1, w.shape[-1])  # (batch, *out, out_channels)
+
+
+def _conv_im2col_backward(x, w, strides, pads, y_bar):
+    """Cotangents of ``(w, x)`` for :func:`_conv_im2col`, as linear algebra.
+
+    With ``cols`` the gathered windows (rows: every output position of every
+    example) and ``W_m = W.reshape(prod(k) in, out)``:
+
+        y = cols W_m                      (the forward, one matmul)
+        W_m_bar = cols^T y_bar            (prod(k) in, out)
+        cols_bar = y_bar W_m^T            (rows, prod(k) in)
+        x_bar = crop(col2im(cols_bar))    (each window's share added back)
+    """
+    kernel = w.shape[: len(strides)]
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    cols = jnp.concatenate(_patches(xp, kernel, strides), axis=-1)
+    rows = cols.reshape(-1, cols.shape[-1])  # (batch * prod(out), prod(k) * in)
+    w_bar = (rows.T @ y_bar.reshape(-1, y_bar.shape[-1])).reshape(w.shape)
+    cols_bar = y_bar @ w.reshape(-1, w.shape[-1]).T  # (batch, *out, prod(k) * in)
+    pieces = jnp.split(cols_bar, math.prod(kernel), axis=-1)
+    x_bar = _crop(_patches_adjoint(pieces, xp.shape, kernel, strides), pads)
+    return w_bar, x_bar
 
 
 _CONV_IMPLS = ("auto", "xla", "im2col")
@@ -429,7 +559,34 @@ def _conv_layer(
             y = y + _entry(params, "b", "params", spec)
         return y
 
-    return _stateless(name, spec, init, apply)
+    def backward(params, x, y_bar, *, key=None, train=False):
+        """Convolution is a matmul over gathered windows, so its rule is Dense's
+        plus col2im (see :func:`_conv_im2col_backward`); ``b_bar`` sums ``y_bar``
+        over batch and space. A transposed convolution is a stride-1 convolution
+        of the zero-dilated input with the flipped kernel: its rule is that
+        one's, with the flip undone on ``W_bar`` and the dilation undone on
+        ``x_bar`` (the adjoint of inserting zeros is a strided slice).
+        """
+        del key, train
+        w = _entry(params, "w", "params", spec)
+        if not transpose:
+            pads = _same_pads(x.shape[1:-1], kernel_size, strides) if padding == "SAME" else [(0, 0)] * n
+            w_bar, x_bar = _conv_im2col_backward(x, w, strides, pads, y_bar)
+        else:
+            spatial = tuple(range(n))
+            edges = _transpose_pads(kernel_size, strides, padding)
+            config = [(0, 0, 0)] + [(lo, hi, s - 1) for (lo, hi), s in zip(edges, strides)] + [(0, 0, 0)]
+            dilated = lax.pad(x, jnp.zeros((), x.dtype), config)
+            flipped_bar, dilated_bar = _conv_im2col_backward(dilated, jnp.flip(w, spatial), (1,) * n, [(0, 0)] * n, y_bar)
+            w_bar = jnp.flip(flipped_bar, spatial)
+            keep = tuple(slice(lo, lo + (m - 1) * s + 1, s) for (lo, _), m, s in zip(edges, x.shape[1:-1], strides))
+            x_bar = dilated_bar[(slice(None),) + keep + (slice(None),)]
+        grads = {"w": w_bar}
+        if use_bias:
+            grads["b"] = _sum_leading(y_bar)
+        return grads, x_bar
+
+    return _stateless(name, spec, init, apply, backward)
 
 
 def Conv(
@@ -551,12 +708,37 @@ def _pool(name: str, label: str, window_shape, strides, padding) -> Layer:
         if name == "max_pool":
             return lax.reduce_window(x, -jnp.inf, lax.max, dims, steps, padding)
         sums = lax.reduce_window(x, 0.0, lax.add, dims, steps, padding)
-        # Divide each window by the number of real (not padded) inputs in it.
-        ones = jnp.ones((1,) + x.shape[1:-1] + (1,), x.dtype)
-        counts = lax.reduce_window(ones, 0.0, lax.add, dims, steps, padding)
-        return sums / counts
+        return sums / window_counts(x)
 
-    return _stateless(name, spec, init, apply)
+    def window_counts(x):
+        """How many real (not padded) inputs each window covers."""
+        ones = jnp.ones((1,) + x.shape[1:-1] + (1,), x.dtype)
+        return lax.reduce_window(ones, 0.0, lax.add, dims, steps, padding)
+
+    def backward(params, x, y_bar, *, key=None, train=False):
+        """Each window's output depends on the inputs it covers. Max: the whole
+        cotangent goes to the window's maximum (the first one in row-major
+        order when several tie, as XLA does). Average: each covered input gets
+        ``y_bar / count``. The shares are added back with col2im.
+        """
+        del params, key, train
+        pads = _same_pads(x.shape[1:-1], window, strides) if padding == "SAME" else [(0, 0)] * n
+        padded_shape = (x.shape[0],) + tuple(d + lo + hi for d, (lo, hi) in zip(x.shape[1:-1], pads)) + (x.shape[-1],)
+        if name == "max_pool":
+            xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+            patches = _patches(xp, window, strides)
+            y = functools.reduce(jnp.maximum, patches)
+            taken = jnp.zeros(y.shape, bool)
+            pieces = []
+            for patch in patches:
+                hit = (patch == y) & ~taken
+                taken = taken | hit
+                pieces.append(jnp.where(hit, y_bar, jnp.zeros_like(y_bar)))
+        else:
+            pieces = [y_bar / window_counts(x)] * math.prod(window)
+        return {}, _crop(_patches_adjoint(pieces, padded_shape, window, strides), pads)
+
+    return _stateless(name, spec, init, apply, backward)
 
 
 def MaxPool(window_shape: int | Sequence[int], strides: int | Sequence[int] | None = None, padding: str = "VALID") -> Layer:
@@ -599,7 +781,12 @@ def Flatten() -> Layer:
         _check_input(x, spec, min_rank=2, dtype="any")
         return x.reshape(x.shape[0], -1)  # (batch, d1 * ... * dk)
 
-    return _stateless("flatten", spec, init, apply)
+    def backward(params, x, y_bar, *, key=None, train=False):
+        """A reshape moves no values: the cotangent is reshaped back."""
+        del params, key, train
+        return {}, y_bar.reshape(x.shape)
+
+    return _stateless("flatten", spec, init, apply, backward)
 
 
 # ---------------------------------------------------------------------------
@@ -640,12 +827,52 @@ def Dropout(drop_prob: float) -> Layer:
         keep = jax.random.bernoulli(key, keep_prob, x.shape)
         return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
 
-    return _stateless("dropout", spec, init, apply)
+    def backward(params, x, y_bar, *, key=None, train=False):
+        """``y = m * x / (1 - p)`` with the same mask ``m`` (redrawn from the same key): ``x_bar = m * y_bar / (1 - p)``."""
+        del params
+        if not train or drop_prob == 0.0:
+            return {}, y_bar
+        if key is None:
+            raise ValueError(f"{spec} is random in training: pass key=... to apply (got key=None with train=True)")
+        keep_prob = 1.0 - drop_prob
+        keep = jax.random.bernoulli(key, keep_prob, x.shape)
+        return {}, jnp.where(keep, y_bar / keep_prob, jnp.zeros_like(y_bar))
+
+    return _stateless("dropout", spec, init, apply, backward)
 
 
 # ---------------------------------------------------------------------------
 # Normalisation
 # ---------------------------------------------------------------------------
+
+
+def _normalise_backward(params, x, y_bar, mean, var, eps, axes, use_scale, use_bias, spec, batch_stats):
+    """The rule shared by LayerNorm and BatchNorm.
+
+    ``x_hat = (x - mu) r`` with ``r = 1 / sqrt(var + eps)``, ``y = x_hat gamma + beta``.
+    ``gamma_bar = sum(y_bar x_hat)``, ``beta_bar = sum(y_bar)`` over the axes
+    that gamma is shared across; with ``g = y_bar gamma``, when ``mu`` and
+    ``var`` are the statistics of ``x`` itself over ``axes`` (N entries):
+
+        x_bar = r (g - mean(g) - x_hat mean(g x_hat))
+
+    (the two subtracted terms are the paths through ``mu`` and through
+    ``var``). With fixed statistics (BatchNorm in evaluation) ``x_bar = r g``.
+    """
+    r = lax.rsqrt(var + eps)
+    x_hat = (x - mean) * r
+    grads = {}
+    g = y_bar
+    if use_scale:
+        grads["scale"] = _sum_leading(y_bar * x_hat)
+        g = y_bar * _entry(params, "scale", "params", spec)
+    if use_bias:
+        grads["bias"] = _sum_leading(y_bar)
+    if not batch_stats:
+        return grads, g * r
+    g_mean = jnp.mean(g, axis=axes, keepdims=True)
+    gx_mean = jnp.mean(g * x_hat, axis=axes, keepdims=True)
+    return grads, r * (g - g_mean - x_hat * gx_mean)
 
 
 def LayerNorm(*, eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True) -> Layer:
@@ -682,7 +909,14 @@ def LayerNorm(*, eps: float = 1e-5, use_scale: bool = True, use_bias: bool = Tru
             y = y + _entry(params, "bias", "params", spec)
         return y
 
-    return _stateless("layer_norm", spec, init, apply)
+    def backward(params, x, y_bar, *, key=None, train=False):
+        """See :func:`_normalise_backward`, with statistics over the last axis."""
+        del key, train
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        return _normalise_backward(params, x, y_bar, mean, var, eps, (-1,), use_scale, use_bias, spec, True)
+
+    return _stateless("layer_norm", spec, init, apply, backward)
 
 
 def BatchNorm(*, momentum: float = 0.99, eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True) -> Layer:
@@ -748,7 +982,23 @@ def BatchNorm(*, momentum: float = 0.99, eps: float = 1e-5, use_scale: bool = Tr
             y = y + _entry(params, "bias", "params", spec)
         return y, new_state
 
-    return _stateful("batch_norm", spec, init_with_state, apply_with_state)
+    def backward(params, state, x, y_bar, *, key=None, train=False):
+        """See :func:`_normalise_backward`: batch statistics over every axis but the
+        last in training (gradients flow through them), running statistics
+        (constants) in evaluation. The state gets no cotangent."""
+        del key
+        axes = tuple(range(x.ndim - 1))
+        if train:
+            mean = jnp.mean(x, axis=axes)
+            var = jnp.mean(jnp.square(x - mean), axis=axes)
+        else:
+            if not state:
+                raise ValueError(f"{spec} keeps running statistics as state: pass the state to backward (got no state)")
+            mean = _entry(state, "mean", "state", spec).astype(x.dtype)
+            var = _entry(state, "var", "state", spec).astype(x.dtype)
+        return _normalise_backward(params, x, y_bar, mean, var, eps, axes, use_scale, use_bias, spec, train)
+
+    return _stateful("batch_norm", spec, init_with_state, apply_with_state, backward)
 
 
 # ---------------------------------------------------------------------------
@@ -790,7 +1040,16 @@ def Embedding(num_embeddings: int, features: int, *, embedding_init: inits.Initi
         _checks.labels_in_range(ids, num_embeddings, f"{spec} ids")
         return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
-    return _stateless("embedding", spec, init, apply)
+    def backward(params, ids, y_bar, *, key=None, train=False):
+        """``y = onehot(ids) T``, so ``T_bar = onehot(ids)^T y_bar``: each looked-up row
+        collects the cotangents of every place it was used (added, not
+        overwritten). The integer ids get no cotangent (``None``)."""
+        del key, train
+        table = _entry(params, "table", "params", spec)
+        rows = y_bar.reshape(-1, table.shape[-1])  # (number of ids, features)
+        return {"table": jnp.zeros_like(table).at[ids.reshape(-1)].add(rows, mode="drop")}, None
+
+    return _stateless("embedding", spec, init, apply, backward)
 
 
 # ---------------------------------------------------------------------------
@@ -798,13 +1057,26 @@ def Embedding(num_embeddings: int, features: int, *, embedding_init: inits.Initi
 # ---------------------------------------------------------------------------
 
 
-def Elementwise(fn: Callable[[jax.Array], jax.Array], name: str = "elementwise", **fn_kwargs) -> Layer:
+def Elementwise(fn: Callable[[jax.Array], jax.Array], name: str = "elementwise", *, vjp: Callable | None = None, **fn_kwargs) -> Layer:
     """A parameter-free layer applying ``fn(x, **fn_kwargs)``; shape unchanged.
 
     The activation layers below are made with it; use it for your own.
+
+    Args:
+      fn: the function.
+      name: the kind name used for params keys and messages.
+      vjp: its hand-derived rule ``(x, y_bar, **fn_kwargs) -> x_bar``; for
+        an elementwise ``fn`` that is ``y_bar * fn'(x)``. Defaults to the rule
+        in :data:`jaxnets.activations.GRADIENTS` when ``fn`` is one of
+        jaxnets' activations; without one the layer has no backward rule.
+      fn_kwargs: keyword arguments of ``fn`` (and ``vjp``).
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
+    if vjp is None:
+        vjp = act.GRADIENTS.get(fn)
+    elif not callable(vjp):
+        raise TypeError(f"vjp must be callable as vjp(x, y_bar), got {vjp!r}")
     args = "".join(f", {k}={v!r}" for k, v in fn_kwargs.items())
     spec = f"{''.join(p.capitalize() for p in name.split('_'))}({args[2:]})"
 
@@ -817,7 +1089,11 @@ def Elementwise(fn: Callable[[jax.Array], jax.Array], name: str = "elementwise",
         _checks.array_like(x, f"{spec} input x")
         return fn(x, **fn_kwargs)
 
-    return _stateless(name, spec, init, apply)
+    def backward(params, x, y_bar, *, key=None, train=False):
+        del params, key, train
+        return {}, vjp(x, y_bar, **fn_kwargs)
+
+    return _stateless(name, spec, init, apply, backward if vjp is not None else None)
 
 
 def Relu() -> Layer:
@@ -927,12 +1203,49 @@ def _split(key, n):
     return [None] * n if key is None else list(jax.random.split(key, n))
 
 
+def _keep(tree: dict, name: str, value: Any) -> None:
+    if _has_leaves(value):
+        tree[name] = value
+
+
+def _chain_tapes(names, layers, spec):
+    """tape_forward / tape_backward of ``serial``: record each child's tape, then
+    run the children's rules in reverse (the chain rule)."""
+    n = len(layers)
+
+    def tape_forward(params, state, x, *, key=None, train=False):
+        new_state, tapes = {}, []
+        children = _children(names, layers, params, state)
+        for name, layer, (p, s), k in zip(names, layers, children, _split(key, n)):
+            _located(name, _require_rule, layer)
+            x, s, tape = _located(name, layer.tape_forward, p, s, x, key=k, train=train)
+            _keep(new_state, name, s)
+            tapes.append(tape)
+        return x, new_state, tuple(tapes)
+
+    def tape_backward(params, state, tapes, y_bar, *, key=None, train=False):
+        grads = {}
+        children = _children(names, layers, params, state)
+        keys = _split(key, n)
+        for i in reversed(range(n)):
+            name, layer, (p, s) = names[i], layers[i], children[i]
+            p_bar, y_bar = _located(name, layer.tape_backward, p, s, tapes[i], y_bar, key=keys[i], train=train)
+            if name in params:
+                grads[name] = p_bar
+        return grads, y_bar
+
+    return tape_forward, tape_backward
+
+
 def serial(*layers: Layer) -> Layer:
     """Composes layers in sequence: ``serial(f, g, h)(x) = h(g(f(x)))``.
 
     Params and state are dicts keyed ``<kind>_<i>`` (``dense_0``, ``dense_1``,
     ...); parameter-free layers (activations, pooling, ...) take no entry.
     The key is split so that each child gets its own.
+
+    Backward: the chain rule, children's rules in reverse order, each fed the
+    cotangent of its output and the input recorded on the way forward.
     """
     layers = _check_layers(layers, "serial")
     names = _child_names(layers)
@@ -943,10 +1256,8 @@ def serial(*layers: Layer) -> Layer:
         params, state = {}, {}
         for name, layer, k in zip(names, layers, jax.random.split(key, len(layers))):
             shape, p, s = _located(name, layer.init_with_state, k, shape)
-            if _has_leaves(p):
-                params[name] = p
-            if _has_leaves(s):
-                state[name] = s
+            _keep(params, name, p)
+            _keep(state, name, s)
         return shape, params, state
 
     def apply_with_state(params, state, x, *, key=None, train=False):
@@ -954,11 +1265,10 @@ def serial(*layers: Layer) -> Layer:
         children = _children(names, layers, params, state)
         for name, layer, (p, s), k in zip(names, layers, children, _split(key, len(layers))):
             x, s = _located(name, layer.apply_with_state, p, s, x, key=k, train=train)
-            if _has_leaves(s):
-                new_state[name] = s
+            _keep(new_state, name, s)
         return x, new_state
 
-    return _stateful("serial", spec, init_with_state, apply_with_state)
+    return _combinator("serial", spec, init_with_state, apply_with_state, *_chain_tapes(names, layers, spec))
 
 
 def parallel(*layers: Layer) -> Layer:
@@ -966,6 +1276,7 @@ def parallel(*layers: Layer) -> Layer:
 
     ``input_shape`` is a tuple of shapes, one per layer. Pair with
     :func:`FanOut` and :func:`FanInSum`/:func:`FanInConcat` to build branches.
+    Backward: each branch's rule on its own cotangent.
     """
     layers = _check_layers(layers, "parallel")
     names = _child_names(layers)
@@ -983,10 +1294,8 @@ def parallel(*layers: Layer) -> Layer:
         for name, layer, k, shp in zip(names, layers, jax.random.split(key, n), input_shape):
             out, p, s = _located(name, layer.init_with_state, k, shp)
             shapes.append(out)
-            if _has_leaves(p):
-                params[name] = p
-            if _has_leaves(s):
-                state[name] = s
+            _keep(params, name, p)
+            _keep(state, name, s)
         return tuple(shapes), params, state
 
     def apply_with_state(params, state, xs, *, key=None, train=False):
@@ -996,11 +1305,32 @@ def parallel(*layers: Layer) -> Layer:
         for name, layer, (p, s), k, x in zip(names, layers, children, _split(key, n), xs):
             y, s = _located(name, layer.apply_with_state, p, s, x, key=k, train=train)
             ys.append(y)
-            if _has_leaves(s):
-                new_state[name] = s
+            _keep(new_state, name, s)
         return tuple(ys), new_state
 
-    return _stateful("parallel", spec, init_with_state, apply_with_state)
+    def tape_forward(params, state, xs, *, key=None, train=False):
+        check_arity(xs, "the input")
+        ys, new_state, tapes = [], {}, []
+        children = _children(names, layers, params, state)
+        for name, layer, (p, s), k, x in zip(names, layers, children, _split(key, n), xs):
+            _located(name, _require_rule, layer)
+            y, s, tape = _located(name, layer.tape_forward, p, s, x, key=k, train=train)
+            ys.append(y)
+            tapes.append(tape)
+            _keep(new_state, name, s)
+        return tuple(ys), new_state, tuple(tapes)
+
+    def tape_backward(params, state, tapes, y_bars, *, key=None, train=False):
+        grads, x_bars = {}, []
+        children = _children(names, layers, params, state)
+        for name, layer, (p, s), k, tape, y_bar in zip(names, layers, children, _split(key, n), tapes, y_bars):
+            p_bar, x_bar = _located(name, layer.tape_backward, p, s, tape, y_bar, key=k, train=train)
+            x_bars.append(x_bar)
+            if name in params:
+                grads[name] = p_bar
+        return grads, tuple(x_bars)
+
+    return _combinator("parallel", spec, init_with_state, apply_with_state, tape_forward, tape_backward)
 
 
 def residual(*layers: Layer) -> Layer:
@@ -1008,9 +1338,15 @@ def residual(*layers: Layer) -> Layer:
 
     The body must keep the shape. Params are the body's own dict (no extra
     nesting), e.g. ``{"residual_0": {"dense_0": ..., "dense_1": ...}}`` in a model.
+    Backward: ``x`` is used twice, so its cotangent is the sum of both paths,
+    ``x_bar = y_bar + f_bar(y_bar)``.
     """
     body = serial(*_check_layers(layers, "residual"))
     spec = f"residual({body.spec[len('serial('):-1]})"
+
+    def check_shape(y, x):
+        if y.shape != x.shape:
+            raise ValueError(f"{spec}: the body must keep the input shape {tuple(x.shape)}, but it gives {tuple(y.shape)}")
 
     def init_with_state(key, input_shape):
         input_shape = _checks.shape_tuple(input_shape)
@@ -1021,32 +1357,51 @@ def residual(*layers: Layer) -> Layer:
 
     def apply_with_state(params, state, x, *, key=None, train=False):
         y, state = body.apply_with_state(params, state, x, key=key, train=train)
-        if y.shape != x.shape:
-            raise ValueError(f"{spec}: the body must keep the input shape {tuple(x.shape)}, but it gives {tuple(y.shape)}")
+        check_shape(y, x)
         return x + y, state
 
-    return _stateful("residual", spec, init_with_state, apply_with_state)
+    def tape_forward(params, state, x, *, key=None, train=False):
+        y, state, tape = body.tape_forward(params, state, x, key=key, train=train)
+        check_shape(y, x)
+        return x + y, state, tape
+
+    def tape_backward(params, state, tape, y_bar, *, key=None, train=False):
+        grads, x_bar = body.tape_backward(params, state, tape, y_bar, key=key, train=train)
+        return grads, y_bar + x_bar
+
+    return _combinator("residual", spec, init_with_state, apply_with_state, tape_forward, tape_backward)
 
 
 def FanOut(num: int) -> Layer:
-    """Copies its input ``num`` times: ``x -> (x, ..., x)`` (for :func:`parallel`)."""
+    """Copies its input ``num`` times: ``x -> (x, ..., x)`` (for :func:`parallel`).
+
+    Backward: the input feeds every copy, so its cotangent is the *sum* of the
+    copies' cotangents (forgetting to add them is the classic bug of
+    hand-written backprop).
+    """
     num = _checks.positive_int(num, "num")
     spec = f"FanOut({num})"
 
-    def init(key, input_shape):
+    def init_with_state(key, input_shape):
         del key
-        return (input_shape,) * num, {}
+        return (input_shape,) * num, {}, {}
 
-    def apply(params, x, *, key=None, train=False):
+    def apply_with_state(params, state, x, *, key=None, train=False):
         del params, key, train
-        return (x,) * num
+        return (x,) * num, state
 
-    layer = _stateless("fan_out", spec, init, apply)
-    # Input may be any shape, including a tuple of shapes; skip the shape check.
-    return dataclasses.replace(layer, init=init, init_with_state=lambda key, s: init(key, s) + ({},))
+    def tape_forward(params, state, x, *, key=None, train=False):
+        y, state = apply_with_state(params, state, x)
+        return y, state, None
+
+    def tape_backward(params, state, tape, y_bars, *, key=None, train=False):
+        del params, state, tape, key, train
+        return {}, functools.reduce(lambda a, b: a + b, y_bars)
+
+    return _combinator("fan_out", spec, init_with_state, apply_with_state, tape_forward, tape_backward)
 
 
-def _fan_in(name: str, spec: str, out_shape: Callable, combine: Callable) -> Layer:
+def _fan_in(name: str, spec: str, out_shape: Callable, combine: Callable, split: Callable) -> Layer:
     def init_with_state(key, input_shapes):
         del key
         if not isinstance(input_shapes, (tuple, list)) or not input_shapes or not all(isinstance(s, (tuple, list)) for s in input_shapes):
@@ -1060,11 +1415,22 @@ def _fan_in(name: str, spec: str, out_shape: Callable, combine: Callable) -> Lay
             raise ValueError(f"{spec} expects a tuple of arrays (from parallel), got {type(xs).__name__}")
         return combine(xs), state
 
-    return _stateful(name, spec, init_with_state, apply_with_state)
+    def tape_forward(params, state, xs, *, key=None, train=False):
+        y, state = apply_with_state(params, state, xs)
+        return y, state, tuple(xs)
+
+    def tape_backward(params, state, xs, y_bar, *, key=None, train=False):
+        del params, state, key, train
+        return {}, split(xs, y_bar)
+
+    return _combinator(name, spec, init_with_state, apply_with_state, tape_forward, tape_backward)
 
 
 def FanInSum() -> Layer:
-    """Sums a tuple of same-shaped inputs: ``(x_0, ..., x_n) -> x_0 + ... + x_n``."""
+    """Sums a tuple of same-shaped inputs: ``(x_0, ..., x_n) -> x_0 + ... + x_n``.
+
+    Backward: every input receives the output's cotangent unchanged.
+    """
     spec = "FanInSum()"
 
     def out_shape(shapes):
@@ -1080,11 +1446,14 @@ def FanInSum() -> Layer:
             raise ValueError(f"{spec} needs inputs of one shape, got {shapes}")
         return sum(xs[1:], xs[0])
 
-    return _fan_in("fan_in_sum", spec, out_shape, combine)
+    return _fan_in("fan_in_sum", spec, out_shape, combine, lambda xs, y_bar: tuple(y_bar for _ in xs))
 
 
 def FanInConcat(axis: int = -1) -> Layer:
-    """Concatenates a tuple of inputs along ``axis`` (default: the features)."""
+    """Concatenates a tuple of inputs along ``axis`` (default: the features).
+
+    Backward: the output's cotangent is cut back into the inputs' pieces.
+    """
     axis = int(axis)
     spec = f"FanInConcat(axis={axis})"
 
@@ -1101,7 +1470,11 @@ def FanInConcat(axis: int = -1) -> Layer:
         out_shape([tuple(x.shape) for x in xs])
         return jnp.concatenate(xs, axis=axis)
 
-    return _fan_in("fan_in_concat", spec, out_shape, combine)
+    def split(xs, y_bar):
+        bounds = np.cumsum([x.shape[axis] for x in xs])[:-1]
+        return tuple(jnp.split(y_bar, bounds, axis=axis))
+
+    return _fan_in("fan_in_concat", spec, out_shape, combine, split)
 
 
 def count_params(params: Params) -> int:

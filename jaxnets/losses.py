@@ -9,8 +9,11 @@ return per-example values.
 Label values are checked when they are concrete (called outside ``jit``);
 ``fit`` and ``evaluate`` check every data set before tracing.
 
-The hand-derived gradient of each loss will sit directly below it (see the
-issue on hand-derived backprop).
+Each loss's hand-derived gradient with respect to its predictions sits
+directly below it as ``<loss>_grad(predictions, targets)``, and is attached
+to the loss as ``loss.grad`` (what :func:`jaxnets.backprop.grad` looks up).
+Targets are constants. Kinks: ``hinge``'s gradient is 0 at the margin
+``t s = 1``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnets import _checks
-from jaxnets.activations import log_softmax, softplus
+from jaxnets.activations import log_softmax, sigmoid, softmax, softplus
 
 __all__ = [
     "mean_squared_error",
@@ -29,6 +32,12 @@ __all__ = [
     "huber",
     "hinge",
     "accuracy",
+    "mean_squared_error_grad",
+    "softmax_cross_entropy_grad",
+    "softmax_cross_entropy_with_integer_labels_grad",
+    "binary_cross_entropy_with_logits_grad",
+    "huber_grad",
+    "hinge_grad",
 ]
 
 
@@ -61,6 +70,14 @@ def mean_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(predictions - targets))
 
 
+def mean_squared_error_grad(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+    """``dL/dp = 2 (p - t) / N`` with ``N`` the number of elements."""
+    return 2.0 * (predictions - targets) / predictions.size
+
+
+mean_squared_error.grad = mean_squared_error_grad
+
+
 def softmax_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Cross-entropy of ``softmax(logits)`` against target distributions.
 
@@ -73,6 +90,19 @@ def softmax_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     _same_shape(logits, targets, "logits", "targets")
     _checks.floating(logits, "logits")
     return -jnp.mean(jnp.sum(targets * log_softmax(logits), axis=-1))
+
+
+def softmax_cross_entropy_grad(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """``dL/dz = (softmax(z) sum_c t_c - t) / B``; for rows of ``t`` summing to 1, ``(softmax(z) - t) / B``.
+
+    From ``L_b = -sum_c t_c (z_c - logsumexp(z))``: ``dL_b/dz_k = -t_k + softmax(z)_k sum_c t_c``.
+    ``B`` is the number of rows (the product of the leading axes).
+    """
+    rows = logits.size // logits.shape[-1]
+    return (softmax(logits) * jnp.sum(targets, axis=-1, keepdims=True) - targets) / rows
+
+
+softmax_cross_entropy.grad = softmax_cross_entropy_grad
 
 
 def softmax_cross_entropy_with_integer_labels(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -95,6 +125,20 @@ def softmax_cross_entropy_with_integer_labels(logits: jax.Array, labels: jax.Arr
     return -jnp.mean(picked)
 
 
+def softmax_cross_entropy_with_integer_labels_grad(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The classic combined gradient ``dL/dz = (softmax(z) - onehot(y)) / B``.
+
+    Softmax and cross-entropy differentiated together: the exponentials
+    cancel against the logarithm, leaving predicted minus true probabilities.
+    """
+    rows = logits.size // logits.shape[-1]
+    one_hot = (labels[..., None] == jnp.arange(logits.shape[-1], dtype=labels.dtype)).astype(logits.dtype)
+    return (softmax(logits) - one_hot) / rows
+
+
+softmax_cross_entropy_with_integer_labels.grad = softmax_cross_entropy_with_integer_labels_grad
+
+
 def binary_cross_entropy_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Binary cross-entropy of ``sigmoid(logits)`` against targets in ``[0, 1]``.
 
@@ -104,6 +148,14 @@ def binary_cross_entropy_with_logits(logits: jax.Array, targets: jax.Array) -> j
     _same_shape(logits, targets, "logits", "targets")
     _checks.floating(logits, "logits")
     return jnp.mean(softplus(logits) - targets * logits)
+
+
+def binary_cross_entropy_with_logits_grad(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """``dL/dz = (sigmoid(z) - t) / N``, since ``softplus' = sigmoid``."""
+    return (sigmoid(logits) - targets) / logits.size
+
+
+binary_cross_entropy_with_logits.grad = binary_cross_entropy_with_logits_grad
 
 
 def huber(predictions: jax.Array, targets: jax.Array, delta: float = 1.0) -> jax.Array:
@@ -119,10 +171,27 @@ def huber(predictions: jax.Array, targets: jax.Array, delta: float = 1.0) -> jax
     return jnp.mean(0.5 * quadratic**2 + delta * (r - quadratic))
 
 
+def huber_grad(predictions: jax.Array, targets: jax.Array, delta: float = 1.0) -> jax.Array:
+    """``dL/dp = clip(p - t, -delta, delta) / N``: the residual, capped at ``delta`` in size."""
+    return jnp.clip(predictions - targets, -delta, delta) / predictions.size
+
+
+huber.grad = huber_grad
+
+
 def hinge(scores: jax.Array, targets: jax.Array) -> jax.Array:
     """Binary hinge loss ``mean(max(0, 1 - t s))`` for targets ``t`` in ``{-1, +1}``."""
     _same_shape(scores, targets, "scores", "targets")
-    return jnp.mean(jnp.maximum(0.0, 1.0 - targets * scores))
+    margin = 1.0 - targets * scores
+    return jnp.mean(jnp.where(margin > 0, margin, jnp.zeros_like(margin)))
+
+
+def hinge_grad(scores: jax.Array, targets: jax.Array) -> jax.Array:
+    """``dL/ds = -t / N`` where the margin ``1 - t s`` is positive, else 0 (0 at the kink ``t s = 1``)."""
+    return jnp.where(1.0 - targets * scores > 0, -targets, jnp.zeros_like(targets)) / scores.size
+
+
+hinge.grad = hinge_grad
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -11,10 +11,11 @@ def strict_dtype_promotion(request):
     so an accidental promotion in the library fails loudly.
 
     A test module that runs optax's own transforms sets
-    ``STANDARD_PROMOTION_REASON``: optax's bias correction mixes its int32 step
-    count with floats, which strict promotion rejects.
+    ``STANDARD_PROMOTION_REASON`` (a single test: ``@pytest.mark.standard_promotion(reason)``):
+    optax's bias correction mixes its int32 step count with floats, which strict
+    promotion rejects.
     """
-    if getattr(request.module, "STANDARD_PROMOTION_REASON", None):
+    if getattr(request.module, "STANDARD_PROMOTION_REASON", None) or request.node.get_closest_marker("standard_promotion"):
         yield
         return
     with jax.numpy_dtype_promotion("strict"):

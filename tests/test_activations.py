@@ -28,7 +28,24 @@ PAIRS = [
 
 def test_every_activation_is_tested():
     tested = {name.split("_exact")[0].split("_tanh")[0] for name, _, _ in PAIRS}
-    assert set(A.__all__) == tested
+    rules = {n for n in A.__all__ if n.endswith(("_grad", "_vjp"))} | {"GRADIENTS"}
+    assert set(A.__all__) - rules == tested
+    assert set(A.GRADIENTS) == {getattr(A, n) for n in tested}, "every activation needs a rule in GRADIENTS"
+
+
+@pytest.mark.parametrize("name,ours,ref", PAIRS, ids=[p[0] for p in PAIRS])
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-5), ("float64", 1e-12)])
+def test_hand_rule_matches_jax_vjp(name, ours, ref, dtype, rtol):
+    base = A.gelu if name.startswith("gelu") else getattr(A, name)
+    kwargs = {"approximate": True} if name == "gelu_tanh" else {}
+    with jax.enable_x64(dtype == "float64"):
+        x = (jax.random.normal(jax.random.key(1), (4, 7)) * 3 + 0.01).astype(dtype)
+        y_bar = jax.random.normal(jax.random.key(2), (4, 7)).astype(dtype)
+        expected = jax.vjp(lambda x: base(x, **kwargs), x)[1](y_bar)[0]
+        got = A.GRADIENTS[base](x, y_bar, **kwargs)
+        assert got.dtype == x.dtype
+        err = float(jnp.linalg.norm(got - expected) / jnp.linalg.norm(expected))
+        assert err <= rtol, f"{name}: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("name,ours,ref", PAIRS, ids=[p[0] for p in PAIRS])
@@ -57,10 +74,12 @@ def test_gradients_match_jax_nn_in_float64(name, ours, ref):
 
 def test_relu_derivative_at_zero_is_zero():
     assert float(jax.grad(A.relu)(0.0)) == 0.0
+    assert float(A.relu_grad(jnp.float32(0.0))) == 0.0
 
 
 def test_leaky_relu_derivative_at_zero_is_the_slope():
     assert float(jax.grad(lambda x: A.leaky_relu(x, 0.2))(0.0)) == pytest.approx(0.2)
+    assert float(A.leaky_relu_grad(jnp.float32(0.0), 0.2)) == pytest.approx(0.2)
 
 
 def test_sigmoid_saturates_exactly():

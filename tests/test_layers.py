@@ -29,7 +29,7 @@ REGISTRY = {
     "AvgPool": (lambda: L.AvgPool((2, 3), strides=1, padding="SAME"), [(2, 6, 6, 3), (1, 5, 7, 2)], "float"),
     "Flatten": (lambda: L.Flatten(), [(2, 3, 4), (3, 2, 2, 2)], "float"),
     "Dropout": (lambda: L.Dropout(0.5), [(4, 10), (2, 3, 4)], "float"),
-    "Elementwise": (lambda: L.Elementwise(jnp.sin, "sin"), [(3, 4)], "float"),
+    "Elementwise": (lambda: L.Elementwise(jnp.sin, "sin", vjp=lambda x, y_bar: y_bar * jnp.cos(x)), [(3, 4)], "float"),
     "Relu": (lambda: L.Relu(), [(3, 4)], "float"),
     "LeakyRelu": (lambda: L.LeakyRelu(0.1), [(3, 4)], "float"),
     "Elu": (lambda: L.Elu(), [(3, 4)], "float"),

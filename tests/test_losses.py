@@ -24,7 +24,50 @@ def test_every_loss_is_tested():
         "mean_squared_error", "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels",
         "binary_cross_entropy_with_logits", "huber", "hinge", "accuracy",
     }
-    assert set(Lo.__all__) == tested
+    assert {n for n in Lo.__all__ if not n.endswith("_grad")} == tested
+    for name in tested - {"accuracy"}:
+        assert getattr(getattr(Lo, name), "grad", None) is getattr(Lo, f"{name}_grad"), f"{name} needs a .grad rule"
+
+
+def _loss_cases(dtype):
+    k = jax.random.split(jax.random.key(11), 4)
+    z = (jax.random.normal(k[0], (6, 5)) * 3).astype(dtype)
+    labels = jax.random.randint(k[1], (6,), 0, 5)
+    probs = jax.nn.softmax(jax.random.normal(k[2], (6, 5))).astype(dtype)
+    signs = jnp.where(jax.random.bernoulli(k[3], 0.5, (6, 5)), 1.0, -1.0).astype(dtype)
+    return {
+        "mean_squared_error": (z, probs),
+        "softmax_cross_entropy": (z, probs * 1.5),  # rows that do not sum to 1 exercise the general form
+        "softmax_cross_entropy_with_integer_labels": (z, labels),
+        "binary_cross_entropy_with_logits": (z, probs),
+        "huber": (z, probs),
+        "hinge": (z, signs),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_loss_cases(jnp.float32)))
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-5), ("float64", 1e-12)])
+def test_hand_gradient_matches_jax_grad(name, dtype, rtol):
+    with jax.enable_x64(dtype == "float64"):
+        args = _loss_cases(jnp.dtype(dtype))[name]
+        loss = getattr(Lo, name)
+        expected = jax.grad(loss)(*args)
+        got = loss.grad(*args)
+        assert got.dtype == args[0].dtype
+        assert float(jnp.linalg.norm(got - expected) / jnp.linalg.norm(expected)) <= rtol
+
+
+def test_softmax_cross_entropy_gradient_is_softmax_minus_one_hot():
+    z = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
+    y = jnp.array([0, 2])
+    expected = (jax.nn.softmax(z) - jax.nn.one_hot(y, 3)) / 2
+    np.testing.assert_allclose(Lo.softmax_cross_entropy_with_integer_labels_grad(z, y), expected, rtol=1e-6)
+
+
+def test_hinge_gradient_is_zero_at_the_margin():
+    s, t = jnp.array([1.0, -1.0, 0.5]), jnp.array([1.0, -1.0, 1.0])  # margins 0, 0, 0.5
+    np.testing.assert_array_equal(Lo.hinge_grad(s, t), jnp.array([0.0, 0.0, -1.0 / 3]))
+    np.testing.assert_array_equal(jax.grad(Lo.hinge)(s, t), Lo.hinge_grad(s, t))
 
 
 def test_mean_squared_error():

@@ -1,0 +1,145 @@
+"""Gradients of whole models from the hand-derived rules alone, and training on them.
+
+Every built-in layer carries a backward rule written as linear algebra
+(:mod:`jaxnets.layers`), every loss its gradient (``loss.grad`` in
+:mod:`jaxnets.losses`). This module chains them:
+
+* :func:`vjp`: a model's output and its pullback ``y_bar -> (params_bar, x_bar)``;
+* :func:`grad`, :func:`value_and_grad`: the gradient of ``loss(model(params, x), y)``
+  with respect to params, with exactly the params' pytree structure, without
+  ``jax.grad``;
+* :func:`hand_gradients`: the model wrapped in ``jax.custom_vjp`` so that
+  ``jax.grad`` (and so ``fit``) runs the hand rules instead of autodiff.
+
+Check any of them against autodiff with :mod:`jaxnets.gradcheck`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+
+from jaxnets.layers import Layer, _require_rule, _stateful
+
+__all__ = ["vjp", "grad", "value_and_grad", "hand_gradients", "loss_gradient"]
+
+
+def _check_model(model: Any) -> Layer:
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a jaxnets Layer, got {type(model).__name__}")
+    _require_rule(model)
+    return model
+
+
+def loss_gradient(loss: Callable, loss_grad: Callable | None = None) -> Callable:
+    """The hand-derived gradient of ``loss`` with respect to its predictions.
+
+    ``loss_grad`` if given, else ``loss.grad`` (every loss in
+    :mod:`jaxnets.losses` has one).
+    """
+    if loss_grad is not None:
+        if not callable(loss_grad):
+            raise TypeError(f"loss_grad must be callable as loss_grad(predictions, targets), got {loss_grad!r}")
+        return loss_grad
+    rule = getattr(loss, "grad", None)
+    if rule is None:
+        name = getattr(loss, "__name__", repr(loss))
+        raise ValueError(f"loss {name} has no hand-derived gradient (loss.grad); pass loss_grad=... "
+                         f"(predictions, targets) -> dL/dpredictions")
+    return rule
+
+
+def vjp(model: Layer, params: Any, x: Any, *, state: Any = None, key: jax.Array | None = None, train: bool = False):
+    """Runs ``model`` forward and returns ``(y, new_state, pullback)``.
+
+    ``pullback(y_bar) -> (params_bar, x_bar)`` applies the hand-derived rules
+    in reverse, from the tape recorded on the way forward.
+    """
+    model = _check_model(model)
+    state = {} if state is None else state
+    y, new_state, tape = model.tape_forward(params, state, x, key=key, train=train)
+
+    def pullback(y_bar):
+        return model.tape_backward(params, state, tape, y_bar, key=key, train=train)
+
+    return y, new_state, pullback
+
+
+def value_and_grad(model: Layer, loss: Callable, *, loss_grad: Callable | None = None, train: bool = True):
+    """Like :func:`grad`, returning ``(loss value, grads)``."""
+    model = _check_model(model)
+    rule = loss_gradient(loss, loss_grad)
+
+    def value_and_grad_fn(params, x, y, *, state=None, key=None):
+        out, _, pullback = vjp(model, params, x, state=state, key=key, train=train)
+        value = loss(out, y)
+        if getattr(value, "shape", None) != ():
+            raise ValueError(f"loss must return a scalar, got shape {getattr(value, 'shape', type(value).__name__)}")
+        grads, _ = pullback(rule(out, y))
+        return value, grads
+
+    return value_and_grad_fn
+
+
+def grad(model: Layer, loss: Callable, *, loss_grad: Callable | None = None, train: bool = True):
+    """The gradient of ``loss(model(params, x), y)`` with respect to params, by hand rules alone.
+
+    Args:
+      model: any jaxnets model whose layers all have rules (every built-in
+        one does; ``Elementwise`` needs ``vjp=``).
+      loss: ``loss(outputs, targets) -> scalar``.
+      loss_grad: its gradient with respect to the outputs; default ``loss.grad``.
+      train: run the model in training mode (dropout on, batch statistics).
+
+    Returns:
+      ``grad_fn(params, x, y, *, state=None, key=None) -> grads`` with exactly
+      the pytree structure of ``params``. Works under ``jit`` and ``vmap``.
+
+    Raises:
+      ValueError: naming the first layer without a rule, or a loss without a gradient.
+    """
+    value_and_grad_fn = value_and_grad(model, loss, loss_grad=loss_grad, train=train)
+
+    def grad_fn(params, x, y, *, state=None, key=None):
+        return value_and_grad_fn(params, x, y, state=state, key=key)[1]
+
+    return grad_fn
+
+
+def hand_gradients(model: Layer) -> Layer:
+    """The same model, differentiated by its hand-derived rules instead of autodiff.
+
+    Its ``apply_with_state`` is a ``jax.custom_vjp`` function: the forward pass
+    records the tape, and ``jax.grad`` calls the layers' rules on it. Params,
+    state and shapes are unchanged, so ``fit(hand_gradients(model), ...)``
+    trains the same network on hand-derived gradients under ``jit``; compare
+    it with ``fit(model, ...)`` (autodiff).
+    """
+    model = _check_model(model)
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+    def run(params, state, x, key, train):
+        return model.apply_with_state(params, state, x, key=key, train=train)
+
+    def run_fwd(params, state, x, key, train):
+        y, new_state, tape = model.tape_forward(params, state, x, key=key, train=train)
+        return (y, new_state), (params, state, tape, key)
+
+    def run_bwd(train, residuals, cotangents):
+        params, state, tape, key = residuals
+        y_bar, _ = cotangents  # the new state is not differentiated
+        params_bar, x_bar = model.tape_backward(params, state, tape, y_bar, key=key, train=train)
+        zeros = jax.tree_util.tree_map(lambda a: jax.numpy.zeros_like(a), state)
+        return params_bar, zeros, x_bar, None
+
+    run.defvjp(run_fwd, run_bwd)
+
+    def apply_with_state(params, state, x, *, key=None, train=False):
+        return run(params, state, x, key, train)
+
+    wrapped = _stateful(model.name, f"hand_gradients({model.spec})", model.init_with_state, apply_with_state)
+    return dataclasses.replace(wrapped, backward=model.backward, tape_forward=model.tape_forward,
+                               tape_backward=model.tape_backward)

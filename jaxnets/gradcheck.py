@@ -1,0 +1,278 @@
+"""Check a gradient function against ``jax.grad`` and against finite differences.
+
+:func:`check_grads` returns a :class:`GradReport`: for every leaf of the
+params pytree (by path, e.g. ``dense_0/w``), how far the gradient function
+is from ``jax.grad`` of the loss in float32 and in float64, and how far both
+are from central finite differences of the loss in float64. Printing the
+report gives a table; :func:`assert_grads_close` raises with the worst
+leaves, for tests.
+
+Errors are relative in norm: ``||g - g_ref||_2 / ||g_ref||_2`` over a leaf,
+independent of its size; a leaf also passes if its largest absolute error is
+within ``atol`` (for gradients that are 0 analytically).
+
+Finite differences run in float64 (x64 is switched on for the check and
+restored after): ``(L(p + h d) - L(p - h d)) / 2h`` with
+``h = eps^(1/3) max(1, max|p|)`` (about 6e-6 for unit-sized params), along
+every basis direction of a small leaf (at most ``max_full`` entries) and
+along ``directions`` random unit directions of a larger one. Matrix products
+run at full precision during the check, so TF32 or bfloat16 defaults on
+GPU/TPU cannot decide its outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["LeafReport", "GradReport", "check_grads", "assert_grads_close", "DEFAULT_TOLERANCES"]
+
+# dtype -> (rtol, atol) for the comparison with jax.grad
+DEFAULT_TOLERANCES = {"float32": (1e-5, 1e-7), "float64": (1e-12, 1e-15)}
+FD_RTOL = 1e-6  # central differences in float64 are good to about 1e-9 relative on smooth losses
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafReport:
+    """One leaf's comparison. Errors are ``nan`` where a comparison could not run."""
+
+    path: str
+    shape: tuple
+    errors: dict  # name -> (max abs error, relative error), e.g. "float32 vs jax.grad"
+    fd_method: str
+    problem: str  # "" when the leaf could be compared; else what is wrong (missing, wrong shape, ...)
+    passed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class GradReport:
+    """Per-leaf results of :func:`check_grads`; ``passed`` when every leaf passed."""
+
+    leaves: list
+    tolerances: dict
+
+    @property
+    def passed(self) -> bool:
+        return all(leaf.passed for leaf in self.leaves)
+
+    def max_relative_error(self, column: str) -> float:
+        """The largest relative error in a column, over leaves whose reference is not 0
+        (a leaf within ``atol`` of a zero gradient has no meaningful relative error)."""
+        rtol, atol = self.tolerances.get(column, (FD_RTOL, 0.0))
+        values = [rel for leaf in self.leaves if column in leaf.errors
+                  for abs_err, rel in [leaf.errors[column]] if not (rel > rtol and abs_err <= atol)]
+        return float(np.nanmax(values)) if values else float("nan")
+
+    def worst(self, n: int = 5) -> list:
+        """The ``n`` leaves that failed (or came closest), worst first."""
+
+        def badness(leaf):
+            if leaf.problem:
+                return float("inf")
+            ratios = []
+            for column, (abs_err, rel_err) in leaf.errors.items():
+                rtol = self.tolerances.get(column, (FD_RTOL, 0.0))[0]
+                ratios.append(rel_err / rtol if np.isfinite(rel_err) else float("inf"))
+            return max(ratios, default=0.0)
+
+        return sorted(self.leaves, key=badness, reverse=True)[:n]
+
+    def table(self, leaves=None) -> str:
+        leaves = self.leaves if leaves is None else leaves
+        columns = list(dict.fromkeys(c for leaf in leaves for c in leaf.errors))
+        header = ["leaf", "shape"] + [f"{c} (rel)" for c in columns] + ["finite differences", "ok"]  # noqa: E501
+        rows = [header]
+        for leaf in leaves:
+            cells = [leaf.path, str(leaf.shape)]
+            for c in columns:
+                if c not in leaf.errors:
+                    cells.append("-")
+                    continue
+                abs_err, rel_err = leaf.errors[c]
+                rtol, atol = self.tolerances.get(c, (FD_RTOL, 0.0))
+                # A gradient that is 0 analytically has no meaningful relative error: show the absolute one.
+                cells.append(f"abs {abs_err:.0e}" if rel_err > rtol and abs_err <= atol else f"{rel_err:.1e}")
+            cells += [leaf.fd_method, "yes" if leaf.passed else f"NO {leaf.problem}".strip()]
+            rows.append(cells)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        verdict = "all leaves passed" if self.passed else f"{sum(not leaf.passed for leaf in self.leaves)} leaves FAILED"
+        return f"GradReport: {verdict}\n{self.table()}"
+
+
+def _path(key_path) -> str:
+    parts = []
+    for k in key_path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts) if parts else "(root)"
+
+
+def _leaves_by_path(tree) -> dict:
+    return {_path(kp): leaf for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _cast(tree, dtype):
+    def cast(a):
+        if isinstance(a, (jax.Array, np.ndarray)) and jnp.issubdtype(a.dtype, jnp.floating):
+            return jnp.asarray(a, dtype)
+        if isinstance(a, float):
+            return jnp.asarray(a, dtype)
+        return a
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
+def _errors(g, ref) -> tuple[float, float]:
+    g, ref = np.asarray(g, np.float64), np.asarray(ref, np.float64)
+    diff = g - ref
+    abs_err = float(np.max(np.abs(diff))) if diff.size else 0.0
+    ref_norm = float(np.linalg.norm(ref))
+    rel = float(np.linalg.norm(diff)) / ref_norm if ref_norm > 0 else float(np.linalg.norm(diff))
+    return abs_err, rel
+
+
+def _scalar_loss(loss_fn, params, args):
+    value = loss_fn(params, *args)
+    shape = getattr(value, "shape", None)
+    if shape != ():
+        raise ValueError(f"loss_fn must return a scalar, got {'shape ' + str(shape) if shape is not None else type(value).__name__}")
+    return value
+
+
+def _finite_difference_projections(loss_fn, params, args, path, leaf, directions, max_full, key):
+    """Central differences of the loss along unit directions in one leaf; returns (D, fd values)."""
+    n = leaf.size
+    if n <= max_full:
+        basis = jnp.eye(n, dtype=leaf.dtype)
+        method = "full"
+    else:
+        basis = jax.random.normal(key, (directions, n), leaf.dtype)
+        basis = basis / jnp.linalg.norm(basis, axis=1, keepdims=True)
+        method = f"{directions} directions"
+    h = float(np.finfo(np.float64).eps ** (1.0 / 3.0) * max(1.0, float(jnp.max(jnp.abs(leaf))) if n else 1.0))
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    index = [_path(kp) for kp, _ in flat].index(path)
+    leaves = [v for _, v in flat]
+
+    def loss_at(offset):
+        moved = list(leaves)
+        moved[index] = leaf + offset.reshape(leaf.shape)
+        return loss_fn(jax.tree_util.tree_unflatten(treedef, moved), *args)
+
+    losses_at = jax.jit(jax.vmap(loss_at))
+    return basis, (losses_at(h * basis) - losses_at(-h * basis)) / (2 * h), method
+
+
+def check_grads(
+    grad_fn: Callable,
+    loss_fn: Callable,
+    params: Any,
+    *args: Any,
+    dtypes: Sequence[str] = ("float32", "float64"),
+    finite_differences: bool = True,
+    tolerances: dict | None = None,
+    fd_rtol: float = FD_RTOL,
+    directions: int = 8,
+    max_full: int = 64,
+    seed: int = 0,
+) -> GradReport:
+    """Compare ``grad_fn(params, *args)`` with ``jax.grad(loss_fn)(params, *args)`` and finite differences.
+
+    Args:
+      grad_fn: the gradient function under test, ``(params, *args) -> grads``.
+      loss_fn: the scalar loss it should be the gradient of, ``(params, *args) -> ()``.
+      params: the point to check at (any pytree of float arrays).
+      *args: further arguments of both (inputs, targets, ...); their
+        floating leaves are cast along with params.
+      dtypes: precisions to compare in (float64 runs with x64 switched on).
+      finite_differences: also compare both gradients with central
+        differences of ``loss_fn`` in float64.
+      tolerances: ``{dtype: (rtol, atol)}``; default :data:`DEFAULT_TOLERANCES`.
+      fd_rtol: relative tolerance against finite differences.
+      directions: random directions for leaves larger than ``max_full``.
+      max_full: leaves up to this size are checked entry by entry.
+      seed: for the random directions.
+
+    Returns:
+      A :class:`GradReport`. A ``grad_fn`` that returns the wrong pytree
+      structure or shapes gets failing rows naming the leaf, not an exception.
+
+    Raises:
+      ValueError: if ``loss_fn`` does not return a scalar.
+    """
+    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    results: dict[str, dict] = {}
+    problems: dict[str, str] = {}
+    shapes: dict[str, tuple] = {}
+    fd_methods: dict[str, str] = {}
+    x64_before = jax.config.jax_enable_x64
+
+    with jax.default_matmul_precision("highest"):
+        for dtype_name in dtypes:
+            dtype = jnp.dtype(dtype_name)
+            with jax.enable_x64(dtype == jnp.float64 or x64_before):
+                p, a = _cast(params, dtype), _cast(args, dtype)
+                _scalar_loss(loss_fn, p, a)
+                ref = _leaves_by_path(jax.jit(jax.grad(loss_fn))(p, *a))
+                got = _leaves_by_path(jax.jit(grad_fn)(p, *a))
+                for path, r in ref.items():
+                    shapes[path] = tuple(r.shape)
+                    g = got.get(path)
+                    if g is None:
+                        problems[path] = "missing from grads"
+                    elif tuple(np.shape(g)) != tuple(r.shape):
+                        problems[path] = f"grads has shape {tuple(np.shape(g))}, params {tuple(r.shape)}"
+                    else:
+                        results.setdefault(path, {})[f"{dtype_name} vs jax.grad"] = _errors(g, r)
+                for path in got.keys() - ref.keys():
+                    problems[path] = "in grads but not in params"
+                    shapes[path] = tuple(np.shape(got[path]))
+
+        if finite_differences:
+            with jax.enable_x64(True):
+                p, a = _cast(params, jnp.float64), _cast(args, jnp.float64)
+                ref = _leaves_by_path(jax.jit(jax.grad(loss_fn))(p, *a))
+                got = _leaves_by_path(jax.jit(grad_fn)(p, *a))
+                keys = jax.random.split(jax.random.key(seed), max(len(ref), 1))
+                for (path, leaf), key in zip(_leaves_by_path(p).items(), keys):
+                    basis, fd, method = _finite_difference_projections(loss_fn, p, a, path, leaf, directions, max_full, key)
+                    fd_methods[path] = method
+                    results.setdefault(path, {})["float64 jax.grad vs finite diff."] = _errors(basis @ ref[path].reshape(-1), fd)
+                    if path not in problems and path in got:
+                        results[path]["float64 vs finite diff."] = _errors(basis @ jnp.asarray(got[path]).reshape(-1), fd)
+
+    leaves = []
+    for path in list(shapes):
+        errors = results.get(path, {})
+        ok = path not in problems
+        for column, (abs_err, rel_err) in errors.items():
+            rtol, atol = tolerances.get(column.split(" ")[0], (1e-5, 0.0)) if "jax.grad" in column and "finite" not in column else (fd_rtol, 0.0)
+            ok = ok and np.isfinite(rel_err) and (rel_err <= rtol or abs_err <= atol)
+        leaves.append(LeafReport(path, shapes[path], errors, fd_methods.get(path, "-"), problems.get(path, ""), bool(ok)))
+    report_tolerances = {f"{d} vs jax.grad": tolerances[d] for d in dtypes}
+    report_tolerances["float64 vs finite diff."] = (fd_rtol, 0.0)
+    report_tolerances["float64 jax.grad vs finite diff."] = (fd_rtol, 0.0)
+    return GradReport(leaves, report_tolerances)
+
+
+def assert_grads_close(grad_fn: Callable, loss_fn: Callable, params: Any, *args: Any, **kwargs: Any) -> GradReport:
+    """:func:`check_grads`, raising ``AssertionError`` with the worst leaves when any leaf fails."""
+    report = check_grads(grad_fn, loss_fn, params, *args, **kwargs)
+    if not report.passed:
+        failing = [leaf for leaf in report.worst(len(report.leaves)) if not leaf.passed]
+        raise AssertionError(f"gradients differ in {len(failing)} of {len(report.leaves)} leaves (worst first):\n"
+                             + report.table(failing[:10]))
+    return report
