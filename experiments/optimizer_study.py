@@ -56,6 +56,7 @@ class Config:
     timing_rounds: int = 7  # interleaved rounds of timed steps
     timing_steps: int = 200  # steps per round
     seed: int = 0
+    optimizers: str = ",".join(OPTIMIZERS)  # comma-separated subset to run
     quick: bool = False
     out: str = "runs/optimizer_study"
 
@@ -124,8 +125,13 @@ def main(argv=None) -> dict:
         idx = batches[step]
         return jax.grad(lambda p: ce(model.apply(p, xs[idx]), ys[idx]))(params)
 
+    chosen = [name.strip() for name in config.optimizers.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(OPTIMIZERS))
+    if unknown or not chosen:
+        raise ValueError(f"optimizers must be a comma-separated subset of {list(OPTIMIZERS)}, got {config.optimizers!r}")
     rows, curves, timed = [], {}, {}
-    for name, kwargs in OPTIMIZERS.items():
+    for name in chosen:
+        kwargs = OPTIMIZERS[name]
         ours, theirs = getattr(optim, name)(**kwargs), getattr(optax, name)(**kwargs)
         runs = {}
         for lib, opt in (("jaxnets", ours), ("optax", theirs)):
@@ -190,8 +196,12 @@ def plot(curves: dict, path: str) -> None:
     except ImportError:
         print("no plot: pip install 'jaxnets[plots]'")
         return
-    names = list(OPTIMIZERS)
-    fig, axes = plt.subplots(3, 3, figsize=(12, 10), sharex=True)
+    names = [key.split("/")[0] for key in curves if key.endswith("/jaxnets")]
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), sharex=True, squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
     for ax, name in zip(axes.flat, names):
         ours, theirs = curves[f"{name}/jaxnets"], curves[f"{name}/optax"]
         epochs = range(1, len(ours) + 1)
