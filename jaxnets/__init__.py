@@ -5,13 +5,15 @@ Networks are pairs of pure functions over parameter pytrees (:mod:`jaxnets.layer
 
 Modules, from the bottom up:
 
-* :mod:`jaxnets.activations`, :mod:`jaxnets.initializers`
-* :mod:`jaxnets.layers`, :mod:`jaxnets.losses`
-* :mod:`jaxnets.train`
-* :mod:`jaxnets.data`
+* :mod:`jaxnets.activations`, :mod:`jaxnets.initializers`: functions and their hand-derived derivatives
+* :mod:`jaxnets.layers`, :mod:`jaxnets.losses`: layers and losses, each with its backward rule
+* :mod:`jaxnets.backprop`, :mod:`jaxnets.gradcheck`: whole-model hand gradients; checking them
+* :mod:`jaxnets.optim`: hand-written optimizers, twins of optax's
+* :mod:`jaxnets.train`: train state, jitted step, scan-fused epochs
+* :mod:`jaxnets.data`: the embedded digits, synthetic sets, local files
 """
 
-from jaxnets import activations, data, initializers, layers, losses, train
+from jaxnets import activations, backprop, data, gradcheck, initializers, layers, losses, optim, train
 from jaxnets.layers import Layer, count_params, parallel, residual, serial
 from jaxnets.train import TrainState, evaluate, fit, init_train_state, make_train_step, predict
 
@@ -19,10 +21,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "activations",
+    "backprop",
     "data",
+    "gradcheck",
     "initializers",
     "layers",
     "losses",
+    "optim",
     "train",
     "Layer",
     "serial",
