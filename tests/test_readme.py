@@ -23,3 +23,15 @@ def test_quick_start_has_two_commands():
 def test_ci_runs_the_readme_test_command():
     ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert quick_start_commands()[1] in ci_lines
+
+
+STANDARD_PROMOTION_REASON = "the README example trains with optax.adamw"
+
+
+def test_readme_python_example_runs():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert blocks, "the README should show a Python example"
+    namespace = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    assert namespace["history"]["test_accuracy"][-1] >= 0.97
