@@ -196,8 +196,13 @@ def predict(model: Layer, params: Any, x: Any, *, model_state: Any = None, batch
     model = _check_model(model)
     batch_size = _checks.positive_int(batch_size, "batch_size")
     _checks.array_like(x, "x")
-    program = jax.jit(functools.partial(_batched_outputs, model, min(batch_size, x.shape[0])))
-    return program(params, model_state or {}, jnp.asarray(x))
+    return _predict_program(model, min(batch_size, x.shape[0]))(params, model_state or {}, jnp.asarray(x))
+
+
+@functools.lru_cache(maxsize=64)
+def _predict_program(model: Layer, batch_size: int):
+    """One jitted program per (model, batch size), so repeated ``predict``/``evaluate`` calls never recompile."""
+    return jax.jit(functools.partial(_batched_outputs, model, batch_size))
 
 
 def _score(outputs, y, loss, metrics) -> dict:

@@ -170,3 +170,17 @@ def test_dropout_model_without_key_in_training_is_impossible_through_fit(digits)
     _, params = model.init(jax.random.key(0), digits.input_shape)
     with pytest.raises(ValueError, match="dropout_0: Dropout\\(drop_prob=0.5\\) is random in training"):
         jax.grad(lambda p: CE(model.apply(p, jnp.asarray(digits.x_train[:4]), train=True), jnp.asarray(digits.y_train[:4])))(params)
+
+
+def test_repeated_evaluation_compiles_once(digits, key):
+    traces = {"n": 0}
+
+    def counting(x):
+        traces["n"] += 1
+        return jnp.tanh(x)
+
+    model = L.serial(L.Dense(8), L.Elementwise(counting, "counting"), L.Dense(10))
+    _, params = model.init(key, digits.input_shape)
+    for _ in range(3):
+        jaxnets.evaluate(model, params, (digits.x_test, digits.y_test), CE, batch_size=128)
+    assert traces["n"] == 1
