@@ -128,3 +128,30 @@ def run_classifier(config, model, optimizer, dataset, *, title: str, t_start: fl
     print(f"wrote {metrics_path}")
     print(f"wrote {plot_path}" if plotted else "no plot: pip install 'jaxnets[plots]'")
     return result
+
+
+def interleaved_medians(contenders: dict, rounds: int, steps: int) -> dict:
+    """Median seconds per step of each contender, a callable that runs ``steps`` steps and blocks.
+
+    Each is called once to compile and warm up; then every round times each
+    contender in turn, so drifts in machine load hit all of them alike.
+    """
+    import statistics
+
+    for run in contenders.values():
+        run()
+    times = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            t = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - t) / steps)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def write_results(out: str, name: str, result: dict, table: str) -> None:
+    """``<out>/<name>.json`` (written atomically) and ``<out>/<name>.md`` (the table)."""
+    os.makedirs(out, exist_ok=True)
+    write_json_atomic(os.path.join(out, f"{name}.json"), result)
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
+        f.write(table + "\n")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import jaxnets
 import jaxnets.layers as L
 from jaxnets import backprop, data, gradcheck, losses
-from test_layers import REGISTRY, _abstract, _is_multi, _make_input
+from test_layers import REGISTRY, _abstract, _make_input
 
 CE = losses.softmax_cross_entropy_with_integer_labels
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}

@@ -1,6 +1,5 @@
 """Initializers: sample variances against the closed-form fans, orthogonality, constants."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

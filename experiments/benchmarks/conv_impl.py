@@ -15,15 +15,11 @@ step and their ratio to the reference; writes ``conv_impl.json`` and
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
@@ -31,7 +27,7 @@ import jaxnets.layers as L
 from jaxnets import data, losses, train
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import write_json_atomic  # noqa: E402
+from _common import interleaved_medians, write_results  # noqa: E402
 
 BATCH = 64
 
@@ -114,18 +110,9 @@ def main(argv=None) -> dict:
         contenders[f"jaxnets impl={impl}, Python loop"] = run_loop
         contenders[f"jaxnets impl={impl}, scanned epoch"] = run_epoch
 
-    for fn in contenders.values():  # compile and warm up
-        fn()
-    times = {name: [] for name in contenders}
-    for _ in range(rounds):  # interleaved, so drifts in machine load hit every contender alike
-        for name, fn in contenders.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t) / steps)
-    ref_name = next(iter(contenders))
-    ref = statistics.median(times[ref_name])
-    rows = [{"contender": name, "ms_per_step": statistics.median(ts) * 1e3, "ratio_to_reference": statistics.median(ts) / ref}
-            for name, ts in times.items()]
+    medians = interleaved_medians(contenders, rounds, steps)
+    ref = medians[next(iter(contenders))]  # the first contender is the reference
+    rows = [{"contender": name, "ms_per_step": t * 1e3, "ratio_to_reference": t / ref} for name, t in medians.items()]
     result = {"benchmark": "conv_impl", "backend": jax.default_backend(), "devices": [str(dv) for dv in jax.devices()],
               "jax": jax.__version__, "batch": BATCH, "steps_per_round": steps, "rounds": rounds, "quick": args.quick, "rows": rows}
     lines = ["| contender | ms per step | ratio to reference |", "| --- | ---: | ---: |"]
@@ -133,10 +120,7 @@ def main(argv=None) -> dict:
     table = "\n".join(lines)
     print(f"digits CNN, batch {BATCH}, {steps} steps x {rounds} rounds, backend {jax.default_backend()}")
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    write_json_atomic(os.path.join(args.out, "conv_impl.json"), result)
-    with open(os.path.join(args.out, "conv_impl.md"), "w") as f:
-        f.write(table + "\n")
+    write_results(args.out, "conv_impl", result, table)
     return result
 
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +31,7 @@ import jaxnets.layers as L
 from jaxnets import backprop, data, losses, train
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import write_json_atomic  # noqa: E402
+from _common import interleaved_medians, write_results  # noqa: E402
 
 
 def raw_step_factory(optimizer):
@@ -99,18 +97,10 @@ def main(argv=None) -> dict:
     contenders = {"raw JAX step, autodiff (reference)": run_raw,
                   "jaxnets step, autodiff": runner(holders["autodiff"]),
                   "jaxnets step, hand-derived rules": runner(holders["hand"])}
-    for run in contenders.values():
-        run(2)  # compile
-    times = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, run in contenders.items():
-            t = time.perf_counter()
-            run(steps)
-            times[name].append((time.perf_counter() - t) / steps)
-    ref = statistics.median(times[next(iter(contenders))])
-    rows = [{"contender": name, "us_per_step": statistics.median(ts) * 1e6, "ratio_to_reference": statistics.median(ts) / ref}
-            for name, ts in times.items()]
-    hand_over_auto = statistics.median(times["jaxnets step, hand-derived rules"]) / statistics.median(times["jaxnets step, autodiff"])
+    medians = interleaved_medians({name: (lambda run=run: run(steps)) for name, run in contenders.items()}, rounds, steps)
+    ref = medians[next(iter(contenders))]  # the first contender is the reference
+    rows = [{"contender": name, "us_per_step": t * 1e6, "ratio_to_reference": t / ref} for name, t in medians.items()]
+    hand_over_auto = medians["jaxnets step, hand-derived rules"] / medians["jaxnets step, autodiff"]
 
     accuracy = {}
     for label, m in (("autodiff", model), ("hand", hand_model)):
@@ -127,10 +117,7 @@ def main(argv=None) -> dict:
     result = {"benchmark": "hand_backprop", "backend": jax.default_backend(), "jax": jax.__version__, "rounds": rounds,
               "steps_per_round": steps, "quick": args.quick, "rows": rows, "hand_over_autodiff": hand_over_auto,
               "epochs": epochs, "test_accuracy": accuracy}
-    os.makedirs(args.out, exist_ok=True)
-    write_json_atomic(os.path.join(args.out, "hand_backprop.json"), result)
-    with open(os.path.join(args.out, "hand_backprop.md"), "w") as f:
-        f.write(table + "\n")
+    write_results(args.out, "hand_backprop", result, table)
     return result
 
 
