@@ -10,12 +10,16 @@ Modules, from the bottom up:
 * :mod:`jaxnets.backprop`, :mod:`jaxnets.gradcheck`: whole-model hand gradients; checking them
 * :mod:`jaxnets.optim`: hand-written optimizers, twins of optax's
 * :mod:`jaxnets.train`: train state, jitted step, scan-fused epochs
+* :mod:`jaxnets.population`: many models (seeds, hyperparameters) trained at once under ``vmap``
+* :mod:`jaxnets.per_example`: per-example gradients and clipping
 * :mod:`jaxnets.data`: the embedded digits, synthetic sets, local files
 """
 
-from jaxnets import activations, backprop, data, gradcheck, initializers, layers, losses, optim, train
+from jaxnets import (activations, backprop, data, gradcheck, initializers, layers, losses, optim, per_example,
+                     population, train)
 from jaxnets.layers import Layer, count_params, parallel, residual, serial
-from jaxnets.train import TrainState, evaluate, fit, init_train_state, make_train_step, predict
+from jaxnets.population import fit_population
+from jaxnets.train import TrainState, evaluate, fit, init_train_state, make_epoch, make_train_step, predict
 
 __version__ = "0.1.0"
 
@@ -29,6 +33,8 @@ __all__ = [
     "losses",
     "optim",
     "train",
+    "population",
+    "per_example",
     "Layer",
     "serial",
     "parallel",
@@ -37,6 +43,8 @@ __all__ = [
     "TrainState",
     "init_train_state",
     "make_train_step",
+    "make_epoch",
+    "fit_population",
     "fit",
     "evaluate",
     "predict",

@@ -120,9 +120,8 @@ def softmax_cross_entropy_with_integer_labels(logits: jax.Array, labels: jax.Arr
       ValueError: labels of the wrong shape, or out of range (when concrete).
     """
     _logits_and_labels(logits, labels)
-    log_p = log_softmax(logits)
-    picked = jnp.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
-    return -jnp.mean(picked)
+    picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]  # z_{b, y_b}
+    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - picked)  # log softmax(z)_y = z_y - logsumexp(z)
 
 
 def softmax_cross_entropy_with_integer_labels_grad(logits: jax.Array, labels: jax.Array) -> jax.Array:

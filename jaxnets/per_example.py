@@ -1,0 +1,121 @@
+"""Per-example gradients, and per-example clipping as their first use.
+
+The gradient of a mean loss over a batch is the mean of the examples'
+gradients, ``g = (1/B) sum_b g_b``; ``jax.grad`` returns only ``g``. For
+some methods the ``g_b`` themselves matter: per-example clipping in
+differentially private SGD, gradient-noise and influence estimates, per-example
+norms for importance sampling. :func:`grads` computes them as
+``jax.vmap(jax.grad(...))``: the model sees each example as a batch of one,
+and XLA batches the ``B`` backward passes into the same matrix products, each
+with an extra batch dimension.
+
+Example (one step of DP-SGD without the noise; ``docs/lessons/04`` trains with it)::
+
+    g = per_example.grads(model, loss, params, x, y)       # leaves (B, *param_shape)
+    g = per_example.clip(g, max_norm=1.0)                  # each example's global norm <= 1
+    mean = jax.tree_util.tree_map(lambda a: a.mean(0), g)  # then optimizer.update(mean, ...)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxnets import _checks
+from jaxnets.layers import Layer
+
+__all__ = ["grads", "norms", "clip"]
+
+
+def grads(
+    model: Layer,
+    loss: Callable[[jax.Array, jax.Array], jax.Array],
+    params: Any,
+    x: Any,
+    y: Any,
+    *,
+    model_state: Any = None,
+    key: jax.Array | None = None,
+    train: bool = False,
+) -> Any:
+    """The gradient of ``loss(model(params, x_b), y_b)`` for every example ``b``.
+
+    Args:
+      model: the network.
+      loss: ``loss(outputs, targets) -> scalar`` for a batch; it is called
+        with batches of one example.
+      params: the model's parameters.
+      x: ``(B, *features)`` inputs; y: ``(B, ...)`` targets.
+      model_state: the model's state (e.g. BatchNorm running statistics),
+        used as it is and not updated.
+      key: needed by random layers in training mode; example ``b`` gets
+        ``fold_in(key, b)``, so its dropout mask is its own.
+      train: run the model in training mode. A model with state is then
+        rejected: its batch statistics would be those of single examples.
+
+    Returns:
+      A pytree with the structure of ``params`` whose leaves have a leading
+      axis of length ``B``. With a mean-reduced loss, their mean over that
+      axis is the batch gradient (the tests check it against ``jax.grad``).
+
+    Raises:
+      TypeError, ValueError: wrong model, loss or shapes; state in training mode.
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a jaxnets Layer, got {type(model).__name__}")
+    if not callable(loss):
+        raise TypeError(f"loss must be callable as loss(outputs, targets), got {loss!r}")
+    x, y = _checks.array_like(x, "x"), _checks.array_like(y, "y")
+    if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same number of examples, got x {tuple(x.shape)} and y {tuple(y.shape)}")
+    model_state = {} if model_state is None else model_state
+    if train and jax.tree_util.tree_leaves(model_state):
+        raise ValueError("per-example gradients in training mode need a model without state; BatchNorm would "
+                         "normalise each example by its own statistics (use train=False, or LayerNorm)")
+    if key is None:
+        keys = jnp.zeros((x.shape[0],))  # a placeholder vmapped alongside; never used as a key
+    else:
+        keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(x.shape[0]))
+
+    def one(xb, yb, kb):
+        def objective(p):
+            outputs, _ = model.apply_with_state(p, model_state, xb[None], key=None if key is None else kb, train=train)
+            return loss(outputs, yb[None])
+
+        return jax.grad(objective)(params)
+
+    return jax.vmap(one)(jnp.asarray(x), jnp.asarray(y), keys)
+
+
+def norms(per_example_grads: Any) -> jax.Array:
+    """``(B,)``: each example's global L2 norm over all leaves, ``||g_b|| = sqrt(sum_leaves sum g_b^2)``."""
+    leaves = jax.tree_util.tree_leaves(per_example_grads)
+    if not leaves:
+        raise ValueError("per_example_grads has no leaves")
+    sizes = {leaf.shape[0] if jnp.ndim(leaf) else None for leaf in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"every leaf of per_example_grads needs the same leading (example) axis, got sizes {sorted(map(str, sizes))}")
+    squares = [jnp.sum(jnp.square(leaf).reshape(leaf.shape[0], -1), axis=1) for leaf in leaves]
+    return jnp.sqrt(sum(squares))
+
+
+def clip(per_example_grads: Any, max_norm: float) -> Any:
+    """Scales each example's gradient to a global L2 norm of at most ``max_norm``.
+
+    ``g_b <- g_b * min(1, max_norm / ||g_b||)``, as in DP-SGD (Abadi et al.,
+    2016, "Deep Learning with Differential Privacy"). Gradients already within
+    the bound are unchanged; a zero gradient stays zero.
+
+    Args:
+      per_example_grads: a pytree from :func:`grads`, leaves ``(B, ...)``.
+      max_norm: the bound, positive.
+
+    Returns:
+      The same structure, clipped per example.
+    """
+    max_norm = _checks.positive_float(max_norm, "max_norm")
+    norm = norms(per_example_grads)
+    scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny))  # (B,)
+    return jax.tree_util.tree_map(lambda g: g * scale.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), per_example_grads)

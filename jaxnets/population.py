@@ -1,0 +1,213 @@
+"""Populations: many models trained at once, in one compiled program.
+
+A population is a set of members that share a model, a loss and the data,
+and differ in their seed (initial params, shuffling, dropout) and in the
+optimizer's hyperparameters. :func:`fit_population` stacks the members'
+train states along a leading axis and ``jax.vmap``\\ s the program of
+:func:`jaxnets.fit` over it: each member's small matrix products become one
+batched product, and the host dispatches once per call for all of them.
+
+Hyperparameters enter through ``optax.inject_hyperparams``: they live in
+each member's optimizer state, so one update function serves all members.
+Member ``i`` computes what ``jaxnets.fit`` computes with ``seed=seeds[i]``
+and ``optimizer(**{name: values[i]})`` (the tests check it), up to float
+rounding in the batched products.
+
+Example::
+
+    members = population.grid(seed=[0, 1], learning_rate=[1e-3, 3e-3])
+    state, history = population.fit_population(model, loss, optax.adam, digits, members=members)
+    best = population.best_member(history)
+    params = population.member(state, best).params
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxnets import _checks
+from jaxnets import train as _train
+from jaxnets.layers import Layer
+
+__all__ = ["grid", "fit_population", "member", "best_member"]
+
+
+def grid(**axes: Sequence) -> dict[str, list]:
+    """All combinations of the given values, as equal-length columns.
+
+    ``grid(seed=[0, 1], learning_rate=[0.1, 0.01])`` gives
+    ``{"seed": [0, 0, 1, 1], "learning_rate": [0.1, 0.01, 0.1, 0.01]}``
+    (the last axis varies fastest, as in ``itertools.product``).
+    """
+    if not axes:
+        raise ValueError("grid needs at least one axis, e.g. grid(seed=range(4))")
+    names, values = list(axes), []
+    for name, column in axes.items():
+        if isinstance(column, (str, bytes)) or not hasattr(column, "__iter__"):
+            raise TypeError(f"grid axis {name!r} must be a sequence of values, got {column!r}")
+        column = list(column)
+        if not column:
+            raise ValueError(f"grid axis {name!r} is empty")
+        values.append(column)
+    rows = list(itertools.product(*values))
+    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+
+def _check_members(members: Any) -> tuple[list[int], dict[str, np.ndarray]]:
+    if not isinstance(members, Mapping) or not members:
+        raise TypeError(f"members must be a non-empty mapping of name -> values, e.g. grid(seed=range(8)), got {members!r}")
+    columns = {}
+    for name, values in members.items():
+        if not isinstance(name, str):
+            raise TypeError(f"members keys must be strings (seed or hyperparameter names), got {name!r}")
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+            raise TypeError(f"members[{name!r}] must be a sequence with one value per member, got {values!r}")
+        columns[name] = list(values)
+    sizes = {name: len(values) for name, values in columns.items()}
+    if len(set(sizes.values())) != 1 or 0 in sizes.values():
+        raise ValueError(f"members must all have the same, positive number of values, got lengths {sizes}")
+    size = next(iter(sizes.values()))
+    seeds = columns.pop("seed", [0] * size)
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"members['seed'] must hold ints, got {s!r}")
+    hyperparams = {}
+    for name, values in columns.items():
+        array = np.asarray(values)
+        if not np.issubdtype(array.dtype, np.number):
+            raise TypeError(f"members[{name!r}] must hold numbers (hyperparameter values), got {values!r}")
+        hyperparams[name] = array
+    return [int(s) for s in seeds], hyperparams
+
+
+def _member_optimizer(optimizer: Any, hyperparams: dict[str, np.ndarray]) -> Callable[[dict], optax.GradientTransformation]:
+    """``hyperparams -> GradientTransformation`` whose state carries them (``optax.inject_hyperparams``)."""
+    if not hyperparams:
+        _train._check_optimizer(optimizer)
+        return lambda h: optimizer
+    if hasattr(optimizer, "init") and hasattr(optimizer, "update"):
+        raise TypeError("with hyperparameters in members, optimizer must be a factory such as optax.adam or "
+                        f"jaxnets.optim.adam (called with them), not a built GradientTransformation; got {optimizer!r}")
+    if not callable(optimizer):
+        raise TypeError(f"optimizer must be an optimizer factory such as optax.adam, got {optimizer!r}")
+    injected = optax.inject_hyperparams(optimizer)
+    try:
+        sample = injected(**{k: v[0].item() for k, v in hyperparams.items()})
+    except TypeError as error:
+        raise TypeError(f"optimizer {getattr(optimizer, '__name__', optimizer)!r} does not accept the hyperparameters "
+                        f"{sorted(hyperparams)}: {error}") from None
+    return lambda h: injected(**h) if h else sample
+
+
+def fit_population(
+    model: Layer,
+    loss: Callable[[jax.Array, jax.Array], jax.Array],
+    optimizer: Any,
+    train: Any,
+    *,
+    members: Mapping[str, Sequence],
+    test: Any = None,
+    epochs: int = 10,
+    batch_size: int = 64,
+    metrics: Mapping[str, Callable] | None = None,
+    epochs_per_call: int = 1,
+    drop_last: bool = False,
+    eval_batch_size: int = 1024,
+    progress: bool = True,
+    verbose: bool = False,
+) -> tuple[_train.TrainState, dict[str, Any]]:
+    """Trains every member of a population at once; one program, vmapped over members.
+
+    Args:
+      model, loss, train, test, epochs, batch_size, metrics, epochs_per_call,
+        drop_last, eval_batch_size, progress, verbose: as for :func:`jaxnets.fit`.
+      optimizer: an ``optax.GradientTransformation`` when ``members`` holds
+        only seeds; otherwise a factory taking the hyperparameters as keyword
+        arguments (``optax.adam``, ``jaxnets.optim.adamw``, or a
+        ``functools.partial`` of one fixing the others).
+      members: ``name -> one value per member``: ``"seed"`` (ints; 0 for all
+        if absent) and any numeric hyperparameters of ``optimizer``, all of
+        the same length ``P``. :func:`grid` builds all combinations.
+
+    Returns:
+      ``(state, history)``: a :class:`jaxnets.TrainState` whose leaves have a
+      leading axis of length ``P`` (:func:`member` takes one out), and
+      ``history`` with ``history[name]`` a ``(epochs, P)`` NumPy array for
+      each metric (as in :func:`jaxnets.fit`), ``history["epoch"]``,
+      ``history["time"]`` and ``history["members"]`` (the columns of
+      ``members``, seeds included).
+
+    Raises:
+      TypeError, ValueError: on mismatched ``members``, an optimizer that
+        does not take their hyperparameters, or anything :func:`jaxnets.fit`
+        rejects, before anything is compiled.
+    """
+    seeds, hyperparams = _check_members(members)
+    run = _train._check_run(model, loss, optax.identity(), train, test, epochs=epochs, batch_size=batch_size,
+                            epochs_per_call=epochs_per_call, drop_last=drop_last, metrics=metrics)
+    eval_batch_size = _checks.positive_int(eval_batch_size, "eval_batch_size")
+    make_optimizer = _member_optimizer(optimizer, hyperparams)
+    shared = make_optimizer({})  # the update function; each member's hyperparameters sit in its state
+
+    def init(seed_key, h):
+        return _train.init_train_state(model, make_optimizer(h), run.input_shape, key=seed_key)
+
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    state = jax.jit(jax.vmap(init))(keys, {k: jnp.asarray(v) for k, v in hyperparams.items()})
+    _train._check_targets(model, member(state, 0), run)
+    program = _train._chunk_program(model, loss, shared, run, drop_last=drop_last, eval_batch_size=eval_batch_size)
+    program = jax.jit(jax.vmap(program, in_axes=(0, None, None, None, None, None), out_axes=(0, 1)),  # results: (epochs, P)
+                      donate_argnums=0)
+
+    def describe(row):
+        return " ".join(f"{k}={np.min(v):.4f}..{np.max(v):.4f}" for k, v in row.items())
+
+    history: dict[str, Any] = {"epoch": [], "time": []}
+    rows = []
+    for state, epoch, row, seconds in _train._drive(program, state, run, progress=progress, verbose=verbose,
+                                                     describe=describe):
+        history["epoch"].append(epoch)
+        history["time"].append(seconds)
+        rows.append(row)
+    for name in rows[0]:
+        history[name] = np.stack([np.asarray(r[name]) for r in rows])  # (epochs, P)
+    history["members"] = {"seed": list(seeds), **{k: v.tolist() for k, v in hyperparams.items()}}
+    return state, history
+
+
+def member(state: _train.TrainState, index: int) -> _train.TrainState:
+    """Member ``index`` of a population's state, as a plain :class:`jaxnets.TrainState`."""
+    size = jax.tree_util.tree_leaves(state.step)[0].shape
+    if size == ():
+        raise ValueError("state is a single model's TrainState, not a population's (its step has no member axis)")
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -size[0] <= index < size[0]:
+        raise ValueError(f"index must be an int in [0, {size[0]}) for a population of {size[0]}, got {index!r}")
+    return jax.tree_util.tree_map(lambda leaf: leaf[index], state)
+
+
+def best_member(history: Mapping[str, Any], metric: str | None = None, *, mode: str | None = None) -> int:
+    """Index of the member with the best final value of ``metric``.
+
+    Args:
+      history: as returned by :func:`fit_population`.
+      metric: a key of ``history``; default ``"test_accuracy"`` if present,
+        else ``"test_loss"``, else ``"train_loss"``.
+      mode: ``"max"`` or ``"min"``; default ``"min"`` for names ending in
+        ``loss``, else ``"max"``.
+    """
+    if metric is None:
+        metric = next((m for m in ("test_accuracy", "test_loss", "train_loss") if m in history), None)
+    if metric not in history or np.ndim(history[metric]) != 2:
+        choices = sorted(k for k, v in history.items() if np.ndim(v) == 2)
+        raise ValueError(f"metric must be one of the population's metrics {choices}, got {metric!r}")
+    mode = mode or ("min" if metric.endswith("loss") else "max")
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    final = np.asarray(history[metric])[-1]
+    return int(np.nanargmin(final) if mode == "min" else np.nanargmax(final))
