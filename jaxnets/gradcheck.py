@@ -153,28 +153,63 @@ def _scalar_loss(loss_fn, params, args):
     return value
 
 
-def _finite_difference_projections(loss_fn, params, args, path, leaf, directions, max_full, key):
-    """Central differences of the loss along unit directions in one leaf; returns (D, fd values)."""
-    n = leaf.size
-    if n <= max_full:
-        basis = jnp.eye(n, dtype=leaf.dtype)
-        method = "full"
-    else:
-        basis = jax.random.normal(key, (directions, n), leaf.dtype)
-        basis = basis / jnp.linalg.norm(basis, axis=1, keepdims=True)
-        method = f"{directions} directions"
-    h = float(np.finfo(np.float64).eps ** (1.0 / 3.0) * max(1.0, float(jnp.max(jnp.abs(leaf))) if n else 1.0))
+def _finite_difference_projections(loss_fn, params, args, directions, max_full, keys):
+    """Central differences of the loss along unit directions in each leaf, from one compiled program.
+
+    Leaves of at most ``max_full`` entries are probed along every basis vector,
+    larger ones along ``directions`` random unit vectors. All probes run in
+    one ``lax.scan``: probe ``r`` moves the params, flattened into one vector,
+    by ``h_r v_r`` written at its leaf's offset, so the loss is traced and
+    compiled once however many leaves there are.
+
+    Returns:
+      ``{path: (basis (D, n), fd values (D,), method)}``.
+    """
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    index = [_path(kp) for kp, _ in flat].index(path)
-    leaves = [v for _, v in flat]
+    paths, leaves = [_path(kp) for kp, _ in flat], [v for _, v in flat]
+    sizes = [leaf.size for leaf in leaves]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    width = max(sizes) if sizes else 0
+    rows, owner, steps, methods = [], [], [], {}
+    for i, (leaf, key) in enumerate(zip(leaves, keys)):
+        n = leaf.size
+        if n <= max_full:
+            basis, methods[paths[i]] = jnp.eye(n, dtype=leaf.dtype), "full"
+        else:
+            basis = jax.random.normal(key, (directions, n), leaf.dtype)
+            basis, methods[paths[i]] = basis / jnp.linalg.norm(basis, axis=1, keepdims=True), f"{directions} directions"
+        h = float(np.finfo(np.float64).eps ** (1.0 / 3.0) * max(1.0, float(jnp.max(jnp.abs(leaf))) if n else 1.0))
+        rows.append(jnp.pad(basis, ((0, 0), (0, width - n))))
+        owner += [i] * basis.shape[0]
+        steps += [h] * basis.shape[0]
+    if not rows:
+        return {}
+    probes = (jnp.concatenate(rows), jnp.asarray(starts[np.asarray(owner)], jnp.int32), jnp.asarray(steps, jnp.float64))
 
-    def loss_at(offset):
-        moved = list(leaves)
-        moved[index] = leaf + offset.reshape(leaf.shape)
-        return loss_fn(jax.tree_util.tree_unflatten(treedef, moved), *args)
+    @jax.jit
+    def run(leaves, args, probes):
+        vector = jnp.concatenate([leaf.reshape(-1) for leaf in leaves])
 
-    losses_at = jax.jit(jax.vmap(loss_at))
-    return basis, (losses_at(h * basis) - losses_at(-h * basis)) / (2 * h), method
+        def loss_at(offset):
+            moved = vector + offset
+            parts = [moved[starts[i]:starts[i + 1]].reshape(leaf.shape) for i, leaf in enumerate(leaves)]
+            return loss_fn(jax.tree_util.tree_unflatten(treedef, parts), *args)
+
+        def probe(_, item):
+            v, start, h = item
+            offset = jax.lax.dynamic_update_slice(jnp.zeros(vector.size + width, vector.dtype), h * v, (start,))
+            offset = offset[: vector.size]  # v's padding is zeros: nothing spills into the next leaf
+            return None, (loss_at(offset) - loss_at(-offset)) / (2 * h)
+
+        return jax.lax.scan(probe, None, probes)[1]
+
+    fd = run(leaves, args, probes)
+    out, row = {}, 0
+    for i, path in enumerate(paths):
+        count = rows[i].shape[0]
+        out[path] = (rows[i][:, : sizes[i]], fd[row:row + count], methods[path])
+        row += count
+    return out
 
 
 def check_grads(
@@ -250,8 +285,7 @@ def check_grads(
                 ref = _leaves_by_path(jax.jit(jax.grad(loss_fn))(p, *a))
                 got = _leaves_by_path(jax.jit(grad_fn)(p, *a))
                 keys = jax.random.split(jax.random.key(seed), max(len(ref), 1))
-                for (path, leaf), key in zip(_leaves_by_path(p).items(), keys):
-                    basis, fd, method = _finite_difference_projections(loss_fn, p, a, path, leaf, directions, max_full, key)
+                for path, (basis, fd, method) in _finite_difference_projections(loss_fn, p, a, directions, max_full, keys).items():
                     fd_methods[path] = method
                     results.setdefault(path, {})["float64 jax.grad vs finite diff."] = _errors(basis @ ref[path].reshape(-1), fd)
                     if path not in problems and path in got:

@@ -25,6 +25,9 @@ def test_conv_impl_benchmark_quick(tmp_path):
 
 
 def _load(relative, name):
+    folder = str((ROOT / relative).parent)
+    if folder not in sys.path:  # scripts import their neighbours (_workloads, _common) as when run directly
+        sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(name, ROOT / relative)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -45,3 +48,40 @@ def test_gradient_report_quick(tmp_path):
     assert len(result["rows"]) == 4 and all(row["passed"] for row in result["rows"])
     assert max(row["float64 vs jax.grad"] for row in result["rows"]) <= 1e-12
     assert (tmp_path / "gradient_report.md").read_text().startswith("| layer or model |")
+
+
+def test_w1_benchmark_quick(tmp_path):
+    result = _load("experiments/benchmarks/w1.py", "w1").main(["--quick", "--out", str(tmp_path)])
+    assert len(result["rows"]) == 5 and result["rows"][0]["ratio_to_reference"] == 1.0
+    assert all(r["us_per_step"] > 0 for r in result["rows"])
+    # The two steps are the same program up to the step counter: XLA counts the same work.
+    costs = result["xla_cost"]
+    assert costs["jaxnets step"]["flops"] == pytest.approx(costs["raw JAX step"]["flops"], rel=1e-4)
+    assert json.loads((tmp_path / "w1.json").read_text())["rows"] == result["rows"]
+    assert (tmp_path / "w1.md").read_text().startswith("| contender |")
+
+
+def test_w2_benchmark_quick(tmp_path):
+    result = _load("experiments/benchmarks/w2.py", "w2").main(["--quick", "--out", str(tmp_path)])
+    assert [r["contender"] for r in result["rows"]][:2] == ["raw JAX step (reference)", "jaxnets step"]
+    assert result["matmul_peak_gflops"] > 0 and all(r["fraction_of_peak"] > 0 for r in result["rows"])
+    # 784-64-64-10 at batch 64: forward 64*(784*64 + 64*64 + 64*10) multiply-adds, backward twice that less the data's gradient
+    forward = 64 * (784 * 64 + 64 * 64 + 64 * 10)
+    assert result["matmul_flops_per_step"] == 2 * (3 * forward - 64 * 784 * 64)
+    assert (tmp_path / "w2.json").exists() and (tmp_path / "w2.md").exists()
+
+
+def test_population_benchmark_quick(tmp_path):
+    result = _load("experiments/benchmarks/population.py", "population_benchmark").main(["--quick", "--out", str(tmp_path)])
+    assert [r["members"] for r in result["rows"]] == [1, 1, 2]
+    assert all(r["member_steps_per_s"] > 0 for r in result["rows"])
+    assert (tmp_path / "population.md").read_text().startswith("| contender |")
+
+
+@pytest.mark.slow
+def test_end_to_end_benchmark_quick(tmp_path):
+    result = _load("experiments/benchmarks/end_to_end.py", "end_to_end").main(["--quick", "--out", str(tmp_path)])
+    run = result["runs"][0]
+    assert 0 < run["seconds_before_fit"] < run["wall_seconds"] and run["peak_rss_mib"] > 50
+    assert 0 < run["final_test_accuracy"] <= 1
+    assert (tmp_path / "end_to_end.json").exists()

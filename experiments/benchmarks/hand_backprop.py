@@ -19,33 +19,15 @@ and ``hand_backprop.md`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import optax
 
+import _workloads as W
 import jaxnets
-import jaxnets.layers as L
+from _common import interleaved_medians, write_results
 from jaxnets import backprop, data, losses, train
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import interleaved_medians, write_results  # noqa: E402
-
-
-def raw_step_factory(optimizer):
-    def forward(p, x):
-        h = jax.nn.relu(x @ p["w0"] + p["b0"])
-        h = jax.nn.relu(h @ p["w1"] + p["b1"])
-        return h @ p["w2"] + p["b2"]
-
-    def step(params, opt_state, x, y):
-        loss, grads = jax.value_and_grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(forward(p, x), y).mean())(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return jax.jit(step, donate_argnums=(0, 1))
 
 
 def main(argv=None) -> dict:
@@ -61,16 +43,14 @@ def main(argv=None) -> dict:
     digits = data.load_digits()
     ce = losses.softmax_cross_entropy_with_integer_labels
     optimizer = optax.adam(1e-3)
-    model = L.serial(L.Dense(128), L.Relu(), L.Dense(128), L.Relu(), L.Dense(10))
+    model = W.jaxnets_model(W.W1["sizes"])
     hand_model = backprop.hand_gradients(model)
     x, y = jnp.asarray(digits.x_train[:64]), jnp.asarray(digits.y_train[:64])
 
     state = train.init_train_state(model, optimizer, digits.input_shape, seed=0)
-    p = jax.tree_util.tree_map(jnp.copy, state.params)  # the raw step donates its buffers: give it its own
-    raw = {"params": {"w0": p["dense_0"]["w"], "b0": p["dense_0"]["b"], "w1": p["dense_1"]["w"], "b1": p["dense_1"]["b"],
-                      "w2": p["dense_2"]["w"], "b2": p["dense_2"]["b"]}}
+    raw = {"params": W.raw_params(state.params)}
     raw["opt"] = optimizer.init(raw["params"])
-    raw_step = raw_step_factory(optimizer)
+    raw_step = jax.jit(W.raw_step_fn(optimizer), donate_argnums=(0, 1))
     holders = {
         "autodiff": {"step": train.make_train_step(model, ce, optimizer), "state": state},
         "hand": {"step": train.make_train_step(hand_model, ce, optimizer),

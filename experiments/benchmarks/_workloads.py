@@ -1,0 +1,103 @@
+"""The benchmark workloads, written twice: as jaxnets models and as hand-written raw JAX (the references).
+
+W1: MLP 64-128-128-10 on digits, batch 64, Adam 1e-3.
+W2: MLP 784-1024-1024-10 on random data, batch 512, Adam 1e-3.
+
+The raw-JAX step is what a careful user writes without a library: a dict of
+arrays, a forward function, ``jax.value_and_grad``, ``optax`` update, jitted
+with the params and optimizer state donated. It uses the same loss formula
+as jaxnets (``logsumexp(z) - z_y``, optax's too) so that the comparison
+measures the library, not a choice of formula.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+W1 = {"name": "W1", "sizes": (64, 128, 128, 10), "batch": 64}
+W2 = {"name": "W2", "sizes": (784, 1024, 1024, 10), "batch": 512}
+
+
+def jaxnets_model(sizes):
+    import jaxnets.layers as L
+
+    layers = []
+    for width in sizes[1:-1]:
+        layers += [L.Dense(width), L.Relu()]
+    return L.serial(*layers, L.Dense(sizes[-1]))
+
+
+def raw_params(jaxnets_params) -> dict:
+    """The jaxnets params as the flat dict the raw step uses (copied: the raw step donates its buffers)."""
+    return {f"{name}_{i}": jnp.copy(jaxnets_params[f"dense_{i}"][name])
+            for i in range(len(jaxnets_params)) for name in ("w", "b")}
+
+
+def raw_forward(params, x):
+    depth = len(params) // 2
+    for i in range(depth):
+        x = x @ params[f"w_{i}"] + params[f"b_{i}"]
+        if i < depth - 1:
+            x = jax.nn.relu(x)
+    return x
+
+
+def raw_loss(params, x, y):
+    return optax.softmax_cross_entropy_with_integer_labels(raw_forward(params, x), y).mean()
+
+
+def raw_step_fn(optimizer):
+    """The pure raw step ``(params, opt_state, x, y) -> (params, opt_state, loss)``."""
+    def step(params, opt_state, x, y):
+        loss, grads = jax.value_and_grad(raw_loss)(params, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def raw_epoch_fn(optimizer, x_all, y_all, batch):
+    """A hand-written fused epoch: ``jax.random.permutation``, gather, ``lax.scan`` of the raw step."""
+    step = raw_step_fn(optimizer)
+    n = x_all.shape[0]
+    steps = -(-n // batch)
+
+    def epoch(params, opt_state, key):
+        order = jax.random.permutation(key, n)
+        batches = order[jnp.arange(steps * batch) % n].reshape(steps, batch)
+
+        def body(carry, idx):
+            params, opt_state, loss = step(*carry, x_all[idx], y_all[idx])
+            return (params, opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), batches)
+        return params, opt_state, losses.mean()
+
+    return epoch
+
+
+def matmul_flops_per_step(sizes, batch) -> int:
+    """Multiply-adds of the matrix products of one training step, times 2.
+
+    Forward ``B*in*out`` per layer; backward the same twice (weight gradient
+    and input gradient), except the first layer's input gradient, which
+    nobody needs.
+    """
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    forward = sum(batch * a * b for a, b in pairs)
+    return 2 * (3 * forward - batch * sizes[0] * sizes[1])
+
+
+def table(rows, columns) -> str:
+    """A markdown table of ``rows`` (dicts) with ``columns``: (header, key, format)."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "|".join(" --- " if i == 0 else " ---: " for i in range(len(columns))) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(format(row[k], f) if f else str(row[k]) for _, k, f in columns) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""W1: the cost of jaxnets' training step, and what fused epochs save, on the digits MLP.
+
+    python experiments/benchmarks/w1.py            # full run
+    python experiments/benchmarks/w1.py --quick    # a few steps: checks the script, not the speed
+
+MLP 64-128-128-10 on digits (1,437 training images), batch 64, Adam 1e-3.
+Contenders, timed in one process, interleaved over ``--rounds`` rounds
+(median seconds per training step):
+
+* raw JAX step in a Python loop (the reference): ``_workloads.raw_step_fn``,
+  jitted with donated buffers, fed the same device-resident batch each step;
+* jaxnets step in the same loop: ``jaxnets.make_train_step``;
+* raw JAX fused epoch: a hand-written ``lax.scan`` over batches gathered by a
+  ``jax.random.permutation`` of the data (one call per epoch);
+* jaxnets fused epoch: ``jaxnets.make_epoch`` (one call per epoch);
+* jaxnets, 10 fused epochs per call: ``make_epoch`` in a ``fori_loop``, the
+  mechanism of ``fit(epochs_per_call=10)`` without its evaluation passes.
+
+Also reports XLA's cost analysis (flops, bytes accessed) of the two steps.
+Writes ``w1.json`` and ``w1.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import _workloads as W
+from _common import interleaved_medians, write_results
+
+
+def cost(compiled) -> dict:
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return {"flops": float(analysis["flops"]), "bytes": float(analysis["bytes accessed"])}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--epochs-per-round", type=int, default=3)
+    parser.add_argument("--out", default="runs/benchmarks")
+    args = parser.parse_args(argv)
+    rounds, epochs_per_round = (2, 1) if args.quick else (args.rounds, args.epochs_per_round)
+
+    from jaxnets import data, losses, train
+
+    digits = data.load_digits()
+    xs, ys = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+    n, batch = xs.shape[0], W.W1["batch"]
+    steps_per_epoch = -(-n // batch)
+    optimizer = optax.adam(1e-3)
+    ce = losses.softmax_cross_entropy_with_integer_labels
+    model = W.jaxnets_model(W.W1["sizes"])
+    x, y = xs[:batch], ys[:batch]
+
+    def fresh_state():
+        return train.init_train_state(model, optimizer, digits.input_shape, seed=0)
+
+    raw = {"params": W.raw_params(fresh_state().params)}
+    raw["opt"] = optimizer.init(raw["params"])
+    raw_fused = {"params": W.raw_params(fresh_state().params)}
+    raw_fused["opt"] = optimizer.init(raw_fused["params"])
+    raw_step = jax.jit(W.raw_step_fn(optimizer), donate_argnums=(0, 1))
+    raw_epoch = jax.jit(W.raw_epoch_fn(optimizer, xs, ys, batch), donate_argnums=(0, 1))
+    step = train.make_train_step(model, ce, optimizer)
+    epoch_fn = train.make_epoch(model, ce, optimizer, num_examples=n, batch_size=batch, jit=False)
+    epoch = jax.jit(epoch_fn, donate_argnums=0)
+    ten_epochs = jax.jit(lambda s, xs, ys: jax.lax.fori_loop(0, 10, lambda i, s: epoch_fn(s, xs, ys)[0], s),
+                         donate_argnums=0)
+    states = {"step": fresh_state(), "epoch": fresh_state(), "ten": fresh_state()}
+    loop_steps = epochs_per_round * steps_per_epoch
+    key = jax.random.key(1)
+
+    def raw_loop():
+        params, opt_state = raw["params"], raw["opt"]
+        for _ in range(loop_steps):
+            params, opt_state, loss = raw_step(params, opt_state, x, y)
+        jax.block_until_ready(loss)
+        raw["params"], raw["opt"] = params, opt_state
+
+    def jaxnets_loop():
+        state = states["step"]
+        for _ in range(loop_steps):
+            state, logged = step(state, x, y)
+        jax.block_until_ready(logged["loss"])
+        states["step"] = state
+
+    def raw_fused_epochs():
+        params, opt_state = raw_fused["params"], raw_fused["opt"]
+        for i in range(epochs_per_round):
+            params, opt_state, loss = raw_epoch(params, opt_state, jax.random.fold_in(key, i))
+        jax.block_until_ready(loss)
+        raw_fused["params"], raw_fused["opt"] = params, opt_state
+
+    def jaxnets_fused_epochs():
+        state = states["epoch"]
+        for _ in range(epochs_per_round):
+            state, logged = epoch(state, xs, ys)
+        jax.block_until_ready(logged["loss"])
+        states["epoch"] = state
+
+    def jaxnets_ten_epochs():
+        states["ten"] = jax.block_until_ready(ten_epochs(states["ten"], xs, ys))
+
+    contenders = {  # name -> (run one round, steps per round)
+        "raw JAX step, Python loop (reference)": (raw_loop, loop_steps),
+        "jaxnets step, Python loop": (jaxnets_loop, loop_steps),
+        "raw JAX fused epoch": (raw_fused_epochs, loop_steps),
+        "jaxnets fused epoch (make_epoch)": (jaxnets_fused_epochs, loop_steps),
+        "jaxnets, 10 fused epochs per call": (jaxnets_ten_epochs, 10 * steps_per_epoch),
+    }
+    medians = interleaved_medians({name: run for name, (run, _) in contenders.items()}, rounds, 1)
+    per_step = {name: medians[name] / contenders[name][1] for name in contenders}
+    reference = per_step["raw JAX step, Python loop (reference)"]
+    rows = [{"contender": name, "us_per_step": t * 1e6, "ratio_to_reference": t / reference} for name, t in per_step.items()]
+
+    costs = {"raw JAX step": cost(raw_step.lower(raw["params"], raw["opt"], x, y).compile()),
+             "jaxnets step": cost(step.lower(states["step"], x, y).compile())}
+    result = {"benchmark": "w1", "workload": "MLP 64-128-128-10, digits, batch 64, Adam 1e-3",
+              "backend": jax.default_backend(), "device": str(jax.devices()[0]), "jax": jax.__version__,
+              "rounds": rounds, "epochs_per_round": epochs_per_round, "steps_per_epoch": steps_per_epoch,
+              "quick": args.quick, "rows": rows, "xla_cost": costs}
+    text = W.table(rows, [("contender", "contender", ""), ("us per step", "us_per_step", ".1f"),
+                          ("ratio to reference", "ratio_to_reference", ".3f")])
+    text += (f"\n\nXLA cost analysis per step: raw {costs['raw JAX step']['flops']:.0f} flops, "
+             f"{costs['raw JAX step']['bytes']:.0f} bytes; jaxnets {costs['jaxnets step']['flops']:.0f} flops, "
+             f"{costs['jaxnets step']['bytes']:.0f} bytes.")
+    print(f"W1 on {result['device']}: {rounds} rounds, median per step")
+    print(text)
+    write_results(args.out, "w1", result, text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
