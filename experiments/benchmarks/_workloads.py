@@ -83,6 +83,25 @@ def raw_epoch_fn(optimizer, x_all, y_all, batch):
     return epoch
 
 
+def looped(step, carry: tuple, inputs: tuple, calls: int):
+    """A contender for ``interleaved_medians``: ``calls`` calls of ``step`` in a Python loop, then a block.
+
+    ``step(*carry, *inputs)`` returns ``(*carry, out)``: the carry (params and
+    optimizer state, or a TrainState) feeds the next call, as a training loop
+    does with donated buffers; the loop blocks on the last ``out``.
+    """
+    holder = {"carry": tuple(carry)}
+
+    def run():
+        current = holder["carry"]
+        for _ in range(calls):
+            *current, out = step(*current, *inputs)
+        jax.block_until_ready(out)
+        holder["carry"] = tuple(current)
+
+    return run
+
+
 def matmul_flops_per_step(sizes, batch) -> int:
     """Multiply-adds of the matrix products of one training step, times 2.
 

@@ -48,36 +48,15 @@ def main(argv=None) -> dict:
     x, y = jnp.asarray(digits.x_train[:64]), jnp.asarray(digits.y_train[:64])
 
     state = train.init_train_state(model, optimizer, digits.input_shape, seed=0)
-    raw = {"params": W.raw_params(state.params)}
-    raw["opt"] = optimizer.init(raw["params"])
+    raw_params = W.raw_params(state.params)
     raw_step = jax.jit(W.raw_step_fn(optimizer), donate_argnums=(0, 1))
-    holders = {
-        "autodiff": {"step": train.make_train_step(model, ce, optimizer), "state": state},
-        "hand": {"step": train.make_train_step(hand_model, ce, optimizer),
-                 "state": train.init_train_state(hand_model, optimizer, digits.input_shape, seed=0)},
+    hand_state = train.init_train_state(hand_model, optimizer, digits.input_shape, seed=0)
+    contenders = {
+        "raw JAX step, autodiff (reference)": W.looped(raw_step, (raw_params, optimizer.init(raw_params)), (x, y), steps),
+        "jaxnets step, autodiff": W.looped(train.make_train_step(model, ce, optimizer), (state,), (x, y), steps),
+        "jaxnets step, hand-derived rules": W.looped(train.make_train_step(hand_model, ce, optimizer), (hand_state,), (x, y), steps),
     }
-
-    def run_raw(n):
-        params, opt_state = raw["params"], raw["opt"]
-        for _ in range(n):
-            params, opt_state, loss = raw_step(params, opt_state, x, y)
-        jax.block_until_ready(loss)
-        raw["params"], raw["opt"] = params, opt_state
-
-    def runner(holder):
-        def run(n):
-            s = holder["state"]
-            for _ in range(n):
-                s, logged = holder["step"](s, x, y)
-            jax.block_until_ready(logged["loss"])
-            holder["state"] = s
-
-        return run
-
-    contenders = {"raw JAX step, autodiff (reference)": run_raw,
-                  "jaxnets step, autodiff": runner(holders["autodiff"]),
-                  "jaxnets step, hand-derived rules": runner(holders["hand"])}
-    medians = interleaved_medians({name: (lambda run=run: run(steps)) for name, run in contenders.items()}, rounds, steps)
+    medians = interleaved_medians(contenders, rounds, steps)
     ref = medians[next(iter(contenders))]  # the first contender is the reference
     rows = [{"contender": name, "us_per_step": t * 1e6, "ratio_to_reference": t / ref} for name, t in medians.items()]
     hand_over_auto = medians["jaxnets step, hand-derived rules"] / medians["jaxnets step, autodiff"]

@@ -11,7 +11,7 @@ Contenders, timed in one process, interleaved over ``--rounds`` rounds
   jitted with donated buffers, fed the same device-resident batch each step;
 * jaxnets step in the same loop: ``jaxnets.make_train_step``;
 * raw JAX fused epoch: a hand-written ``lax.scan`` over batches gathered by a
-  ``jax.random.permutation`` of the data (one call per epoch);
+  ``jax.random.permutation`` of the data (one call per epoch; the same key each call);
 * jaxnets fused epoch: ``jaxnets.make_epoch`` (one call per epoch);
 * jaxnets, 10 fused epochs per call: ``make_epoch`` in a ``fori_loop``, the
   mechanism of ``fit(epochs_per_call=10)`` without its evaluation passes.
@@ -61,10 +61,6 @@ def main(argv=None) -> dict:
     def fresh_state():
         return train.init_train_state(model, optimizer, digits.input_shape, seed=0)
 
-    raw = {"params": W.raw_params(fresh_state().params)}
-    raw["opt"] = optimizer.init(raw["params"])
-    raw_fused = {"params": W.raw_params(fresh_state().params)}
-    raw_fused["opt"] = optimizer.init(raw_fused["params"])
     raw_step = jax.jit(W.raw_step_fn(optimizer), donate_argnums=(0, 1))
     raw_epoch = jax.jit(W.raw_epoch_fn(optimizer, xs, ys, batch), donate_argnums=(0, 1))
     step = train.make_train_step(model, ce, optimizer)
@@ -72,55 +68,38 @@ def main(argv=None) -> dict:
     epoch = jax.jit(epoch_fn, donate_argnums=0)
     ten_epochs = jax.jit(lambda s, xs, ys: jax.lax.fori_loop(0, 10, lambda i, s: epoch_fn(s, xs, ys)[0], s),
                          donate_argnums=0)
-    states = {"step": fresh_state(), "epoch": fresh_state(), "ten": fresh_state()}
+
+    def ten(state, xs, ys):
+        state = ten_epochs(state, xs, ys)
+        return state, state.step
+
     loop_steps = epochs_per_round * steps_per_epoch
-    key = jax.random.key(1)
-
-    def raw_loop():
-        params, opt_state = raw["params"], raw["opt"]
-        for _ in range(loop_steps):
-            params, opt_state, loss = raw_step(params, opt_state, x, y)
-        jax.block_until_ready(loss)
-        raw["params"], raw["opt"] = params, opt_state
-
-    def jaxnets_loop():
-        state = states["step"]
-        for _ in range(loop_steps):
-            state, logged = step(state, x, y)
-        jax.block_until_ready(logged["loss"])
-        states["step"] = state
-
-    def raw_fused_epochs():
-        params, opt_state = raw_fused["params"], raw_fused["opt"]
-        for i in range(epochs_per_round):
-            params, opt_state, loss = raw_epoch(params, opt_state, jax.random.fold_in(key, i))
-        jax.block_until_ready(loss)
-        raw_fused["params"], raw_fused["opt"] = params, opt_state
-
-    def jaxnets_fused_epochs():
-        state = states["epoch"]
-        for _ in range(epochs_per_round):
-            state, logged = epoch(state, xs, ys)
-        jax.block_until_ready(logged["loss"])
-        states["epoch"] = state
-
-    def jaxnets_ten_epochs():
-        states["ten"] = jax.block_until_ready(ten_epochs(states["ten"], xs, ys))
+    raw_params = W.raw_params(fresh_state().params)
+    raw_fused_params = W.raw_params(fresh_state().params)
+    runs = {
+        "raw loop": W.looped(raw_step, (raw_params, optimizer.init(raw_params)), (x, y), loop_steps),
+        "jaxnets loop": W.looped(step, (fresh_state(),), (x, y), loop_steps),
+        "raw fused": W.looped(raw_epoch, (raw_fused_params, optimizer.init(raw_fused_params)), (jax.random.key(1),),
+                              epochs_per_round),
+        "jaxnets fused": W.looped(epoch, (fresh_state(),), (xs, ys), epochs_per_round),
+        "jaxnets ten": W.looped(ten, (fresh_state(),), (xs, ys), 1),
+    }
 
     contenders = {  # name -> (run one round, steps per round)
-        "raw JAX step, Python loop (reference)": (raw_loop, loop_steps),
-        "jaxnets step, Python loop": (jaxnets_loop, loop_steps),
-        "raw JAX fused epoch": (raw_fused_epochs, loop_steps),
-        "jaxnets fused epoch (make_epoch)": (jaxnets_fused_epochs, loop_steps),
-        "jaxnets, 10 fused epochs per call": (jaxnets_ten_epochs, 10 * steps_per_epoch),
+        "raw JAX step, Python loop (reference)": (runs["raw loop"], loop_steps),
+        "jaxnets step, Python loop": (runs["jaxnets loop"], loop_steps),
+        "raw JAX fused epoch": (runs["raw fused"], loop_steps),
+        "jaxnets fused epoch (make_epoch)": (runs["jaxnets fused"], loop_steps),
+        "jaxnets, 10 fused epochs per call": (runs["jaxnets ten"], 10 * steps_per_epoch),
     }
     medians = interleaved_medians({name: run for name, (run, _) in contenders.items()}, rounds, 1)
     per_step = {name: medians[name] / contenders[name][1] for name in contenders}
     reference = per_step["raw JAX step, Python loop (reference)"]
     rows = [{"contender": name, "us_per_step": t * 1e6, "ratio_to_reference": t / reference} for name, t in per_step.items()]
 
-    costs = {"raw JAX step": cost(raw_step.lower(raw["params"], raw["opt"], x, y).compile()),
-             "jaxnets step": cost(step.lower(states["step"], x, y).compile())}
+    probe = fresh_state()  # (lowering reads only shapes; the trained buffers were donated)
+    costs = {"raw JAX step": cost(raw_step.lower(W.raw_params(probe.params), optimizer.init(W.raw_params(probe.params)), x, y).compile()),
+             "jaxnets step": cost(step.lower(probe, x, y).compile())}
     result = {"benchmark": "w1", "workload": "MLP 64-128-128-10, digits, batch 64, Adam 1e-3",
               "backend": jax.default_backend(), "device": str(jax.devices()[0]), "jax": jax.__version__,
               "rounds": rounds, "epochs_per_round": epochs_per_round, "steps_per_epoch": steps_per_epoch,

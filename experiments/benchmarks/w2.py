@@ -50,9 +50,8 @@ def main(argv=None) -> dict:
     a = jax.random.normal(ka, (matmul, matmul), jnp.float32)
     optimizer = optax.adam(1e-3)
     model = W.jaxnets_model(sizes)
-    state = {"s": train.init_train_state(model, optimizer, (-1, sizes[0]), seed=0)}
-    raw = {"params": W.raw_params(state["s"].params)}
-    raw["opt"] = optimizer.init(raw["params"])
+    state = train.init_train_state(model, optimizer, (-1, sizes[0]), seed=0)
+    raw_params = W.raw_params(state.params)
     raw_step = jax.jit(W.raw_step_fn(optimizer), donate_argnums=(0, 1))
     step = train.make_train_step(model, losses.softmax_cross_entropy_with_integer_labels, optimizer)
     dot = jax.jit(jnp.dot)
@@ -67,20 +66,6 @@ def main(argv=None) -> dict:
         input_grads = [d @ w.T for d, w in zip(deltas[1:], weights[1:])]  # none for the data
         return forward, weight_grads, input_grads
 
-    def raw_loop():
-        params, opt_state = raw["params"], raw["opt"]
-        for _ in range(steps):
-            params, opt_state, loss = raw_step(params, opt_state, x, y)
-        jax.block_until_ready(loss)
-        raw["params"], raw["opt"] = params, opt_state
-
-    def jaxnets_loop():
-        s = state["s"]
-        for _ in range(steps):
-            s, logged = step(s, x, y)
-        jax.block_until_ready(logged["loss"])
-        state["s"] = s
-
     def step_products():
         for _ in range(steps):
             out = products(weights, hidden, deltas)
@@ -91,7 +76,8 @@ def main(argv=None) -> dict:
             out = dot(a, a)
         jax.block_until_ready(out)
 
-    medians = interleaved_medians({"raw": raw_loop, "jaxnets": jaxnets_loop, "products": step_products,
+    medians = interleaved_medians({"raw": W.looped(raw_step, (raw_params, optimizer.init(raw_params)), (x, y), steps),
+                                   "jaxnets": W.looped(step, (state,), (x, y), steps), "products": step_products,
                                    "matmul": matmuls}, rounds, steps)
     peak = 2 * matmul ** 3 / medians["matmul"]
     flops = W.matmul_flops_per_step(sizes, batch)
