@@ -431,6 +431,15 @@ def _check_run(model, loss, optimizer, train, test, *, epochs, batch_size, epoch
                 metrics, epochs, batch_size, min(epochs_per_call, epochs))
 
 
+def _check_state_fits(optimizer: optax.GradientTransformation, state: TrainState) -> None:
+    """A state made by another optimizer fails here, printing both structures, not deep inside ``update``."""
+    expected = jax.tree_util.tree_structure(jax.eval_shape(optimizer.init, state.params))
+    got = jax.tree_util.tree_structure(state.opt_state)
+    if expected != got:
+        raise ValueError(f"state.opt_state does not fit this optimizer (was the state made with another one?): "
+                         f"the optimizer's state has structure {expected}, state.opt_state has {got}")
+
+
 def _check_targets(model: Layer, state: TrainState, run: _Run) -> None:
     """Labels out of range for the model's outputs fail here, not as garbage losses."""
     x, y, _, y_test = run.data
@@ -585,6 +594,7 @@ def fit(
     elif not isinstance(state, TrainState):
         raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
     else:
+        _check_state_fits(optimizer, state)
         state = jax.tree_util.tree_map(jnp.copy, state)  # the program donates its input; keep the caller's
     _check_targets(model, state, run)
     program = jax.jit(_chunk_program(model, loss, optimizer, run, drop_last=drop_last, eval_batch_size=eval_batch_size),

@@ -242,6 +242,8 @@ def test_fit_errors(digits):
     with pytest.raises(TypeError, match="seed must be an int, got 1.5"):
         jaxnets.fit(model, CE, opt, (x, y), seed=1.5, progress=False)
     trained, _ = jaxnets.fit(model, CE, opt, (x, y), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"state.opt_state does not fit this optimizer.*EmptyState.*ScaleByAdamState"):
+        jaxnets.fit(model, CE, optax.sgd(0.1), (x, y), state=trained, progress=False)
     with pytest.raises(ValueError, match=r"dense_0: Dense\(32\) expects inputs with last dimension 64"):
         jaxnets.fit(model, CE, opt, (x[:, :60], y), state=trained, progress=False)
 
