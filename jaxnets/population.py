@@ -112,6 +112,7 @@ def fit_population(
     train: Any,
     *,
     members: Mapping[str, Sequence],
+    state: _train.TrainState | None = None,
     test: Any = None,
     epochs: int = 10,
     batch_size: int = 64,
@@ -134,6 +135,12 @@ def fit_population(
       members: ``name -> one value per member``: ``"seed"`` (ints; 0 for all
         if absent) and any numeric hyperparameters of ``optimizer``, all of
         the same length ``P``. :func:`grid` builds all combinations.
+      state: continue from a population's state (as returned here, or built
+        from chosen members, e.g. copies of the best) instead of a fresh one;
+        it is copied, never consumed. Its keys and step counters carry on, so
+        ``members`` must not hold ``"seed"``; the hyperparameters in
+        ``members`` replace those in the state, as population-based training
+        does when it perturbs the members it copies.
 
     Returns:
       ``(state, history)``: a :class:`jaxnets.TrainState` whose leaves have a
@@ -141,13 +148,16 @@ def fit_population(
       ``history`` with ``history[name]`` a ``(epochs, P)`` NumPy array for
       each metric (as in :func:`jaxnets.fit`), ``history["epoch"]``,
       ``history["time"]`` and ``history["members"]`` (the columns of
-      ``members``, seeds included).
+      ``members``, seeds included unless continuing from ``state``).
 
     Raises:
       TypeError, ValueError: on mismatched ``members``, an optimizer that
         does not take their hyperparameters, or anything :func:`jaxnets.fit`
         rejects, before anything is compiled.
     """
+    continued = state is not None
+    if continued and isinstance(members, Mapping) and "seed" in members:
+        raise ValueError("members must not hold 'seed' when continuing from a state: its keys carry on")
     seeds, hyperparams = _check_members(members)
     run = _train._check_run(model, loss, optax.identity(), train, test, epochs=epochs, batch_size=batch_size,
                             epochs_per_call=epochs_per_call, drop_last=drop_last, metrics=metrics)
@@ -158,8 +168,11 @@ def fit_population(
     def init(seed_key, h):
         return _train.init_train_state(model, make_optimizer(h), run.input_shape, key=seed_key)
 
-    keys = jnp.stack([jax.random.key(s) for s in seeds])
-    state = jax.jit(jax.vmap(init))(keys, {k: jnp.asarray(v) for k, v in hyperparams.items()})
+    if state is None:
+        keys = jnp.stack([jax.random.key(s) for s in seeds])
+        state = jax.jit(jax.vmap(init))(keys, {k: jnp.asarray(v) for k, v in hyperparams.items()})
+    else:
+        state = _continued(state, shared, hyperparams, len(seeds))
     _train._check_targets(model, member(state, 0), run)
     program = _train._chunk_program(model, loss, shared, run, drop_last=drop_last, eval_batch_size=eval_batch_size)
     program = jax.jit(jax.vmap(program, in_axes=(0, None, None, None, None, None), out_axes=(0, 1)),  # results: (epochs, P)
@@ -177,8 +190,25 @@ def fit_population(
         rows.append(row)
     for name in rows[0]:
         history[name] = np.stack([np.asarray(r[name]) for r in rows])  # (epochs, P)
-    history["members"] = {"seed": list(seeds), **{k: v.tolist() for k, v in hyperparams.items()}}
+    history["members"] = {**({} if continued else {"seed": list(seeds)}), **{k: v.tolist() for k, v in hyperparams.items()}}
     return state, history
+
+
+def _continued(state: Any, optimizer: optax.GradientTransformation, hyperparams: dict, size: int) -> _train.TrainState:
+    """A copy of a population's ``state`` for ``size`` members, with ``hyperparams`` written into its optimizer state."""
+    if not isinstance(state, _train.TrainState):
+        raise TypeError(f"state must be a population's TrainState, got {type(state).__name__}")
+    count = np.shape(state.step)
+    if count != (size,):
+        raise ValueError(f"state must hold {size} members (one per value in members), got step of shape {count}")
+    one = member(state, 0)
+    _train._check_state_fits(optimizer, one)
+    state = jax.tree_util.tree_map(jnp.copy, state)  # the program donates its input; keep the caller's
+    if hyperparams:
+        held = state.opt_state.hyperparams
+        for name, values in hyperparams.items():
+            held[name] = jnp.asarray(values, held[name].dtype)
+    return state
 
 
 def member(state: _train.TrainState, index: int) -> _train.TrainState:

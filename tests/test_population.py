@@ -75,6 +75,28 @@ def test_fixed_arguments_through_partial(digits):
     assert history["train_loss"][0, 0] != history["train_loss"][0, 1]
 
 
+def test_continuing_equals_one_run_and_takes_new_hyperparameters(digits):
+    members = {"seed": [0, 1], "learning_rate": [3e-3, 1e-2]}
+    straight, straight_history = population.fit_population(model(), CE, optax.adam, digits, members=members, epochs=2,
+                                                           progress=False)
+    first, _ = population.fit_population(model(), CE, optax.adam, digits, members=members, epochs=1, progress=False)
+    rates = {"learning_rate": members["learning_rate"]}
+    second, history = population.fit_population(model(), CE, optax.adam, digits, members=rates, state=first, epochs=1,
+                                                progress=False)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, second.params, straight.params)
+    np.testing.assert_array_equal(history["test_accuracy"][-1], straight_history["test_accuracy"][-1])
+    assert history["members"] == rates
+    # Perturbed hyperparameters take effect: learning rate 0 for member 0 freezes it, member 1 moves on.
+    frozen, _ = population.fit_population(model(), CE, optax.adam, digits, members={"learning_rate": [0.0, 1e-2]},
+                                          state=first, epochs=1, progress=False)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, population.member(frozen, 0).params, population.member(first, 0).params)
+    assert not np.array_equal(population.member(frozen, 1).params["dense_0"]["w"], population.member(first, 1).params["dense_0"]["w"])
+    with pytest.raises(ValueError, match="members must not hold 'seed' when continuing from a state"):
+        population.fit_population(model(), CE, optax.adam, digits, members=members, state=first, progress=False)
+    with pytest.raises(ValueError, match=r"state must hold 3 members \(one per value in members\), got step of shape \(2,\)"):
+        population.fit_population(model(), CE, optax.adam, digits, members={"learning_rate": [0.1] * 3}, state=first)
+
+
 def test_errors(digits):
     with pytest.raises(ValueError, match=r"members must all have the same, positive number of values, got lengths"):
         population.fit_population(model(), CE, optax.adam, digits, members={"seed": [0, 1], "learning_rate": [0.1]})
