@@ -77,10 +77,13 @@ def leaky_relu_grad(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
 def elu(x: jax.Array, alpha: float = 1.0) -> jax.Array:
     """Exponential linear unit: ``x`` for ``x > 0``, ``alpha * (exp(x) - 1)`` otherwise.
 
-    ``expm1`` is evaluated on ``min(x, 0)`` so the unused branch cannot
-    overflow (an ``inf`` there would turn the gradient into ``nan``).
+    ``expm1`` is evaluated on ``where(x > 0, 0, x)`` so the unused branch
+    cannot overflow (an ``inf`` there would turn the gradient into ``nan``).
+    Not on ``min(x, 0)``: at ``x = 0`` autodiff would split ``min``'s
+    derivative in halves and give ``alpha / 2`` instead of the left limit
+    ``alpha`` that :func:`elu_grad` states.
     """
-    return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0)))
+    return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.where(x > 0, jnp.zeros_like(x), x)))
 
 
 def elu_grad(x: jax.Array, alpha: float = 1.0) -> jax.Array:
@@ -147,8 +150,13 @@ def tanh_grad(x: jax.Array) -> jax.Array:
 
 
 def softplus(x: jax.Array) -> jax.Array:
-    """``log(1 + exp(x))`` computed as ``max(x, 0) + log1p(exp(-|x|))``."""
-    return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+    """``log(1 + exp(x))``, computed stably as ``logaddexp(x, 0)``.
+
+    Not as ``max(x, 0) + log1p(exp(-|x|))``: equal in value, but autodiff
+    through ``max`` and ``|x|`` at exactly ``x = 0`` gives 0 instead of
+    ``sigmoid(0) = 1/2`` (a test pins autodiff against :func:`softplus_grad` at 0).
+    """
+    return jnp.logaddexp(x, jnp.zeros_like(x))
 
 
 def softplus_grad(x: jax.Array) -> jax.Array:

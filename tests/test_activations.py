@@ -107,3 +107,12 @@ def test_log_softmax_with_minus_infinity_entries():
     y = A.log_softmax(x)
     assert y[1] == -jnp.inf and np.all(np.isfinite(np.asarray(y)[[0, 2]]))
     np.testing.assert_allclose(jnp.exp(y).sum(), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [f for f in A.GRADIENTS if f not in (A.softmax, A.log_softmax)], ids=lambda f: f.__name__)
+def test_autodiff_and_the_hand_rule_agree_at_zero(fn):
+    """At a kink both must state the same convention (elu's autodiff once gave alpha / 2 there, its rule alpha)."""
+    x = jnp.zeros((3,), jnp.float32)
+    auto = jax.grad(lambda v: jnp.sum(fn(v)))(x)
+    hand = A.GRADIENTS[fn](x, jnp.ones_like(x))
+    np.testing.assert_allclose(auto, hand, rtol=1e-6, atol=0)
