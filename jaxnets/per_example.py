@@ -74,19 +74,16 @@ def grads(
     if train and jax.tree_util.tree_leaves(model_state):
         raise ValueError("per-example gradients in training mode need a model without state; BatchNorm would "
                          "normalise each example by its own statistics (use train=False, or LayerNorm)")
-    if key is None:
-        keys = jnp.zeros((x.shape[0],))  # a placeholder vmapped alongside; never used as a key
-    else:
-        keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(x.shape[0]))
+    keys = None if key is None else jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(x.shape[0]))
 
     def one(xb, yb, kb):
         def objective(p):
-            outputs, _ = model.apply_with_state(p, model_state, xb[None], key=None if key is None else kb, train=train)
+            outputs, _ = model.apply_with_state(p, model_state, xb[None], key=kb, train=train)
             return loss(outputs, yb[None])
 
         return jax.grad(objective)(params)
 
-    return jax.vmap(one)(jnp.asarray(x), jnp.asarray(y), keys)
+    return jax.vmap(one, in_axes=(0, 0, None if key is None else 0))(jnp.asarray(x), jnp.asarray(y), keys)
 
 
 def norms(per_example_grads: Any) -> jax.Array:

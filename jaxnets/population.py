@@ -111,7 +111,7 @@ def fit_population(
     optimizer: Any,
     train: Any,
     *,
-    members: Mapping[str, Sequence],
+    members: Mapping[str, Sequence] | None = None,
     state: _train.TrainState | None = None,
     test: Any = None,
     epochs: int = 10,
@@ -135,6 +135,8 @@ def fit_population(
       members: ``name -> one value per member``: ``"seed"`` (ints; 0 for all
         if absent) and any numeric hyperparameters of ``optimizer``, all of
         the same length ``P``. :func:`grid` builds all combinations.
+        Required for a fresh population; when continuing from ``state``,
+        leave it out to keep the state's hyperparameters.
       state: continue from a population's state (as returned here, or built
         from chosen members, e.g. copies of the best) instead of a fresh one;
         it is copied, never consumed. Its keys and step counters carry on, so
@@ -158,8 +160,13 @@ def fit_population(
     continued = state is not None
     if continued and isinstance(members, Mapping) and "seed" in members:
         raise ValueError("members must not hold 'seed' when continuing from a state: its keys carry on")
-    seeds, hyperparams = _check_members(members)
-    run = _train._check_run(model, loss, optax.identity(), train, test, epochs=epochs, batch_size=batch_size,
+    if continued and not members:  # keep the hyperparameters the state holds
+        built = hasattr(optimizer, "init") and hasattr(optimizer, "update")
+        held = {} if built else getattr(state.opt_state, "hyperparams", {})
+        seeds, hyperparams = [0] * _population_size(state), {k: np.asarray(v) for k, v in held.items()}
+    else:
+        seeds, hyperparams = _check_members(members)
+    run = _train._check_run(model, loss, train, test, epochs=epochs, batch_size=batch_size,
                             epochs_per_call=epochs_per_call, drop_last=drop_last, metrics=metrics)
     eval_batch_size = _checks.positive_int(eval_batch_size, "eval_batch_size")
     make_optimizer = _member_optimizer(optimizer, hyperparams)
@@ -196,11 +203,8 @@ def fit_population(
 
 def _continued(state: Any, optimizer: optax.GradientTransformation, hyperparams: dict, size: int) -> _train.TrainState:
     """A copy of a population's ``state`` for ``size`` members, with ``hyperparams`` written into its optimizer state."""
-    if not isinstance(state, _train.TrainState):
-        raise TypeError(f"state must be a population's TrainState, got {type(state).__name__}")
-    count = np.shape(state.step)
-    if count != (size,):
-        raise ValueError(f"state must hold {size} members (one per value in members), got step of shape {count}")
+    if _population_size(state) != size:
+        raise ValueError(f"state must hold {size} members (one per value in members), got step of shape {np.shape(state.step)}")
     one = member(state, 0)
     _train._check_state_fits(optimizer, one)
     state = jax.tree_util.tree_map(jnp.copy, state)  # the program donates its input; keep the caller's
@@ -211,13 +215,20 @@ def _continued(state: Any, optimizer: optax.GradientTransformation, hyperparams:
     return state
 
 
+def _population_size(state: Any) -> int:
+    if not isinstance(state, _train.TrainState):
+        raise TypeError(f"state must be a population's TrainState, got {type(state).__name__}")
+    shape = np.shape(state.step)
+    if shape == ():
+        raise ValueError("state is a single model's TrainState, not a population's (its step has no member axis)")
+    return shape[0]
+
+
 def member(state: _train.TrainState, index: int) -> _train.TrainState:
     """Member ``index`` of a population's state, as a plain :class:`jaxnets.TrainState`."""
-    size = jax.tree_util.tree_leaves(state.step)[0].shape
-    if size == ():
-        raise ValueError("state is a single model's TrainState, not a population's (its step has no member axis)")
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -size[0] <= index < size[0]:
-        raise ValueError(f"index must be an int in [0, {size[0]}) for a population of {size[0]}, got {index!r}")
+    size = _population_size(state)
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -size <= index < size:
+        raise ValueError(f"index must be an int in [0, {size}) for a population of {size}, got {index!r}")
     return jax.tree_util.tree_map(lambda leaf: leaf[index], state)
 
 

@@ -61,6 +61,8 @@ def test_members_with_sgd_equal_plain_runs_bitwise(digits):
 def test_seeds_only_take_a_built_optimizer(digits):
     state, history = population.fit_population(model(), CE, optax.sgd(0.1), digits, members={"seed": [3, 5, 3]},
                                                epochs=1, progress=False)
+    more, _ = population.fit_population(model(), CE, optax.sgd(0.1), digits, state=state, epochs=1, progress=False)
+    assert int(population.member(more, 2).step) == 2 * int(population.member(state, 2).step)
     np.testing.assert_array_equal(history["train_loss"][:, 0], history["train_loss"][:, 2])  # same seed, same run
     assert history["train_loss"][0, 0] != history["train_loss"][0, 1]
     assert population.best_member(history, "train_loss") == int(np.argmin(history["train_loss"][-1]))
@@ -86,6 +88,9 @@ def test_continuing_equals_one_run_and_takes_new_hyperparameters(digits):
     jax.tree_util.tree_map(np.testing.assert_array_equal, second.params, straight.params)
     np.testing.assert_array_equal(history["test_accuracy"][-1], straight_history["test_accuracy"][-1])
     assert history["members"] == rates
+    # Without members the state's own hyperparameters carry on: the same as passing them again.
+    kept, _ = population.fit_population(model(), CE, optax.adam, digits, state=first, epochs=1, progress=False)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, kept.params, straight.params)
     # Perturbed hyperparameters take effect: learning rate 0 for member 0 freezes it, member 1 moves on.
     frozen, _ = population.fit_population(model(), CE, optax.adam, digits, members={"learning_rate": [0.0, 1e-2]},
                                           state=first, epochs=1, progress=False)

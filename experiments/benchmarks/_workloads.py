@@ -83,6 +83,14 @@ def raw_epoch_fn(optimizer, x_all, y_all, batch):
     return epoch
 
 
+def environment() -> dict:
+    """Where a benchmark ran, recorded with its results: backend, device, versions, CPU count."""
+    import platform
+
+    return {"backend": jax.default_backend(), "device": str(jax.devices()[0]), "jax": jax.__version__,
+            "python": platform.python_version(), "cpus": os.cpu_count()}
+
+
 def looped(step, carry: tuple, inputs: tuple, calls: int):
     """A contender for ``interleaved_medians``: ``calls`` calls of ``step`` in a Python loop, then a block.
 

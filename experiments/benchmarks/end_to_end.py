@@ -76,13 +76,11 @@ def main(argv=None) -> dict:
               "peak_rss_mib": "peak memory (MiB)", "final_test_accuracy": "final test accuracy"}
     rows = [{"measure": labels[k], "median": "n/a" if median[k] is None else f"{median[k]:.4f}" if k == "final_test_accuracy" else f"{median[k]:.2f}",
              "runs": ", ".join("n/a" if r[k] is None else f"{r[k]:.2f}" for r in results)} for k in keys]
-    import jax
-
     result = {"benchmark": "end_to_end", "command": f"python experiments/digits_mlp.py {' '.join(extra)}".strip(),
-              "backend": jax.default_backend(), "cpus": os.cpu_count(), "runs": results, "median": median,
+              **W.environment(), "runs": results, "median": median,
               "target": args.target, "quick": args.quick}
     text = W.table(rows, [("measure", "measure", ""), ("median", "median", ""), ("each run", "runs", "")])
-    print(f"End to end: {result['command']}, {runs} fresh processes, {os.cpu_count()} CPUs")
+    print(f"End to end: {result['command']}, {runs} fresh processes, {result['cpus']} CPUs")
     print(text)
     write_results(args.out, "end_to_end", result, text)
     return result

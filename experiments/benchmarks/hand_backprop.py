@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     print(table)
     print(f"hand-derived step / autodiff step: {hand_over_auto:.3f}")
     print(f"test accuracy after {epochs} epochs (seed 0): autodiff {accuracy['autodiff']:.4f}, hand rules {accuracy['hand']:.4f}")
-    result = {"benchmark": "hand_backprop", "backend": jax.default_backend(), "jax": jax.__version__, "rounds": rounds,
+    result = {"benchmark": "hand_backprop", **W.environment(), "rounds": rounds,
               "steps_per_round": steps, "quick": args.quick, "rows": rows, "hand_over_autodiff": hand_over_auto,
               "epochs": epochs, "test_accuracy": accuracy}
     write_results(args.out, "hand_backprop", result, table)

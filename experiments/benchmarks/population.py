@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
         rows.append({"members": size, "contender": f"population of {size}", "ms_per_epoch": medians[f"P={size}"] * 1e3,
                      "member_steps_per_s": rate, "ratio_to_alone": rate / reference})
     result = {"benchmark": "population", "workload": "W1 (MLP 64-128-128-10, digits, batch 64), Adam with per-member learning rate",
-              "backend": jax.default_backend(), "device": str(jax.devices()[0]), "jax": jax.__version__,
+              **W.environment(),
               "rounds": rounds, "steps_per_epoch": steps, "quick": args.quick, "rows": rows}
     text = W.table(rows, [("contender", "contender", ""), ("ms per epoch", "ms_per_epoch", ".1f"),
                           ("member-steps per s", "member_steps_per_s", ".0f"), ("ratio to one alone", "ratio_to_alone", ".2f")])

@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
     costs = {"raw JAX step": cost(raw_step.lower(W.raw_params(probe.params), optimizer.init(W.raw_params(probe.params)), x, y).compile()),
              "jaxnets step": cost(step.lower(probe, x, y).compile())}
     result = {"benchmark": "w1", "workload": "MLP 64-128-128-10, digits, batch 64, Adam 1e-3",
-              "backend": jax.default_backend(), "device": str(jax.devices()[0]), "jax": jax.__version__,
+              **W.environment(),
               "rounds": rounds, "epochs_per_round": epochs_per_round, "steps_per_epoch": steps_per_epoch,
               "quick": args.quick, "rows": rows, "xla_cost": costs}
     text = W.table(rows, [("contender", "contender", ""), ("us per step", "us_per_step", ".1f"),

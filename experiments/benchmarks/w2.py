@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
         rows.append({"contender": label, "ms_per_step": medians[name] * 1e3, "ratio_to_reference": medians[name] / medians["raw"],
                      "gflops": achieved / 1e9, "fraction_of_peak": achieved / peak})
     result = {"benchmark": "w2", "workload": f"MLP {'-'.join(map(str, sizes))}, random data, batch {batch}, Adam 1e-3",
-              "backend": jax.default_backend(), "device": str(jax.devices()[0]), "jax": jax.__version__,
+              **W.environment(),
               "rounds": rounds, "steps_per_round": steps, "quick": args.quick, "matmul_size": matmul,
               "matmul_peak_gflops": peak / 1e9, "matmul_flops_per_step": flops, "rows": rows}
     text = W.table(rows, [("contender", "contender", ""), ("ms per step", "ms_per_step", ".3f"),
