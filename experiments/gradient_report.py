@@ -54,6 +54,24 @@ LAYERS = {
     "Softmax": (L.Softmax(), (4, 6), True),
     "LogSoftmax": (L.LogSoftmax(), (4, 6), True),
     "Identity": (L.Identity(), (4, 6), True),
+    "Elementwise (sin)": (L.Elementwise(jnp.sin, "sin", vjp=lambda x, y_bar: y_bar * jnp.cos(x)), (4, 6), True),
+    "Lambda (autodiff rule)": (L.Lambda(lambda x: jnp.cumsum(x, axis=-1)[..., ::2], name="cumsum_even"), (4, 6), True),
+    "define_layer (tanh dense)": (L.define_layer(
+        "tanh_dense", lambda key, shape: {"w": jax.random.normal(key, (shape[-1], 3))},
+        lambda p, x: jnp.tanh(x @ p["w"]),
+        backward=lambda p, x, y_bar: (lambda g: ({"w": x.T @ g}, g @ p["w"].T))(y_bar * (1 - jnp.tanh(x @ p["w"]) ** 2))),
+        (4, 5), True),
+    "Conv (3-D)": (L.Conv(2, (2, 2, 2)), (2, 3, 4, 3, 2), True),
+    "ConvTranspose (1-D, VALID)": (L.ConvTranspose(2, (3,), strides=2, padding="VALID"), (2, 4, 3), True),
+    "GlobalAvgPool": (L.GlobalAvgPool(), (2, 3, 4, 3), True),
+    "GlobalMaxPool": (L.GlobalMaxPool(), (2, 3, 4, 3), True),
+    "Reshape": (L.Reshape((3, -1)), (2, 2, 6), True),
+    "serial": (L.serial(L.Dense(5), L.Tanh(), L.Dropout(0.2), L.Dense(3)), (4, 6), True),
+    "residual": (L.residual(L.LayerNorm(), L.Dense(6), L.Silu()), (4, 6), True),
+    "parallel": (L.parallel(L.Dense(3), L.Sigmoid()), ((4, 5), (4, 2)), True),
+    "FanOut": (L.FanOut(2), (4, 3), True),
+    "FanInSum": (L.FanInSum(), ((4, 3), (4, 3)), True),
+    "FanInConcat": (L.FanInConcat(), ((4, 3), (4, 2)), True),
 }
 
 MODELS = {
@@ -68,24 +86,7 @@ COLUMNS = ["float32 vs jax.grad", "float64 vs jax.grad", "float64 vs finite diff
 
 
 def layer_report(layer, shape, train, key):
-    k_init, k_x, k_r, k_drop = jax.random.split(key, 4)
-    _, params, state = layer.init_with_state(k_init, (-1,) + shape[1:])
-    integer_input = layer.name == "embedding"
-    x = jax.random.randint(k_x, shape, 0, 9) if integer_input else jax.random.normal(k_x, shape)
-    out = layer.apply_with_state(params, state, x, key=k_drop, train=train)[0]
-    r = jax.random.normal(k_r, out.shape)
-    point = {"params": params} if integer_input else {"params": params, "x": x}
-
-    def loss(pt, r, state):
-        inp = x if integer_input else pt["x"]
-        return jnp.sum(layer.apply_with_state(pt["params"], state, inp, key=k_drop, train=train)[0] * r)
-
-    def hand(pt, r, state):
-        inp = x if integer_input else pt["x"]
-        p_bar, x_bar = layer.backward(pt["params"], state, inp, r, key=k_drop, train=train)
-        return {"params": p_bar} if integer_input else {"params": p_bar, "x": x_bar}
-
-    return gradcheck.check_grads(hand, loss, point, r, state)
+    return gradcheck.check_layer(layer, shape, key=key, train=train, integer_input=layer.name == "embedding")
 
 
 def model_report(model, input_shape, images, key, digits):

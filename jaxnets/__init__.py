@@ -13,11 +13,12 @@ Modules, from the bottom up:
 * :mod:`jaxnets.population`: many models (seeds, hyperparameters) trained at once under ``vmap``
 * :mod:`jaxnets.per_example`: per-example gradients and clipping
 * :mod:`jaxnets.data`: the embedded digits, synthetic sets, local files
+* :mod:`jaxnets.porting`: params trained with stax or flax.linen, loaded into jaxnets models
 """
 
 from jaxnets import (activations, backprop, data, gradcheck, initializers, layers, losses, optim, per_example,
-                     population, train)
-from jaxnets.layers import Layer, count_params, parallel, residual, serial
+                     population, porting, train)
+from jaxnets.layers import Layer, count_params, define_layer, parallel, residual, serial
 from jaxnets.population import fit_population
 from jaxnets.train import TrainState, evaluate, fit, init_train_state, make_epoch, make_train_step, predict
 
@@ -35,7 +36,9 @@ __all__ = [
     "train",
     "population",
     "per_example",
+    "porting",
     "Layer",
+    "define_layer",
     "serial",
     "parallel",
     "residual",

@@ -10,8 +10,9 @@ Conventions at kinks (pinned by tests): ``relu'(0) = 0`` and
 Each function's hand-derived derivative sits directly below it:
 ``<name>_grad(x)`` (the elementwise derivative ``f'(x)``), or for the two
 normalising functions ``<name>_vjp(x, y_bar)`` (the cotangent of ``x``
-given the cotangent ``y_bar`` of the output). ``GRADIENTS`` maps each
-activation to its rule as a vjp ``(x, y_bar, **kwargs) -> x_bar``.
+given the cotangent ``y_bar`` of the output). Each activation carries its
+rule as ``fn.backward(x, y_bar, **kwargs) -> x_bar`` (the convention shared
+with layers and losses); ``GRADIENTS`` maps each activation to it.
 """
 
 from __future__ import annotations
@@ -244,3 +245,9 @@ GRADIENTS = {
     log_softmax: log_softmax_vjp,
     identity: _from_derivative(identity_grad),
 }
+
+# The one convention of hand rules (layers, activations, losses): the rule is
+# the function's ``backward``, taking its arguments and then the output's
+# cotangent: ``relu.backward(x, y_bar) -> x_bar``.
+for _fn, _rule in GRADIENTS.items():
+    _fn.backward = _rule

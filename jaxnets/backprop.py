@@ -1,7 +1,7 @@
 """Gradients of whole models from the hand-derived rules alone, and training on them.
 
 Every built-in layer carries a backward rule written as linear algebra
-(:mod:`jaxnets.layers`), every loss its gradient (``loss.grad`` in
+(:mod:`jaxnets.layers`), every loss its rule (``loss.backward`` in
 :mod:`jaxnets.losses`). This module chains them:
 
 * :func:`vjp`: a model's output and its pullback ``y_bar -> (params_bar, x_bar)``;
@@ -16,13 +16,12 @@ Check any of them against autodiff with :mod:`jaxnets.gradcheck`.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable
 
 import jax
 
-from jaxnets.layers import Layer, _require_rule, _stateful
+from jaxnets.layers import Layer, require_rule
 
 __all__ = ["vjp", "grad", "value_and_grad", "hand_gradients", "loss_gradient"]
 
@@ -30,26 +29,27 @@ __all__ = ["vjp", "grad", "value_and_grad", "hand_gradients", "loss_gradient"]
 def _check_model(model: Any) -> Layer:
     if not isinstance(model, Layer):
         raise TypeError(f"model must be a jaxnets Layer, got {type(model).__name__}")
-    _require_rule(model)
+    require_rule(model)
     return model
 
 
 def loss_gradient(loss: Callable, loss_grad: Callable | None = None) -> Callable:
-    """The hand-derived gradient of ``loss`` with respect to its predictions.
+    """The hand-derived gradient of ``loss`` with respect to its predictions, ``(predictions, targets) -> dL/dpredictions``.
 
-    ``loss_grad`` if given, else ``loss.grad`` (every loss in
-    :mod:`jaxnets.losses` has one).
+    ``loss_grad`` if given, else from ``loss.backward(predictions, targets,
+    y_bar)`` (every loss in :mod:`jaxnets.losses` has one; the convention of
+    every hand rule: the forward's arguments, then the output's cotangent).
     """
     if loss_grad is not None:
         if not callable(loss_grad):
             raise TypeError(f"loss_grad must be callable as loss_grad(predictions, targets), got {loss_grad!r}")
         return loss_grad
-    rule = getattr(loss, "grad", None)
+    rule = getattr(loss, "backward", None)
     if rule is None:
         name = getattr(loss, "__name__", repr(loss))
-        raise ValueError(f"loss {name} has no hand-derived gradient (loss.grad); pass loss_grad=... "
+        raise ValueError(f"loss {name} has no hand-derived gradient (loss.backward); pass loss_grad=... "
                          f"(predictions, targets) -> dL/dpredictions")
-    return rule
+    return lambda predictions, targets: rule(predictions, targets, 1.0)
 
 
 def vjp(model: Layer, params: Any, x: Any, *, state: Any = None, key: jax.Array | None = None, train: bool = False):
@@ -91,7 +91,7 @@ def grad(model: Layer, loss: Callable, *, loss_grad: Callable | None = None, tra
       model: any jaxnets model whose layers all have rules (every built-in
         one does; ``Elementwise`` needs ``vjp=``).
       loss: ``loss(outputs, targets) -> scalar``.
-      loss_grad: its gradient with respect to the outputs; default ``loss.grad``.
+      loss_grad: its gradient with respect to the outputs; default from ``loss.backward``.
       train: run the model in training mode (dropout on, batch statistics).
 
     Returns:
@@ -137,9 +137,11 @@ def hand_gradients(model: Layer) -> Layer:
 
     run.defvjp(run_fwd, run_bwd)
 
-    def apply_with_state(params, state, x, *, key=None, train=False):
-        return run(params, state, x, key, train)
+    def forward_fn(params, state, x, *, key=None, train=False):
+        y, new_state = run(params, state, x, key, train)
+        return y, new_state, x
 
-    wrapped = _stateful(model.name, f"hand_gradients({model.spec})", model.init_with_state, apply_with_state)
-    return dataclasses.replace(wrapped, backward=model.backward, tape_forward=model.tape_forward,
-                               tape_backward=model.tape_backward)
+    def backward_fn(params, state, x, y_bar, *, key=None, train=False):
+        return model.backward(params, state, x, y_bar, key=key, train=train)
+
+    return Layer(model.name, f"hand_gradients({model.spec})", model.init_fn, forward_fn, backward_fn, model.children)

@@ -11,7 +11,9 @@ Label values are checked when they are concrete (called outside ``jit``);
 
 Each loss's hand-derived gradient with respect to its predictions sits
 directly below it as ``<loss>_grad(predictions, targets)``, and is attached
-to the loss as ``loss.grad`` (what :func:`jaxnets.backprop.grad` looks up).
+to the loss as ``loss.grad``; its hand rule in the convention shared with layers
+and activations is ``loss.backward(predictions, targets, y_bar=1.0)`` (what
+:func:`jaxnets.backprop.grad` looks up).
 Targets are constants. Kinks: ``hinge``'s gradient is 0 at the margin
 ``t s = 1``.
 """
@@ -197,3 +199,19 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Fraction of rows whose arg-max equals the integer label (a metric, not differentiable)."""
     _logits_and_labels(logits, labels)
     return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+
+
+def _attach_backward(loss, grad):
+    """The one convention of hand rules: ``loss.backward(predictions, targets, y_bar=1.0) -> predictions_bar``."""
+
+    def backward(predictions, targets, y_bar=1.0):
+        return y_bar * grad(predictions, targets)
+
+    backward.__doc__ = f"Hand rule of ``{loss.__name__}``: ``y_bar * {grad.__name__}(predictions, targets)``."
+    loss.backward = backward
+
+
+for _loss in (mean_squared_error, softmax_cross_entropy, softmax_cross_entropy_with_integer_labels,
+              binary_cross_entropy_with_logits, huber, hinge):
+    if getattr(_loss, "grad", None) is not None:
+        _attach_backward(_loss, _loss.grad)

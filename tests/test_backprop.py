@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import jaxnets
 import jaxnets.layers as L
 from jaxnets import backprop, data, gradcheck, losses
+from layer_cases import CASES as LAYER_CASES
 from test_layers import REGISTRY, _abstract, _make_input
 
 CE = losses.softmax_cross_entropy_with_integer_labels
@@ -18,7 +19,7 @@ TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
 
 def test_every_registry_layer_has_a_rule():
-    missing = [name for name, (factory, _, _) in REGISTRY.items() if factory().backward is None]
+    missing = [name for name, (factory, _, _) in REGISTRY.items() if not factory().has_rule]
     assert not missing, f"layers without a hand-derived backward rule: {missing}"
 
 
@@ -35,7 +36,7 @@ def _rel(got, expected):
 
 # Training mode only changes Dropout, BatchNorm and combinators holding them; the rest
 # are checked in one mode, every layer in both precisions.
-MODE_DEPENDENT = {"Dropout", "BatchNorm", "serial"}
+MODE_DEPENDENT = {case.name for case in LAYER_CASES if case.train_differs}
 CASES = [(name, shape, train, dtype) for name, (_, shapes, _) in REGISTRY.items() for shape in shapes
          for train in ((False, True) if name in MODE_DEPENDENT else (True,)) for dtype in ("float32", "float64")]
 
@@ -170,7 +171,7 @@ def test_hand_gradients_with_batch_norm_state(digits):
 def test_a_layer_without_a_rule_is_named():
     model = L.serial(L.Dense(4), L.Elementwise(jnp.sin, "sin"), L.Dense(2))
     _, params = model.init(jax.random.key(0), (-1, 3))
-    with pytest.raises(ValueError, match=r"sin_0: Sin\(\) has no hand-derived backward rule \(for Elementwise, pass vjp=\.\.\.\)"):
+    with pytest.raises(ValueError, match=r"sin_0: Sin\(\) has no hand-derived backward rule \(for Elementwise, pass vjp=\.\.\.; for your own layer, define_layer\(\.\.\., backward=\.\.\.\)\)"):
         backprop.grad(model, losses.mean_squared_error)(params, jnp.ones((2, 3)), jnp.ones((2, 2)))
     with pytest.raises(ValueError, match="has no hand-derived backward rule"):
         backprop.hand_gradients(L.Elementwise(jnp.sin, "sin"))
@@ -180,7 +181,7 @@ def test_a_loss_without_a_gradient_is_named():
     def my_loss(outputs, targets):
         return jnp.mean(jnp.abs(outputs - targets))
 
-    with pytest.raises(ValueError, match=r"loss my_loss has no hand-derived gradient \(loss.grad\); pass loss_grad=\.\.\."):
+    with pytest.raises(ValueError, match=r"loss my_loss has no hand-derived gradient \(loss.backward\); pass loss_grad=\.\.\."):
         backprop.grad(L.Dense(2), my_loss)
     grad_fn = backprop.grad(L.Dense(2), my_loss, loss_grad=lambda o, t: jnp.sign(o - t) / o.size)
     _, params = L.Dense(2).init(jax.random.key(0), (-1, 3))

@@ -8,55 +8,31 @@ import numpy as np
 import pytest
 
 import jaxnets.layers as L
+from layer_cases import BY_NAME, CASES as LAYER_CASES, NOT_LAYERS
 
-# ---------------------------------------------------------------------------
-# The registry: every public layer constructor, with inputs to test it on.
+# The registry of cases lives in tests/layer_cases.py (a plain module of data).
 # name -> (factory, list of input shapes, input kind)
-# A shape may be a tuple of shapes (for layers that take several inputs).
-# ---------------------------------------------------------------------------
-
-REGISTRY = {
-    "Dense": (lambda: L.Dense(5), [(3, 4), (2, 3, 4), (1, 7)], "float"),
-    "Conv": (lambda: L.Conv(4, (3, 2), strides=(2, 1), padding="VALID"), [(2, 7, 6, 3), (1, 5, 5, 1)], "float"),
-    "Conv1D": (lambda: L.Conv1D(4, 3, strides=2), [(2, 9, 3), (3, 4, 1)], "float"),
-    "Conv2D": (lambda: L.Conv2D(4, 3), [(2, 8, 8, 1), (1, 5, 7, 3)], "float"),
-    "ConvTranspose": (lambda: L.ConvTranspose(3, (3, 3), strides=2, padding="VALID"), [(2, 4, 5, 2), (1, 3, 3, 1)], "float"),
-    "ConvTranspose2D": (lambda: L.ConvTranspose2D(3, 4, strides=2), [(2, 4, 5, 2), (1, 3, 3, 1)], "float"),
-    "Embedding": (lambda: L.Embedding(11, 6), [(4,), (2, 5)], "int"),
-    "LayerNorm": (lambda: L.LayerNorm(), [(3, 6), (2, 3, 6)], "float"),
-    "BatchNorm": (lambda: L.BatchNorm(), [(8, 5), (4, 3, 3, 2)], "float"),
-    "MaxPool": (lambda: L.MaxPool(2), [(2, 6, 6, 3), (1, 5, 7, 2)], "float"),
-    "AvgPool": (lambda: L.AvgPool((2, 3), strides=1, padding="SAME"), [(2, 6, 6, 3), (1, 5, 7, 2)], "float"),
-    "Flatten": (lambda: L.Flatten(), [(2, 3, 4), (3, 2, 2, 2)], "float"),
-    "Dropout": (lambda: L.Dropout(0.5), [(4, 10), (2, 3, 4)], "float"),
-    "Elementwise": (lambda: L.Elementwise(jnp.sin, "sin", vjp=lambda x, y_bar: y_bar * jnp.cos(x)), [(3, 4)], "float"),
-    "Relu": (lambda: L.Relu(), [(3, 4)], "float"),
-    "LeakyRelu": (lambda: L.LeakyRelu(0.1), [(3, 4)], "float"),
-    "Elu": (lambda: L.Elu(), [(3, 4)], "float"),
-    "Gelu": (lambda: L.Gelu(), [(3, 4)], "float"),
-    "Sigmoid": (lambda: L.Sigmoid(), [(3, 4)], "float"),
-    "Tanh": (lambda: L.Tanh(), [(3, 4)], "float"),
-    "Softplus": (lambda: L.Softplus(), [(3, 4)], "float"),
-    "Silu": (lambda: L.Silu(), [(3, 4)], "float"),
-    "Softmax": (lambda: L.Softmax(), [(3, 4)], "float"),
-    "LogSoftmax": (lambda: L.LogSoftmax(), [(3, 4)], "float"),
-    "Identity": (lambda: L.Identity(), [(3, 4)], "float"),
-    "serial": (lambda: L.serial(L.Dense(6), L.Relu(), L.Dropout(0.2), L.Dense(3)), [(4, 5), (2, 3, 5)], "float"),
-    "parallel": (lambda: L.parallel(L.Dense(3), L.Identity()), [((2, 4), (2, 7))], "float"),
-    "residual": (lambda: L.residual(L.Dense(4), L.Tanh(), L.Dense(4)), [(3, 4), (2, 2, 4)], "float"),
-    "FanOut": (lambda: L.FanOut(3), [(2, 4)], "float"),
-    "FanInSum": (lambda: L.FanInSum(), [((2, 4), (2, 4), (2, 4))], "float"),
-    "FanInConcat": (lambda: L.FanInConcat(), [((2, 4), (2, 3))], "float"),
-}
-
-NOT_LAYERS = {"Layer", "count_params"}
+REGISTRY = {case.name: (case.make, list(case.shapes), case.kind) for case in LAYER_CASES}
 
 
-def test_registry_covers_every_public_layer():
+def test_every_public_layer_has_a_case():
     public = set(L.__all__) - NOT_LAYERS
-    missing = public - set(REGISTRY)
-    assert not missing, f"layers without a registry entry (add them to REGISTRY): {sorted(missing)}"
-    assert not set(REGISTRY) - public, "registry names a layer that is not public"
+    missing = public - set(BY_NAME)
+    assert not missing, f"layers without a case (add them to tests/layer_cases.py): {sorted(missing)}"
+    assert not set(BY_NAME) - public, "a case names a layer that is not public"
+
+
+def test_every_public_layer_is_in_the_gradient_report():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "experiments" / "gradient_report.py"
+    spec = importlib.util.spec_from_file_location("gradient_report", path)
+    gradient_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gradient_report)
+    reported = {name.split(" ")[0] for name in gradient_report.LAYERS}
+    missing = set(L.__all__) - NOT_LAYERS - reported
+    assert not missing, f"layers missing from experiments/gradient_report.py LAYERS: {sorted(missing)}"
 
 
 def _is_multi(shape):
@@ -542,3 +518,170 @@ def test_parallel_arity(key):
 def test_fan_in_sum_shape_mismatch(key):
     with pytest.raises(ValueError, match=r"FanInSum\(\) needs inputs of one shape"):
         L.FanInSum().init(key, ((-1, 2), (-1, 3)))
+
+
+# ---------------------------------------------------------------------------
+# New parameter-free layers against independent references
+# ---------------------------------------------------------------------------
+
+
+def test_global_pools_match_numpy(rng):
+    x = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_allclose(L.GlobalAvgPool().apply({}, jnp.asarray(x)), x.mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(L.GlobalMaxPool().apply({}, jnp.asarray(x)), x.max(axis=(1, 2)), rtol=1e-6)
+    assert L.GlobalAvgPool().init(jax.random.key(0), (-1, 3, 4, 5))[0] == (-1, 5)
+
+
+def test_global_max_pool_rule_sends_the_cotangent_to_the_first_maximum():
+    x = jnp.array([[[1.0], [3.0], [3.0], [2.0]]])  # (1, 4, 1): a tie at positions 1 and 2
+    _, x_bar = L.GlobalMaxPool().backward({}, {}, x, jnp.array([[5.0]]))
+    np.testing.assert_array_equal(x_bar[0, :, 0], [0.0, 5.0, 0.0, 0.0])
+    np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(jnp.max(x, axis=1)))(x)[0, :, 0], [0.0, 0.5, 0.5, 0.0])
+
+
+def test_reshape_keeps_the_batch_and_checks_sizes(key):
+    layer = L.Reshape((3, -1))
+    assert layer.init(key, (-1, 2, 6))[0] == (-1, 3, 4)
+    x = jnp.arange(24.0).reshape(2, 2, 6)
+    np.testing.assert_array_equal(layer.apply({}, x), np.arange(24.0).reshape(2, 3, 4))
+    with pytest.raises(ValueError, match=r"Reshape\(\(3, -1\)\) cannot reshape an example of shape \(5,\)"):
+        layer.init(key, (-1, 5))
+    with pytest.raises(ValueError, match="shape may hold at most one -1"):
+        L.Reshape((-1, -1))
+
+
+def test_lambda_infers_its_shape_and_differentiates_by_autodiff(key):
+    layer = L.Lambda(lambda x: x[:, ::2] * 2.0, name="every_other")
+    out_shape, params = layer.init(key, (-1, 7))
+    assert out_shape == (-1, 4) and params == {}
+    x = jnp.arange(14.0).reshape(2, 7)
+    _, x_bar = layer.backward({}, {}, x, jnp.ones((2, 4)))
+    np.testing.assert_array_equal(x_bar[0], [2.0, 0, 2.0, 0, 2.0, 0, 2.0])
+
+
+# ---------------------------------------------------------------------------
+# Defining layers, and the checks at a model's entry
+# ---------------------------------------------------------------------------
+
+
+def _scale_layer(**kwargs):
+    return L.define_layer("scale", lambda key, shape: {"s": jnp.ones(shape[-1:])}, lambda p, x: x * p["s"], **kwargs)
+
+
+def test_define_layer_infers_the_output_shape_with_the_batch_unknown(key):
+    layer = L.define_layer("pair_sum", lambda key, shape: {}, lambda p, x: x.reshape(x.shape[0], -1, 2).sum(-1))
+    assert layer.init(key, (-1, 3, 4))[0] == (-1, 6)
+    assert layer.init(key, (5, 3, 4))[0] == (5, 6)
+    assert layer.has_rule is False
+    with pytest.raises(ValueError, match=r"PairSum\(\) has no hand-derived backward rule"):
+        layer.backward({}, {}, jnp.ones((2, 3, 4)), jnp.ones((2, 6)))
+
+
+def test_define_layer_checks_the_promised_output_shape(key):
+    liar = _scale_layer(output_shape=lambda shape: shape[:-1] + (1,))
+    _, params = liar.init(key, (-1, 3))
+    with pytest.raises(ValueError, match=r"Scale\(\): apply returned shape \(2, 3\), but output_shape promised \(2, 1\)"):
+        liar.apply(params, jnp.ones((2, 3)))
+
+
+def test_define_layer_checks_the_rules_structure(key):
+    bad = _scale_layer(backward=lambda p, x, y_bar: ({"t": y_bar}, y_bar[:, :1]))
+    _, params = bad.init(key, (-1, 3))
+    with pytest.raises(ValueError, match=r"(?s)params_bar s: missing.*params_bar t: not made by init.*x_bar: expected shape \(2, 3\)"):
+        bad.backward(params, {}, jnp.ones((2, 3)), jnp.ones((2, 3)))
+
+
+def test_params_from_another_model_are_refused_naming_the_leaves(key):
+    _, small = L.Dense(3).init(key, (-1, 4))
+    with pytest.raises(ValueError, match=r"(?s)Dense\(4\): the params do not match.*params b: expected shape \(4,\), got \(3,\)"):
+        L.Dense(4).apply(small, jnp.ones((2, 4)))
+    wide = L.serial(L.Dense(32), L.Relu(), L.Dense(2))
+    narrow = L.serial(L.Dense(8), L.Relu(), L.Dense(2))
+    _, p8 = narrow.init(key, (-1, 4))
+    with pytest.raises(ValueError, match=r"params dense_0/w: expected shape \(4, 32\), got \(4, 8\)"):
+        wide.apply(p8, jnp.ones((2, 4)))
+    with pytest.raises(ValueError, match=r"params dense_0/w: expected shape \(4, 32\), got \(4, 8\)"):
+        jax.jit(wide.apply)(p8, jnp.ones((2, 4)))
+    # a LayerNorm of another width: named, not a broadcasting error
+    _, ln6 = L.LayerNorm().init(key, (-1, 6))
+    with pytest.raises(ValueError, match=r"params scale: expected shape \(4,\), got \(6,\)"):
+        L.LayerNorm().apply(ln6, jnp.ones((2, 4)))
+    # a state leaf of another shape fails inside XLA's broadcasting; the check names it instead
+    model = L.serial(L.BatchNorm())
+    _, p, _ = model.init_with_state(key, (-1, 4))
+    with pytest.raises(ValueError, match=r"state batch_norm_0/var: expected shape \(4,\), got \(3,\)"):
+        model.apply_with_state(p, {"batch_norm_0": {"mean": jnp.zeros(4), "var": jnp.ones(3)}}, jnp.ones((2, 4)))
+    # float64 params (gradient checks) and other float widths are accepted
+    _, params = L.Dense(3).init(key, (-1, 4))
+    L.check_params(L.Dense(3), jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), params), jnp.ones((2, 4)))
+
+
+def test_an_int_key_is_refused_with_the_fix(key):
+    with pytest.raises(TypeError, match=r"key must be a jax.random key, e.g. jax.random.key\(0\), got int 0"):
+        L.Dense(3).init(0, (-1, 4))
+    _, p = L.Dropout(0.5).init(key, (-1, 4))
+    with pytest.raises(TypeError, match="key must be a jax.random key"):
+        L.Dropout(0.5).apply(p, jnp.ones((2, 4)), key=0, train=True)
+
+
+def test_errors_inside_nested_layers_keep_their_path_and_traceback(key):
+    import traceback
+
+    def apply(params, x):
+        raise ValueError("my own check failed")  # the line a user needs to see
+
+    inner = L.define_layer("mine", lambda key, shape: {}, apply, output_shape=lambda s: s)
+    model = L.serial(L.Dense(4), L.residual(L.Dense(4), inner))
+    _, params = model.init(key, (-1, 3))
+    with pytest.raises(ValueError, match=r"^residual_0/mine_0: my own check failed$") as info:
+        model.apply(params, jnp.ones((2, 3)))
+    assert "the line a user needs to see" in "".join(traceback.format_exception(info.value))
+
+    def buggy(params, x):
+        return x / undefined_name  # noqa: F821
+
+    model = L.serial(L.Dense(4), L.define_layer("buggy", lambda key, shape: {}, buggy, output_shape=lambda s: s))
+    _, params = model.init(key, (-1, 3))
+    with pytest.raises(NameError) as info:
+        model.apply(params, jnp.ones((2, 3)))
+    assert "raised inside layer buggy_0" in "".join(traceback.format_exception(info.value))
+    assert "undefined_name" in "".join(traceback.format_exception(info.value))
+
+
+def test_jit_of_apply_with_a_traced_train_flag(key):
+    model = L.serial(L.Dense(8), L.BatchNorm(), L.Dropout(0.5), L.Dense(2))
+    _, params, state = model.init_with_state(key, (-1, 4))
+    x = jax.random.normal(key, (6, 4))
+    k = jax.random.key(3)
+    for train in (True, False):
+        traced = jax.jit(model.apply_with_state)(params, state, x, key=k, train=train)
+        static = model.apply_with_state(params, state, x, key=k, train=train)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), traced, static)
+    with pytest.raises(ValueError, match="make train static: jax.jit\\(model.apply, static_argnames='train'\\)"):
+        jax.jit(model.apply_with_state)(params, state, x, train=False)
+
+
+def test_elementwise_that_changes_the_shape_names_itself(key):
+    model = L.serial(L.Dense(7), L.Elementwise(lambda x: x.reshape(-1, 2) if x.size % 2 == 0 else x, "pairs"), L.Dense(3))
+    _, params = model.init(key, (-1, 4))
+    with pytest.raises(ValueError, match=r"pairs_0: Pairs\(\) must keep the shape of its input .*use Lambda\(fn\)"):
+        model.apply(params, jnp.ones((4, 4)))
+
+
+def test_combinators_compile_the_same_program_as_plain_functions(key):
+    """The taped forward is the forward: jit of apply holds nothing but the layers' own operations."""
+    model = L.serial(L.Dense(16), L.Relu(), L.residual(L.Dense(16), L.Tanh()), L.Dense(3))
+    _, params = model.init(key, (-1, 8))
+    x = jnp.ones((4, 8))
+
+    def by_hand(p, x):
+        h = jax.nn.relu(x @ p["dense_0"]["w"] + p["dense_0"]["b"])
+        r = p["residual_0"]["dense_0"]
+        h = h + jnp.tanh(h @ r["w"] + r["b"])
+        return h @ p["dense_1"]["w"] + p["dense_1"]["b"]
+
+    ours = jax.jit(model.apply).lower(params, x).compile().cost_analysis()
+    theirs = jax.jit(by_hand).lower(params, x).compile().cost_analysis()
+    ours, theirs = (c[0] if isinstance(c, list) else c for c in (ours, theirs))
+    assert ours["flops"] == theirs["flops"]
+    assert ours["bytes accessed"] == theirs["bytes accessed"]

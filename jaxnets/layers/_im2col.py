@@ -1,0 +1,121 @@
+"""im2col: convolution and pooling as gathered windows and one matrix product.
+
+For each offset ``o`` in a window, a strided slice of the (padded) input
+gives ``x[b, i * s + o, c]`` at every output position ``i``. Concatenated
+on the channel axis these slices are the "columns" of im2col, and a
+convolution is one matmul with the reshaped kernel. The adjoint of the
+gather ("col2im") pads each piece back where its slice came from and adds:
+the backward rules of convolution and pooling are built from it. Shared by
+:mod:`jaxnets.layers.conv` and :mod:`jaxnets.layers.pooling`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["same_pads", "transpose_pads", "patches", "patches_adjoint", "crop", "conv_im2col", "conv_im2col_backward"]
+
+
+def same_pads(sizes, kernel, strides) -> list[tuple[int, int]]:
+    """XLA's 'SAME' padding: output ceil(n / s), the extra padding at the end."""
+    pads = []
+    for n, k, s in zip(sizes, kernel, strides):
+        total = max((-(-n // s) - 1) * s + k - n, 0)
+        pads.append((total // 2, total - total // 2))
+    return pads
+
+
+def transpose_pads(kernel, strides, padding) -> list[tuple[int, int]]:
+    """Edge padding of the stride-dilated input that makes a stride-1 conv a transposed conv."""
+    pads = []
+    for k, s in zip(kernel, strides):
+        if padding == "SAME":
+            total = k + s - 2
+            lo = k - 1 if s > k - 1 else -(-total // 2)
+        else:
+            total = k + s - 2 + max(k - s, 0)
+            lo = k - 1
+        pads.append((lo, total - lo))
+    return pads
+
+
+def patches(xp, kernel, strides):
+    """One strided slice of the padded input per window offset ``o``:
+    ``patch_o[b, i, c] = xp[b, i * s + o, c]`` for every output position ``i``."""
+    n = len(strides)
+    out = [(xp.shape[1 + a] - kernel[a]) // strides[a] + 1 for a in range(n)]
+    patches = []
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        start = (0, *offset, 0)
+        limit = (xp.shape[0], *(o + (m - 1) * s + 1 for o, m, s in zip(offset, out, strides)), xp.shape[-1])
+        patches.append(lax.slice(xp, start, limit, (1, *strides, 1)))
+    return patches
+
+
+def patches_adjoint(pieces, padded_shape, kernel, strides):
+    """The adjoint of :func:`patches` ("col2im"): add each piece back where its slice came from.
+
+    A strided slice's adjoint pads with zeros: ``o`` before, ``s - 1`` between
+    entries, the rest after. Overlapping windows add up.
+    """
+    n = len(strides)
+    total = None
+    for piece, offset in zip(pieces, itertools.product(*(range(k) for k in kernel))):
+        config = [(0, 0, 0)]
+        for a in range(n):
+            m, o, s, size = piece.shape[1 + a], offset[a], strides[a], padded_shape[1 + a]
+            config.append((o, size - (o + (m - 1) * s + 1), s - 1))
+        config.append((0, 0, 0))
+        placed = lax.pad(piece, jnp.zeros((), piece.dtype), config)
+        total = placed if total is None else total + placed
+    return total
+
+
+def crop(a, pads):
+    """Remove edge padding: the adjoint of zero-padding."""
+    return a[(slice(None),) + tuple(slice(lo, a.shape[1 + i] - hi) for i, (lo, hi) in enumerate(pads)) + (slice(None),)]
+
+
+def conv_im2col(x, w, strides, pads):
+    """Convolution as one matmul over gathered windows ("im2col").
+
+    For each offset ``o`` in the window, a strided slice of the padded input
+    gives ``x[b, i * s + o, c]`` at every output position ``i``; the slices
+    are concatenated on the channel axis in the order of ``w.reshape(-1, out)``:
+
+        cols[b, i, (o, c)] = x_pad[b, i * s + o, c]      (b, *out, prod(k) * in)
+        y = cols @ W.reshape(prod(k) * in, out)
+
+    Its gradient is pads, slices and one matmul, which XLA:CPU runs fast
+    inside ``lax.scan`` (where its native convolution gradients are an order
+    of magnitude slower; see ``experiments/benchmarks/conv_impl.py``).
+    """
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    cols = jnp.concatenate(patches(xp, w.shape[: len(strides)], strides), axis=-1)  # (batch, *out, prod(k) * in)
+    return cols @ w.reshape(-1, w.shape[-1])  # (batch, *out, out_channels)
+
+
+def conv_im2col_backward(x, w, strides, pads, y_bar):
+    """Cotangents of ``(w, x)`` for :func:`conv_im2col`, as linear algebra.
+
+    With ``cols`` the gathered windows (rows: every output position of every
+    example) and ``W_m = W.reshape(prod(k) in, out)``:
+
+        y = cols W_m                      (the forward, one matmul)
+        W_m_bar = cols^T y_bar            (prod(k) in, out)
+        cols_bar = y_bar W_m^T            (rows, prod(k) in)
+        x_bar = crop(col2im(cols_bar))    (each window's share added back)
+    """
+    kernel = w.shape[: len(strides)]
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    cols = jnp.concatenate(patches(xp, kernel, strides), axis=-1)
+    rows = cols.reshape(-1, cols.shape[-1])  # (batch * prod(out), prod(k) * in)
+    w_bar = (rows.T @ y_bar.reshape(-1, y_bar.shape[-1])).reshape(w.shape)
+    cols_bar = y_bar @ w.reshape(-1, w.shape[-1]).T  # (batch, *out, prod(k) * in)
+    pieces = jnp.split(cols_bar, math.prod(kernel), axis=-1)
+    x_bar = crop(patches_adjoint(pieces, xp.shape, kernel, strides), pads)
+    return w_bar, x_bar

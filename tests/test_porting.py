@@ -1,0 +1,127 @@
+"""Params trained with stax and flax.linen load into the same jaxnets model and give the same outputs;
+the defaults the porting page states are those of the installed libraries."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.example_libraries import stax
+
+import jaxnets.layers as L
+from jaxnets import porting
+
+STANDARD_PROMOTION_REASON = "flax.linen mixes int32 and float32 (avg_pool divides by an int window size)"
+
+nn = pytest.importorskip("flax.linen", reason="flax is a test dependency: pip install -e '.[test]'")
+
+
+def _close(a, b):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
+
+
+def test_stax_mlp_and_cnn_load_and_agree(key):
+    x = jax.random.normal(key, (3, 8, 8, 1))
+    init_fn, apply_fn = stax.serial(stax.Conv(4, (3, 3), padding="SAME"), stax.Relu, stax.MaxPool((2, 2), strides=(2, 2)),
+                                    stax.Flatten, stax.Dense(16), stax.Tanh, stax.Dense(10))
+    _, stax_params = init_fn(jax.random.key(1), (-1, 8, 8, 1))
+    model = L.serial(L.Conv2D(4, 3), L.Relu(), L.MaxPool(2), L.Flatten(), L.Dense(16), L.Tanh(), L.Dense(10))
+    params, state = porting.from_stax(model, stax_params, (3, 8, 8, 1))
+    assert params["conv_0"]["b"].shape == (4,)  # stax's (1, 1, 1, 4) bias, flattened
+    _close(model.apply_with_state(params, state, x)[0], apply_fn(stax_params, x))
+
+
+def test_stax_mismatch_names_the_path():
+    init_fn, _ = stax.serial(stax.Dense(16), stax.Relu, stax.Dense(10))
+    _, stax_params = init_fn(jax.random.key(1), (-1, 5))
+    with pytest.raises(ValueError, match=r"params dense_1/w: expected shape \(16, 3\), got \(16, 10\)"):
+        porting.from_stax(L.serial(L.Dense(16), L.Relu(), L.Dense(3)), stax_params, (2, 5))
+    with pytest.raises(ValueError, match=r"stax params of a serial need one entry per layer \(2\), got 3 entries"):
+        porting.from_stax(L.serial(L.Dense(16), L.Dense(10)), stax_params, (2, 5))
+
+
+class FlaxCNN(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        x = nn.relu(x)
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.LayerNorm()(x)
+        x = nn.Dense(10)(x)
+        return x
+
+
+def test_flax_cnn_with_batch_norm_loads_and_agrees(key):
+    x = jax.random.normal(key, (3, 8, 8, 1))
+    module = FlaxCNN()
+    variables = module.init(jax.random.key(1), x)
+    # move the running statistics off their initial values, as after training
+    _, updates = module.apply(variables, x * 2 + 1, train=True, mutable=["batch_stats"])
+    variables = {"params": variables["params"], "batch_stats": updates["batch_stats"]}
+    model = L.serial(L.Conv2D(4, 3), L.BatchNorm(), L.Relu(), L.AvgPool(2), L.Flatten(), L.LayerNorm(eps=1e-6), L.Dense(10))
+    params, state = porting.from_flax(model, variables, (3, 8, 8, 1))
+    _close(model.apply_with_state(params, state, x)[0], module.apply(variables, x))
+    # and in training mode (batch statistics), with the running statistics updated alike
+    ours, new_state = model.apply_with_state(params, state, x, train=True)
+    theirs, mutated = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    _close(ours, theirs)
+    _close(new_state["batch_norm_0"]["mean"], mutated["batch_stats"]["BatchNorm_0"]["mean"])
+
+
+def test_flax_embedding_and_conv_transpose_load_and_agree(key):
+    class Decoder(nn.Module):
+        @nn.compact
+        def __call__(self, ids):
+            x = nn.Embed(7, 4)(ids)  # (batch, length, 4)
+            x = x.reshape(x.shape[0], 2, 2, -1)
+            return nn.ConvTranspose(3, (3, 3), strides=(2, 2))(x)
+
+    ids = jnp.array([[1, 5, 2, 0], [6, 6, 3, 1]])
+    variables = Decoder().init(jax.random.key(2), ids)
+    model = L.serial(L.Embedding(7, 4), L.Reshape((2, 2, -1)), L.ConvTranspose2D(3, 3, strides=2))
+    # the check runs on float inputs; the ids' shape is what matters
+    params, state = porting.from_flax(model, variables, (2, 4))
+    _close(model.apply(params, ids), Decoder().apply(variables, ids))
+
+
+def test_flax_mismatch_and_lost_modules_are_errors(key):
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Dense(8)(x))  # flax numbers modules as they are built: Dense_0 first
+            return nn.Dense(3)(x)
+
+    variables = MLP().init(key, jnp.ones((1, 5)))
+    with pytest.raises(ValueError, match=r"no layer of the model takes: \['Dense_1'\]"):
+        porting.from_flax(L.serial(L.Dense(8), L.Relu()), variables, (2, 5))
+    with pytest.raises(ValueError, match=r"params dense_0/w: expected shape \(5, 4\), got \(5, 8\)"):
+        porting.from_flax(L.serial(L.Dense(4), L.Relu(), L.Dense(3)), variables, (2, 5))
+    with pytest.raises(ValueError, match="'params' collection"):
+        porting.from_flax(L.Dense(3), {"weights": {}}, (2, 5))
+
+
+def test_defaults_on_the_porting_page_are_flaxs_and_staxs():
+    """The porting page's table states these; pin them against the installed libraries."""
+    import inspect
+
+    assert nn.LayerNorm().epsilon == 1e-6 and inspect.signature(L.LayerNorm).parameters["eps"].default == 1e-5
+    assert nn.BatchNorm().momentum == 0.99 and inspect.signature(L.BatchNorm).parameters["momentum"].default == 0.99
+    assert nn.Conv(1, (3, 3)).padding == "SAME"
+    assert inspect.signature(nn.max_pool).parameters["strides"].default is None  # flax: stride 1
+    assert inspect.signature(nn.avg_pool).parameters["count_include_pad"].default is True
+    # stax pools with stride 1 and convolves with VALID padding by default
+    x = jnp.ones((1, 4, 4, 1))
+    _, stax_pool = stax.MaxPool((2, 2))
+    assert stax_pool((), x).shape == (1, 3, 3, 1)
+    assert L.MaxPool(2).init(jax.random.key(0), (1, 4, 4, 1))[0] == (1, 2, 2, 1)
+    stax_init, _ = stax.Conv(2, (3, 3))
+    assert stax_init(jax.random.key(0), (1, 4, 4, 1))[0] == (1, 2, 2, 2)
+    # SAME padding at stride 2 on an even size: the extra cell of padding goes at the end, in XLA, flax and jaxnets
+    y = L.Conv2D(1, 2, strides=2, w_init=lambda k, s, d: jnp.ones(s, d), b_init=lambda k, s, d: jnp.zeros(s, d))
+    _, p = y.init(jax.random.key(0), (1, 3, 3, 1))
+    image = jnp.arange(9.0).reshape(1, 3, 3, 1)
+    ours = y.apply(p, image)[0, :, :, 0]
+    np.testing.assert_allclose(ours, [[0 + 1 + 3 + 4, 2 + 5], [6 + 7, 8]])  # windows {0, 1}, {2, pad}
+    conv = nn.Conv(1, (2, 2), strides=(2, 2), kernel_init=nn.initializers.ones)
+    np.testing.assert_allclose(conv.apply(conv.init(jax.random.key(0), image), image)[0, :, :, 0], ours)
