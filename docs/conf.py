@@ -1,0 +1,39 @@
+"""Sphinx configuration: MyST Markdown pages, API reference from the docstrings, sphinx-book-theme.
+
+Build (warnings are errors, as in the tests):
+
+    pip install -e ".[docs]"
+    python -m sphinx -W --keep-going -b html docs docs/_build/html
+"""
+
+import jaxnets
+
+project = "jaxnets"
+author = "the jaxnets developers"
+copyright = "2026, the jaxnets developers"
+release = version = jaxnets.__version__
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",  # Google-style Args/Returns/Raises sections
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+]
+
+source_suffix = {".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build"]
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
+myst_heading_anchors = 3
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": False}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_custom_sections = [("Shapes", "params_style"), ("Example", "example"), ("References", "notes_style")]
+
+html_theme = "sphinx_book_theme"
+html_title = "jaxnets"
+html_theme_options = {"show_toc_level": 2, "use_download_button": False}
