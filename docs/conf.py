@@ -32,8 +32,11 @@ autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
-napoleon_custom_sections = [("Shapes", "params_style"), ("Example", "example"), ("References", "notes_style")]
+napoleon_custom_sections = [("Shapes", "notes_style"), ("Example", "example"), ("References", "notes_style")]
 
 html_theme = "sphinx_book_theme"
 html_title = "jaxnets"
 html_theme_options = {"show_toc_level": 2, "use_download_button": False}
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+napoleon_use_ivar = True

@@ -15,9 +15,9 @@ naming the layer.
 
 **Hand rules.** Every built-in layer carries a backward rule written as
 linear algebra beside its forward function. One convention holds for layers,
-activations and losses alike: *a hand rule is the ``backward`` of the thing
+activations and losses alike: a hand rule is the ``backward`` of the thing
 it differentiates, and takes the forward's arguments followed by the
-cotangent of the output*:
+cotangent of the output:
 
 * a stateless layer's rule: ``backward(params, x, y_bar, *, key, train) -> (params_bar, x_bar)``;
 * a layer with state: ``backward(params, state, x, y_bar, *, key, train) -> (params_bar, x_bar)``
