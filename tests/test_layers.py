@@ -685,3 +685,9 @@ def test_combinators_compile_the_same_program_as_plain_functions(key):
     ours, theirs = (c[0] if isinstance(c, list) else c for c in (ours, theirs))
     assert ours["flops"] == theirs["flops"]
     assert ours["bytes accessed"] == theirs["bytes accessed"]
+
+
+def test_define_layer_whose_init_and_apply_disagree_is_named_at_init(key):
+    layer = L.define_layer("proj", lambda key, shape: {"w": jnp.ones((shape[-1], 2))}, lambda p, x: x @ p["w"].T)
+    with pytest.raises(ValueError, match=r"Proj\(\): could not infer the output shape by running apply on an input of shape \(-1, 3\)"):
+        layer.init(key, (-1, 3))

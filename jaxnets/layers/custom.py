@@ -160,7 +160,12 @@ def define_layer(
                                       params, state, xs)
                 return _out_shapes(y)
 
-            out = _merge(shape_at(2), shape_at(3))
+            try:
+                out = _merge(shape_at(2), shape_at(3))
+            except Exception as error:
+                raise ValueError(f"{spec}: could not infer the output shape by running apply on an input of shape "
+                                 f"{input_shape} (batch -1 tried as 2 and 3): {type(error).__name__}: {error}; "
+                                 f"check init and apply agree, or pass output_shape=...") from error
         return out, params, state
 
     def checked_apply(params, state, x, *, key=None, train=False):
