@@ -320,3 +320,48 @@ def test_weight_decay_needs_params():
     params = {"w": jnp.ones(3)}
     with pytest.raises(ValueError, match=r"needs params: call update\(grads, state, params\)"):
         opt.update(params, opt.init(params))
+
+
+# ---------------------------------------------------------------------------
+# State fields named as optax names them
+# ---------------------------------------------------------------------------
+
+
+def _field_names(state):
+    """Every NamedTuple field name anywhere in an optimizer state (optax nests states in tuples)."""
+    names = set()
+
+    def walk(node):
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            names.update(node._fields)
+        if isinstance(node, (tuple, list)):
+            for child in node:
+                walk(child)
+        elif isinstance(node, dict):
+            for child in node.values():
+                walk(child)
+
+    walk(state)
+    return names
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_state_fields_read_and_set_by_optax_names(case):
+    """``optax.tree.get(state, name)`` gives the same values on our state as on optax's, for every
+    field name optax's state has; ``optax.tree.set`` writes them."""
+    p = optim.quadratic_problem(4)
+    ours, theirs = build(case, optim), build(case, optax)
+    s, s_ref = ours.init(p.params), theirs.init(p.params)
+    for step in range(3):
+        g = p.grad_fn(p.params, step)
+        _, s = ours.update(g, s, p.params)
+        _, s_ref = theirs.update(g, s_ref, p.params)
+    names = {n for n in _field_names(s_ref) if optax.tree.get(s_ref, n) is not None}
+    assert names or case == "sgd", f"optax's {case} state has no named fields"  # plain SGD: EmptyState
+    for name in sorted(names):
+        expected = optax.tree.get(s_ref, name)
+        got = optax.tree.get(s, name)
+        assert got is not None, f"{case}: our state has no field {name!r} (optax's has); ours: {type(s).__name__}{s._fields}"
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, expected)
+        zeroed = optax.tree.set(s, **{name: jax.tree_util.tree_map(jnp.zeros_like, got)})
+        assert all(float(jnp.max(jnp.abs(leaf))) == 0 for leaf in jax.tree_util.tree_leaves(optax.tree.get(zeroed, name)))

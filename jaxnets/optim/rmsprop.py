@@ -13,12 +13,16 @@ from jaxnets.optim import _base
 
 class RmspropState(NamedTuple):
     """``count``: steps taken. ``nu``: average of ``|g|^2``. ``mu``: average of ``g``
-    (centred only, else None). ``velocity``: momentum buffer (else None)."""
+    (centred only, else None). ``trace``: momentum buffer (else None).
+
+    Field names are optax's (``ScaleByRmsState.nu``, ``ScaleByRStdDevState.mu``,
+    ``TraceState.trace``), so ``optax.tree.get``/``optax.tree.set`` work by name.
+    """
 
     count: jax.Array
     nu: Any
     mu: Any
-    velocity: Any
+    trace: Any
 
 
 def rmsprop(
@@ -63,7 +67,7 @@ def rmsprop(
             count=jnp.zeros([], jnp.int32),
             nu=jax.tree_util.tree_map(lambda p: jnp.full_like(p, initial_scale), params),
             mu=zeros() if centered else None,
-            velocity=zeros() if momentum is not None else None,
+            trace=zeros() if momentum is not None else None,
         )
 
     def update(grads, state, params=None):
@@ -85,8 +89,8 @@ def rmsprop(
         updates = _base.scale_by_learning_rate(updates, learning_rate, state.count)
         velocity = None
         if momentum is not None:
-            velocity = jax.tree_util.tree_map(lambda u, v: u + momentum * v, updates, state.velocity)
+            velocity = jax.tree_util.tree_map(lambda u, v: u + momentum * v, updates, state.trace)
             updates = jax.tree_util.tree_map(lambda u, v: u + momentum * v, updates, velocity) if nesterov else velocity
-        return updates, RmspropState(count=count, nu=nu, mu=mu, velocity=velocity)
+        return updates, RmspropState(count=count, nu=nu, mu=mu, trace=velocity)
 
     return _base.transformation(init, update)
