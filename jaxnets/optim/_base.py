@@ -84,10 +84,41 @@ def check_same_structure(grads: Any, reference: Any, what: str) -> None:
         raise ValueError(f"grads must have the structure of the {what}:\n  grads: {a}\n  {what}: {b}")
 
 
+def standard_dtype(*operands: Any):
+    """The dtype JAX's *standard* promotion gives an operation on ``operands``.
+
+    Python numbers are weak (``0.9 * x`` keeps ``x``'s dtype); arrays are
+    not (a float32 hyperparameter from ``optax.inject_hyperparams`` times a
+    bfloat16 moment is float32). optax computes under standard promotion;
+    the helpers below reproduce its dtypes with explicit casts, so the
+    optimizers also run for users who turn on strict promotion.
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.result_type(*operands)
+
+
 def promote(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Both arrays in their common dtype (what standard promotion would pick), explicitly."""
-    dtype = jnp.promote_types(a.dtype, b.dtype)
+    dtype = standard_dtype(a, b)
     return a.astype(dtype), b.astype(dtype)
+
+
+def scale(c: Any, x: jax.Array) -> jax.Array:
+    """``c * x`` in the dtype standard promotion gives (``x``'s dtype for a Python number ``c``)."""
+    dtype = standard_dtype(c, x)
+    return jnp.asarray(c, dtype) * x.astype(dtype)
+
+
+def add(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a + b`` in their common dtype."""
+    a, b = promote(a, b)
+    return a + b
+
+
+def div(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a / b`` in their common dtype."""
+    a, b = promote(a, b)
+    return a / b
 
 
 def abs_sq(g: jax.Array) -> jax.Array:
@@ -98,15 +129,21 @@ def abs_sq(g: jax.Array) -> jax.Array:
 
 
 def ema(g: jax.Array, moment: jax.Array, decay: Any) -> jax.Array:
-    """Exponential moving average ``(1 - decay) g + decay m``."""
-    g, moment = promote(g, moment)
-    return (1 - decay) * g + decay * moment
+    """Exponential moving average ``(1 - decay) g + decay m``, rounded as optax rounds it.
+
+    Each product is computed in its own operand's dtype and only the sum in
+    the common one: with a float32 gradient and a bfloat16 moment (``mu_dtype``),
+    ``decay * m`` is rounded to bfloat16 before it is added, exactly as
+    ``optax.tree.update_moment`` does under standard promotion. (Widening
+    ``m`` to float32 first would be slightly more accurate, but would drift
+    from optax by one bfloat16 rounding per step from step 2 on.)
+    """
+    return add(scale(1 - decay, g), scale(decay, moment))
 
 
 def ema_sq(g: jax.Array, moment: jax.Array, decay: Any) -> jax.Array:
-    """Exponential moving average of ``|g|^2``: ``(1 - decay) |g|^2 + decay v``."""
-    sq, moment = promote(abs_sq(g), moment)
-    return (1 - decay) * sq + decay * moment
+    """Exponential moving average of ``|g|^2``: ``(1 - decay) |g|^2 + decay v``, rounded as :func:`ema`."""
+    return ema(abs_sq(g), moment, decay)
 
 
 def debias(moment: jax.Array, decay: Any, count: jax.Array) -> jax.Array:
@@ -132,7 +169,7 @@ def scale_by_learning_rate(updates: Any, learning_rate: ScalarOrSchedule, count:
         step = -1 * learning_rate(count)
         return jax.tree_util.tree_map(lambda u: jnp.array(step, dtype=u.dtype) * u, updates)
     step = -1 * learning_rate
-    return jax.tree_util.tree_map(lambda u: step * u, updates)
+    return jax.tree_util.tree_map(lambda u: scale(step, u), updates)
 
 
 def resolve_mask(mask: Any, params: Any, name: str = "mask") -> Any:
@@ -160,7 +197,7 @@ def add_weight_decay(updates: Any, params: Any, weight_decay: ScalarOrSchedule, 
         return updates
     s = weight_decay(count) if callable(weight_decay) else weight_decay
     selected = resolve_mask(mask, params)
-    return jax.tree_util.tree_map(lambda u, p, m: u + s * p if m else u, updates, params, selected)
+    return jax.tree_util.tree_map(lambda u, p, m: add(u, scale(s, p)) if m else u, updates, params, selected)
 
 
 def transformation(init: Callable, update: Callable) -> optax.GradientTransformationExtraArgs:

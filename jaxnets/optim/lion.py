@@ -34,7 +34,8 @@ def lion(
 
     Every coordinate moves by exactly ``lr`` (plus decay), so Lion wants a
     learning rate 3 to 10 times smaller than Adam's. ``mask`` as in
-    :func:`jaxnets.optim.adamw`. Same as ``optax.lion`` (PyTorch has none).
+    :func:`jaxnets.optim.adamw`; ``mu_dtype`` stores ``m`` (rounded as
+    in :func:`jaxnets.optim.adam`). Same as ``optax.lion`` (PyTorch has none).
     """
     _base.check_learning_rate(learning_rate)
     _base.check_decay(b1, "b1")

@@ -40,7 +40,9 @@ def sgd(
       learning_rate: a number > 0 or a schedule ``count -> lr``.
       momentum: ``mu`` in [0, 1), or None for plain SGD.
       nesterov: use the Nesterov look-ahead form above.
-      accumulator_dtype: dtype of ``v`` (default: that of the gradients).
+      accumulator_dtype: dtype of ``v`` (default: that of the gradients); ``mu v``
+        is computed in ``v``'s dtype before ``g`` is added, as ``optax.trace``
+        does, so a bfloat16 buffer matches optax's bit for bit.
 
     Same as ``optax.sgd``. PyTorch's ``SGD(momentum=mu, dampening=0)`` is the
     same for a constant learning rate (it folds ``lr`` in after the buffer too).
@@ -64,8 +66,7 @@ def sgd(
             _base.check_same_structure(grads, state.trace, "momentum buffer")
 
             def trace(g, v):
-                g, v = _base.promote(g, v)
-                return g + momentum * v
+                return _base.add(g, _base.scale(momentum, v))  # optax's order: mu v in v's dtype, then the sum
 
             velocity = jax.tree_util.tree_map(trace, grads, state.trace)
             updates = jax.tree_util.tree_map(trace, grads, velocity) if nesterov else velocity
