@@ -44,6 +44,7 @@ def adagrad(learning_rate: _base.ScalarOrSchedule, initial_accumulator_value: fl
 
     def update(grads, state, params=None):
         del params
+        _base.check_state(state, AdagradState, "adagrad")
         _base.check_same_structure(grads, state.sum_of_squares, "accumulator")
 
         def accumulate(g, s):

@@ -108,6 +108,7 @@ def adam(
 
     def update(grads, state, params=None):
         del params
+        _base.check_state(state, AdamState, "nadam" if nesterov else "adam")
         direction, new_state = _adam_direction(grads, state, b1, b2, eps, eps_root, mu_dtype, nesterov)
         return _base.scale_by_learning_rate(direction, learning_rate, state.count), new_state
 
@@ -173,6 +174,7 @@ def adamw(
         return AdamState(count=jnp.zeros([], jnp.int32), mu=_zeros(params, mu_dtype), nu=_zeros(params))
 
     def update(grads, state, params=None):
+        _base.check_state(state, AdamState, "adamw")
         direction, new_state = _adam_direction(grads, state, b1, b2, eps, eps_root, mu_dtype, nesterov)
         direction = _base.add_weight_decay(direction, params, weight_decay, mask, state.count)
         return _base.scale_by_learning_rate(direction, learning_rate, state.count), new_state
@@ -206,6 +208,7 @@ def adamax(learning_rate: _base.ScalarOrSchedule, b1: float = 0.9, b2: float = 0
 
     def update(grads, state, params=None):
         del params
+        _base.check_state(state, AdamaxState, "adamax")
         _base.check_same_structure(grads, state.mu, "first moment mu")
         count = _base.increment(state.count)
         mu = jax.tree_util.tree_map(lambda g, m: _base.ema(g, m, b1), grads, state.mu)
@@ -261,6 +264,7 @@ def amsgrad(
 
     def update(grads, state, params=None):
         del params
+        _base.check_state(state, AmsgradState, "amsgrad")
         _base.check_same_structure(grads, state.mu, "first moment mu")
         mu = jax.tree_util.tree_map(lambda g, m: _base.ema(g, m, b1), grads, state.mu)
         nu = jax.tree_util.tree_map(lambda g, v: _base.ema_sq(g, v, b2), grads, state.nu)

@@ -48,6 +48,7 @@ def lion(
         return LionState(count=jnp.zeros([], jnp.int32), mu=jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=mu_dtype), params))
 
     def update(grads, state, params=None):
+        _base.check_state(state, LionState, "lion")
         _base.check_same_structure(grads, state.mu, "momentum mu")
         direction = jax.tree_util.tree_map(lambda g, m: jnp.sign(_base.ema(g, m, b1)), grads, state.mu)
         mu = jax.tree_util.tree_map(lambda g, m: _base.ema(g, m, b2), grads, state.mu)

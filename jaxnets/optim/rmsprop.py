@@ -72,6 +72,7 @@ def rmsprop(
 
     def update(grads, state, params=None):
         del params
+        _base.check_state(state, RmspropState, "rmsprop")
         _base.check_same_structure(grads, state.nu, "second moment nu")
         count = _base.increment(state.count)
         nu = jax.tree_util.tree_map(lambda g, v: _base.ema_sq(g, v, decay), grads, state.nu)

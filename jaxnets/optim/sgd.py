@@ -59,8 +59,10 @@ def sgd(
         return SgdState(count=jnp.zeros([], jnp.int32), trace=trace)
 
     def update(grads, state, params=None):
-        del params
+        _base.check_state(state, SgdState, "sgd")
         if momentum is None:
+            if params is not None:
+                _base.check_same_structure(grads, params, "params")
             updates, velocity = grads, None
         else:
             _base.check_same_structure(grads, state.trace, "momentum buffer")
