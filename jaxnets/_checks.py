@@ -115,3 +115,20 @@ def labels_in_range(labels: Any, num_classes: int, name: str = "labels") -> None
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi >= num_classes:
         raise ValueError(f"{name} must lie in [0, {num_classes}) for {num_classes} classes, got values in [{lo}, {hi}]")
+
+
+def values_in_interval(x: Any, lo: float, hi: float, name: str) -> None:
+    """Raise ValueError if concrete ``x`` has an entry outside ``[lo, hi]`` (or a NaN); skipped under ``jit``."""
+    if is_traced(x):
+        return
+    arr = np.asarray(x)
+    if arr.size == 0:
+        return
+    arr = arr.astype(np.float64)
+    bad = ~((arr >= lo) & (arr <= hi))
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} must lie in [{lo:g}, {hi:g}], got {arr[index]:g} at index {index if len(index) > 1 else index[0]} "
+            f"({int(bad.sum())} of {arr.size} entries outside)"
+        )

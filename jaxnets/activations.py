@@ -4,8 +4,11 @@ Every function is elementwise except ``softmax`` and ``log_softmax``, which
 normalise along ``axis``. Each one is stable for extreme inputs: no overflow
 in ``exp``, no ``nan`` in values or gradients for finite inputs of any size.
 
-Conventions at kinks (pinned by tests): ``relu'(0) = 0`` and
-``leaky_relu'(0) = negative_slope``, the same as ``jax.nn``.
+Conventions at kinks (pinned by tests): ``relu'(0) = 0`` (as ``jax.nn.relu``)
+and ``leaky_relu'(0) = negative_slope``, the left-hand slope, which is *not*
+``jax.nn.leaky_relu``'s convention: it selects ``x`` for ``x >= 0``, so its
+derivative at 0 is 1 (PyTorch's ``leaky_relu`` gives ``negative_slope`` at 0,
+as jaxnets does).
 
 Each function's hand-derived derivative sits directly below it:
 ``<name>_grad(x)`` (the elementwise derivative ``f'(x)``), or for the two
@@ -65,7 +68,13 @@ def relu_grad(x: jax.Array) -> jax.Array:
 
 
 def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
-    """``x`` for ``x > 0``, ``negative_slope * x`` otherwise (derivative at 0: ``negative_slope``)."""
+    """``x`` for ``x > 0``, ``negative_slope * x`` otherwise.
+
+    The derivative at the kink ``x = 0`` is ``negative_slope`` (the left-hand
+    slope; autodiff and :func:`leaky_relu_grad` agree). ``jax.nn.leaky_relu``
+    uses the other side (``where(x >= 0, x, ...)``: derivative 1 at 0);
+    PyTorch uses this one. The values agree everywhere.
+    """
     return jnp.where(x > 0, x, negative_slope * x)
 
 
@@ -97,27 +106,33 @@ def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
     Args:
       x: any shape.
       approximate: ``False`` (default, as in PyTorch) uses the exact
-        ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``; ``True`` uses the tanh
+        ``Phi(x) = erfc(-x / sqrt 2) / 2`` (equal to ``(1 + erf(x / sqrt 2)) / 2``,
+        but without the cancellation of ``1 + erf`` that leaves no correct
+        digit below ``x = -3`` in float32 and exactly 0 below ``x = -6``: the
+        ``erfc`` form keeps float32's relative accuracy down to ``x = -10`` and
+        beyond, as ``jax.nn.gelu(approximate=False)`` does); ``True`` uses the tanh
         approximation ``Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``
         (``jax.nn.gelu``'s default).
     """
     if approximate:
         inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
         return 0.5 * x * (1.0 + jnp.tanh(inner))
-    return 0.5 * x * (1.0 + lax.erf(x / math.sqrt(2.0)))
+    return 0.5 * x * lax.erfc(-x / math.sqrt(2.0))
 
 
 def gelu_grad(x: jax.Array, approximate: bool = False) -> jax.Array:
     """``d/dx [x Phi(x)] = Phi(x) + x phi(x)`` with ``phi`` the standard normal density.
 
-    Tanh form: with ``u = c (x + a x^3)``, ``c = sqrt(2/pi)``, ``a = 0.044715``,
+    Exact form: ``Phi`` from ``erfc`` as in :func:`gelu`, so the rule keeps its
+    relative accuracy in the left tail (where ``Phi(x)`` and ``x phi(x)`` are
+    tiny, and ``1 + erf`` would round ``Phi`` to 0). Tanh form: with ``u = c (x + a x^3)``, ``c = sqrt(2/pi)``, ``a = 0.044715``,
     ``t = tanh(u)``: ``(1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2``.
     """
     if approximate:
         c = math.sqrt(2.0 / math.pi)
         t = jnp.tanh(c * (x + 0.044715 * x**3))
         return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * x * x)
-    cdf = 0.5 * (1.0 + lax.erf(x / math.sqrt(2.0)))
+    cdf = 0.5 * lax.erfc(-x / math.sqrt(2.0))
     pdf = jnp.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
     return cdf + x * pdf
 

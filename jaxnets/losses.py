@@ -143,9 +143,15 @@ def binary_cross_entropy_with_logits(logits: jax.Array, targets: jax.Array) -> j
 
     ``L = mean(softplus(z) - t z)``, the stable form of
     ``-t log sigmoid(z) - (1 - t) log(1 - sigmoid(z))``.
+
+    Raises:
+      ValueError: shapes differ, or (when concrete, outside ``jit``) a target
+        outside ``[0, 1]``: the formula would return a number, but not a
+        cross-entropy (it is unbounded below for such targets).
     """
     _same_shape(logits, targets, "logits", "targets")
     _checks.floating(logits, "logits")
+    _checks.values_in_interval(targets, 0.0, 1.0, "targets")
     return jnp.mean(softplus(logits) - targets * logits)
 
 
