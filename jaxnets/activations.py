@@ -23,7 +23,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from jaxnets import _checks
 
 __all__ = [
     "relu",
@@ -75,11 +78,13 @@ def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
     uses the other side (``where(x >= 0, x, ...)``: derivative 1 at 0);
     PyTorch uses this one. The values agree everywhere.
     """
+    _checks.real_number(negative_slope, "negative_slope")
     return jnp.where(x > 0, x, negative_slope * x)
 
 
 def leaky_relu_grad(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
     """1 for ``x > 0``, else ``negative_slope`` (including at ``x = 0``)."""
+    _checks.real_number(negative_slope, "negative_slope")
     return jnp.where(x > 0, jnp.ones_like(x), jnp.full_like(x, negative_slope))
 
 
@@ -92,12 +97,19 @@ def elu(x: jax.Array, alpha: float = 1.0) -> jax.Array:
     derivative in halves and give ``alpha / 2`` instead of the left limit
     ``alpha`` that :func:`elu_grad` states.
     """
+    _checks.real_number(alpha, "alpha")
     return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.where(x > 0, jnp.zeros_like(x), x)))
 
 
 def elu_grad(x: jax.Array, alpha: float = 1.0) -> jax.Array:
     """1 for ``x > 0``, else ``alpha exp(x)`` (``alpha`` at 0, the left limit)."""
+    _checks.real_number(alpha, "alpha")
     return jnp.where(x > 0, jnp.ones_like(x), alpha * jnp.exp(jnp.minimum(x, 0)))
+
+
+def _approximate_flag(approximate) -> None:
+    if not isinstance(approximate, (bool, np.bool_)):
+        raise TypeError(f"approximate must be True or False, got {approximate!r}")
 
 
 def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
@@ -114,6 +126,7 @@ def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
         approximation ``Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``
         (``jax.nn.gelu``'s default).
     """
+    _approximate_flag(approximate)
     if approximate:
         inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
         return 0.5 * x * (1.0 + jnp.tanh(inner))
@@ -128,6 +141,7 @@ def gelu_grad(x: jax.Array, approximate: bool = False) -> jax.Array:
     tiny, and ``1 + erf`` would round ``Phi`` to 0). Tanh form: with ``u = c (x + a x^3)``, ``c = sqrt(2/pi)``, ``a = 0.044715``,
     ``t = tanh(u)``: ``(1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2``.
     """
+    _approximate_flag(approximate)
     if approximate:
         c = math.sqrt(2.0 / math.pi)
         t = jnp.tanh(c * (x + 0.044715 * x**3))
@@ -197,8 +211,14 @@ def _stable_max(x: jax.Array, axis: int) -> jax.Array:
     return lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
 
 
+def _cotangent_shape(x, y_bar) -> None:
+    if jnp.shape(y_bar) != jnp.shape(x):
+        raise ValueError(f"y_bar must have the shape of x, {tuple(jnp.shape(x))}, got {tuple(jnp.shape(y_bar))}")
+
+
 def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     """``x - logsumexp(x)`` along ``axis``, with the max subtracted first."""
+    axis = _checks.axis_index(axis, jnp.ndim(x))
     shifted = x - _stable_max(x, axis)
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
 
@@ -209,11 +229,13 @@ def log_softmax_vjp(x: jax.Array, y_bar: jax.Array, axis: int = -1) -> jax.Array
     The Jacobian is ``I - 1 softmax(x)^T`` along ``axis``, so
     ``x_bar = J^T y_bar = y_bar - softmax(x) * sum_j y_bar_j``.
     """
+    _cotangent_shape(x, y_bar)
     return y_bar - softmax(x, axis) * jnp.sum(y_bar, axis=axis, keepdims=True)
 
 
 def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     """``exp(x_i) / sum_j exp(x_j)`` along ``axis``, with the max subtracted first."""
+    axis = _checks.axis_index(axis, jnp.ndim(x))
     unnormalised = jnp.exp(x - _stable_max(x, axis))
     return unnormalised / jnp.sum(unnormalised, axis=axis, keepdims=True)
 
@@ -224,6 +246,7 @@ def softmax_vjp(x: jax.Array, y_bar: jax.Array, axis: int = -1) -> jax.Array:
     The Jacobian is ``diag(s) - s s^T`` (symmetric) along ``axis``, so
     ``x_bar = s * y_bar - s (s . y_bar)``.
     """
+    _cotangent_shape(x, y_bar)
     s = softmax(x, axis)
     return s * (y_bar - jnp.sum(y_bar * s, axis=axis, keepdims=True))
 

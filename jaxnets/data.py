@@ -118,7 +118,7 @@ def train_test_split(x: np.ndarray, y: np.ndarray, *, test_fraction: float = 0.2
     if np.any(counts < 2):
         once = classes[counts < 2]
         raise ValueError(
-            f"y: class {once[0]!r} has {int(counts[counts < 2][0])} example; a stratified split needs at least 2 "
+            f"y: class {once[0].item()!r} has {int(counts[counts < 2][0])} example; a stratified split needs at least 2 "
             f"examples of every class ({len(once)} class(es) with fewer: {once[:10].tolist()})"
         )
     n = y.shape[0]
@@ -152,6 +152,11 @@ def standardize(x_train: np.ndarray, x_test: np.ndarray, eps: float = 1e-8):
 
     Returns ``(x_train, x_test)`` standardised, float32.
     """
+    x_train, x_test = np.asarray(x_train), np.asarray(x_test)
+    if x_train.ndim < 1 or x_train.shape[0] == 0:
+        raise ValueError(f"x_train must hold at least one example (rows on axis 0), got shape {x_train.shape}")
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise ValueError(f"x_test must have x_train's features, {x_train.shape[1:]}, got {x_test.shape[1:]}")
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
     std = np.where(std > eps, std, 1.0)
