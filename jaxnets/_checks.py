@@ -115,3 +115,66 @@ def labels_in_range(labels: Any, num_classes: int, name: str = "labels") -> None
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi >= num_classes:
         raise ValueError(f"{name} must lie in [0, {num_classes}) for {num_classes} classes, got values in [{lo}, {hi}]")
+
+
+def values_in_interval(x: Any, lo: float, hi: float, name: str) -> None:
+    """Raise ValueError if concrete ``x`` has an entry outside ``[lo, hi]`` (or a NaN); skipped under ``jit``."""
+    if is_traced(x):
+        return
+    arr = np.asarray(x)
+    if arr.size == 0:
+        return
+    arr = arr.astype(np.float64)
+    bad = ~((arr >= lo) & (arr <= hi))
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} must lie in [{lo:g}, {hi:g}], got {arr[index]:g} at index {index if len(index) > 1 else index[0]} "
+            f"({int(bad.sum())} of {arr.size} entries outside)"
+        )
+
+
+KEY_HINT = "use jax.random.key(0) (or split one) instead of a bare integer seed"
+
+
+def prng_key(key: Any, name: str = "key") -> Any:
+    """Return ``key`` if it is a ``jax.random`` key; raise a TypeError naming ``name`` otherwise.
+
+    Accepts typed keys (``jax.random.key``, any implementation, any batch
+    shape) and legacy raw keys (``jax.random.PRNGKey``: uint32 arrays whose
+    last axis is 2 or 4), concrete or traced. A Python or NumPy integer, a
+    float array or None gets one message telling how to make a key.
+    """
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return key
+    if dtype is not None and np.dtype(dtype) == np.uint32 and len(getattr(key, "shape", ())) >= 1 and key.shape[-1] in (2, 4):
+        return key  # a legacy jax.random.PRNGKey
+    if isinstance(key, (bool, np.bool_)) or not isinstance(key, (numbers.Integral, jax.Array, np.ndarray, jax.core.Tracer)):
+        got = f"{type(key).__name__} {key!r}"
+    elif isinstance(key, numbers.Integral):
+        got = f"the integer {key!r}"
+    else:
+        got = f"an array of dtype {np.dtype(dtype).name} and shape {tuple(key.shape)}"
+    raise TypeError(f"{name} must be a jax.random key: {KEY_HINT}; got {got}")
+
+
+def real_number(value: Any, name: str) -> Any:
+    """Return ``value`` if it is a real number (not a bool) or a 0-d real array (concrete or traced); else raise TypeError."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return value
+    dtype = getattr(value, "dtype", None)
+    if isinstance(value, (jax.Array, np.ndarray, jax.core.Tracer)) and value.ndim == 0 and dtype is not None and (
+        np.issubdtype(np.dtype(dtype), np.floating) or np.issubdtype(np.dtype(dtype), np.integer) or np.dtype(dtype).name == "bfloat16"
+    ):
+        return value
+    raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
+
+
+def axis_index(axis: Any, ndim: int, name: str = "axis") -> int:
+    """An int axis valid for an array of ``ndim`` dimensions (negative counts from the end)."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {axis!r} of type {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name} must be in [{-ndim}, {ndim}) for an array of {ndim} dimensions, got {axis}")
+    return int(axis)

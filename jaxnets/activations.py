@@ -4,8 +4,11 @@ Every function is elementwise except ``softmax`` and ``log_softmax``, which
 normalise along ``axis``. Each one is stable for extreme inputs: no overflow
 in ``exp``, no ``nan`` in values or gradients for finite inputs of any size.
 
-Conventions at kinks (pinned by tests): ``relu'(0) = 0`` and
-``leaky_relu'(0) = negative_slope``, the same as ``jax.nn``.
+Conventions at kinks (pinned by tests): ``relu'(0) = 0`` (as ``jax.nn.relu``)
+and ``leaky_relu'(0) = negative_slope``, the left-hand slope, which is *not*
+``jax.nn.leaky_relu``'s convention: it selects ``x`` for ``x >= 0``, so its
+derivative at 0 is 1 (PyTorch's ``leaky_relu`` gives ``negative_slope`` at 0,
+as jaxnets does).
 
 Each function's hand-derived derivative sits directly below it:
 ``<name>_grad(x)`` (the elementwise derivative ``f'(x)``), or for the two
@@ -21,7 +24,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from jaxnets import _checks
 
 __all__ = [
     "relu",
@@ -66,12 +72,20 @@ def relu_grad(x: jax.Array) -> jax.Array:
 
 
 def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
-    """``x`` for ``x > 0``, ``negative_slope * x`` otherwise (derivative at 0: ``negative_slope``)."""
+    """``x`` for ``x > 0``, ``negative_slope * x`` otherwise.
+
+    The derivative at the kink ``x = 0`` is ``negative_slope`` (the left-hand
+    slope; autodiff and :func:`leaky_relu_grad` agree). ``jax.nn.leaky_relu``
+    uses the other side (``where(x >= 0, x, ...)``: derivative 1 at 0);
+    PyTorch uses this one. The values agree everywhere.
+    """
+    _checks.real_number(negative_slope, "negative_slope")
     return jnp.where(x > 0, x, negative_slope * x)
 
 
 def leaky_relu_grad(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
     """1 for ``x > 0``, else ``negative_slope`` (including at ``x = 0``)."""
+    _checks.real_number(negative_slope, "negative_slope")
     return jnp.where(x > 0, jnp.ones_like(x), jnp.full_like(x, negative_slope))
 
 
@@ -84,12 +98,19 @@ def elu(x: jax.Array, alpha: float = 1.0) -> jax.Array:
     derivative in halves and give ``alpha / 2`` instead of the left limit
     ``alpha`` that :func:`elu_grad` states.
     """
+    _checks.real_number(alpha, "alpha")
     return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.where(x > 0, jnp.zeros_like(x), x)))
 
 
 def elu_grad(x: jax.Array, alpha: float = 1.0) -> jax.Array:
     """1 for ``x > 0``, else ``alpha exp(x)`` (``alpha`` at 0, the left limit)."""
+    _checks.real_number(alpha, "alpha")
     return jnp.where(x > 0, jnp.ones_like(x), alpha * jnp.exp(jnp.minimum(x, 0)))
+
+
+def _approximate_flag(approximate) -> None:
+    if not isinstance(approximate, (bool, np.bool_)):
+        raise TypeError(f"approximate must be True or False, got {approximate!r}")
 
 
 def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
@@ -98,27 +119,35 @@ def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
     Args:
       x: any shape.
       approximate: ``False`` (default, as in PyTorch) uses the exact
-        ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``; ``True`` uses the tanh
+        ``Phi(x) = erfc(-x / sqrt 2) / 2`` (equal to ``(1 + erf(x / sqrt 2)) / 2``,
+        but without the cancellation of ``1 + erf`` that leaves no correct
+        digit below ``x = -3`` in float32 and exactly 0 below ``x = -6``: the
+        ``erfc`` form keeps float32's relative accuracy down to ``x = -10`` and
+        beyond, as ``jax.nn.gelu(approximate=False)`` does); ``True`` uses the tanh
         approximation ``Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``
         (``jax.nn.gelu``'s default).
     """
+    _approximate_flag(approximate)
     if approximate:
         inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
         return 0.5 * x * (1.0 + jnp.tanh(inner))
-    return 0.5 * x * (1.0 + lax.erf(x / math.sqrt(2.0)))
+    return 0.5 * x * lax.erfc(-x / math.sqrt(2.0))
 
 
 def gelu_grad(x: jax.Array, approximate: bool = False) -> jax.Array:
     """``d/dx [x Phi(x)] = Phi(x) + x phi(x)`` with ``phi`` the standard normal density.
 
-    Tanh form: with ``u = c (x + a x^3)``, ``c = sqrt(2/pi)``, ``a = 0.044715``,
+    Exact form: ``Phi`` from ``erfc`` as in :func:`gelu`, so the rule keeps its
+    relative accuracy in the left tail (where ``Phi(x)`` and ``x phi(x)`` are
+    tiny, and ``1 + erf`` would round ``Phi`` to 0). Tanh form: with ``u = c (x + a x^3)``, ``c = sqrt(2/pi)``, ``a = 0.044715``,
     ``t = tanh(u)``: ``(1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2``.
     """
+    _approximate_flag(approximate)
     if approximate:
         c = math.sqrt(2.0 / math.pi)
         t = jnp.tanh(c * (x + 0.044715 * x**3))
         return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * x * x)
-    cdf = 0.5 * (1.0 + lax.erf(x / math.sqrt(2.0)))
+    cdf = 0.5 * lax.erfc(-x / math.sqrt(2.0))
     pdf = jnp.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
     return cdf + x * pdf
 
@@ -183,8 +212,14 @@ def _stable_max(x: jax.Array, axis: int) -> jax.Array:
     return lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
 
 
+def _cotangent_shape(x, y_bar) -> None:
+    if jnp.shape(y_bar) != jnp.shape(x):
+        raise ValueError(f"y_bar must have the shape of x, {tuple(jnp.shape(x))}, got {tuple(jnp.shape(y_bar))}")
+
+
 def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     """``x - logsumexp(x)`` along ``axis``, with the max subtracted first."""
+    axis = _checks.axis_index(axis, jnp.ndim(x))
     shifted = x - _stable_max(x, axis)
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
 
@@ -195,11 +230,13 @@ def log_softmax_vjp(x: jax.Array, y_bar: jax.Array, axis: int = -1) -> jax.Array
     The Jacobian is ``I - 1 softmax(x)^T`` along ``axis``, so
     ``x_bar = J^T y_bar = y_bar - softmax(x) * sum_j y_bar_j``.
     """
+    _cotangent_shape(x, y_bar)
     return y_bar - softmax(x, axis) * jnp.sum(y_bar, axis=axis, keepdims=True)
 
 
 def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     """``exp(x_i) / sum_j exp(x_j)`` along ``axis``, with the max subtracted first."""
+    axis = _checks.axis_index(axis, jnp.ndim(x))
     unnormalised = jnp.exp(x - _stable_max(x, axis))
     return unnormalised / jnp.sum(unnormalised, axis=axis, keepdims=True)
 
@@ -210,6 +247,7 @@ def softmax_vjp(x: jax.Array, y_bar: jax.Array, axis: int = -1) -> jax.Array:
     The Jacobian is ``diag(s) - s s^T`` (symmetric) along ``axis``, so
     ``x_bar = s * y_bar - s (s . y_bar)``.
     """
+    _cotangent_shape(x, y_bar)
     s = softmax(x, axis)
     return s * (y_bar - jnp.sum(y_bar * s, axis=axis, keepdims=True))
 

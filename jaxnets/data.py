@@ -10,11 +10,17 @@ arrays (float32 inputs, int32 labels) with a deterministic train/test split;
 * :func:`load_idx`, :func:`load_mnist`: MNIST-format IDX files (raw or
   gzipped) from a local path.
 * :func:`load_csv`: a numeric CSV with one label column.
+
+Splits are stratified. :func:`train_test_split` (used by spirals and CSV
+files) is NumPy's: scikit-learn is needed only for its own data sets, digits
+and moons, which keep scikit-learn's stratified split (the figures published
+for them were measured on it).
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from typing import NamedTuple
@@ -82,16 +88,59 @@ def _require_sklearn(what: str):
 def train_test_split(x: np.ndarray, y: np.ndarray, *, test_fraction: float = 0.2, seed: int = 0):
     """Deterministic stratified split: each class keeps its share in both parts.
 
+    The test part holds ``ceil(test_fraction * n)`` examples (scikit-learn's
+    count), shared among the classes in proportion to their sizes (largest
+    remainders get the leftover places). Within each class the examples are
+    drawn by a NumPy generator seeded with ``seed``; both parts are then
+    shuffled. Done in NumPy: no scikit-learn needed.
+
+    Args:
+      x: ``(n, *features)``.
+      y: ``(n,)`` integer labels; every class needs at least 2 examples (one
+        for each part).
+      test_fraction: in (0, 1).
+      seed: seeds the draw.
+
     Returns ``(x_train, y_train, x_test, y_test)``.
+
+    Raises:
+      ValueError: a class with fewer than 2 examples, ``x`` and ``y`` of
+        different lengths, or a test part too small or too large to hold
+        every class.
     """
     test_fraction = _checks.in_unit_interval(test_fraction, "test_fraction")
     if test_fraction == 0.0:
         raise ValueError("test_fraction must be in (0, 1), got 0.0")
-    _require_sklearn("train_test_split")
-    from sklearn.model_selection import train_test_split as split
-
-    x_tr, x_te, y_tr, y_te = split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
-    return x_tr, y_tr, x_te, y_te
+    x, y = np.asarray(x), np.asarray(y)
+    if y.ndim != 1 or x.ndim < 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must hold one example per row of y: x {x.shape}, y {y.shape}")
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    if np.any(counts < 2):
+        once = classes[counts < 2]
+        raise ValueError(
+            f"y: class {once[0].item()!r} has {int(counts[counts < 2][0])} example; a stratified split needs at least 2 "
+            f"examples of every class ({len(once)} class(es) with fewer: {once[:10].tolist()})"
+        )
+    n = y.shape[0]
+    n_test = math.ceil(test_fraction * n)
+    if not len(classes) <= n_test <= n - len(classes):
+        raise ValueError(
+            f"test_fraction {test_fraction} puts {n_test} of {n} examples in the test part; a stratified split of "
+            f"{len(classes)} classes needs between {len(classes)} and {n - len(classes)}"
+        )
+    share = counts * (n_test / n)  # each class's exact share of the test part
+    per_class = np.floor(share).astype(np.int64)
+    leftover = n_test - int(per_class.sum())
+    per_class[np.argsort(-(share - per_class), kind="stable")[:leftover]] += 1
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = [], []
+    for c in range(len(classes)):
+        members = rng.permutation(np.flatnonzero(inverse == c))
+        test_idx.append(members[: per_class[c]])
+        train_idx.append(members[per_class[c]:])
+    train_idx = rng.permutation(np.concatenate(train_idx))
+    test_idx = rng.permutation(np.concatenate(test_idx))
+    return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
 
 def standardize(x_train: np.ndarray, x_test: np.ndarray, eps: float = 1e-8):
@@ -103,16 +152,32 @@ def standardize(x_train: np.ndarray, x_test: np.ndarray, eps: float = 1e-8):
 
     Returns ``(x_train, x_test)`` standardised, float32.
     """
+    x_train, x_test = np.asarray(x_train), np.asarray(x_test)
+    if x_train.ndim < 1 or x_train.shape[0] == 0:
+        raise ValueError(f"x_train must hold at least one example (rows on axis 0), got shape {x_train.shape}")
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise ValueError(f"x_test must have x_train's features, {x_train.shape[1:]}, got {x_test.shape[1:]}")
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
     std = np.where(std > eps, std, 1.0)
     return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
 
 
-def _finish(x, y, name, num_classes, *, test_fraction, seed, standardize_inputs, image_shape=None) -> Dataset:
+def _sklearn_split(x, y, *, test_fraction: float, seed: int):
+    """scikit-learn's stratified split, for scikit-learn's own data sets (digits, moons)."""
+    test_fraction = _checks.in_unit_interval(test_fraction, "test_fraction")
+    if test_fraction == 0.0:
+        raise ValueError("test_fraction must be in (0, 1), got 0.0")
+    from sklearn.model_selection import train_test_split as split
+
+    x_tr, x_te, y_tr, y_te = split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    return x_tr, y_tr, x_te, y_te
+
+
+def _finish(x, y, name, num_classes, *, test_fraction, seed, standardize_inputs, image_shape=None, splitter=None) -> Dataset:
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
-    x_tr, y_tr, x_te, y_te = train_test_split(x, y, test_fraction=test_fraction, seed=seed)
+    x_tr, y_tr, x_te, y_te = (splitter or train_test_split)(x, y, test_fraction=test_fraction, seed=seed)
     if standardize_inputs:
         x_tr, x_te = standardize(x_tr, x_te)
     if image_shape is not None:
@@ -127,7 +192,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0, standardize: bool 
     Args:
       test_fraction: share of each class held out for testing (default 20%:
         1,437 train, 360 test).
-      seed: seeds the stratified split.
+      seed: seeds the stratified split (scikit-learn's ``train_test_split``).
       standardize: scale each pixel to zero mean and unit variance using
         training statistics only (pixels range over 0..16 otherwise).
       as_images: shape inputs ``(n, 8, 8, 1)`` (NHWC) instead of ``(n, 64)``.
@@ -139,7 +204,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0, standardize: bool 
     return _finish(
         bunch.data, bunch.target, "digits", 10,
         test_fraction=test_fraction, seed=seed, standardize_inputs=standardize,
-        image_shape=(8, 8, 1) if as_images else None,
+        image_shape=(8, 8, 1) if as_images else None, splitter=_sklearn_split,
     )
 
 
@@ -151,7 +216,7 @@ def make_moons(n_samples: int = 1000, *, noise: float = 0.1, test_fraction: floa
     from sklearn.datasets import make_moons as sk_moons
 
     x, y = sk_moons(n_samples=n_samples, noise=noise, random_state=seed)
-    return _finish(x, y, "moons", 2, test_fraction=test_fraction, seed=seed, standardize_inputs=False)
+    return _finish(x, y, "moons", 2, test_fraction=test_fraction, seed=seed, standardize_inputs=False, splitter=_sklearn_split)
 
 
 def make_spirals(
@@ -231,7 +296,7 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"path {os.fspath(path)!r}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[type_code])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # Python ints: no overflow for any header
     if len(raw) != expected:
         kind = "truncated" if len(raw) < expected else "has trailing bytes"
         raise ValueError(
@@ -278,6 +343,11 @@ def load_mnist(directory: str | os.PathLike, *, as_images: bool = False, name: s
                 f"directory {directory!r}: {split} images must be (n, h, w) and labels (n,), "
                 f"got {x.shape} and {y.shape}"
             )
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise ValueError(
+            f"directory {directory!r}: train and test images must have the same size, got "
+            f"{arrays['x_train'].shape[1:]} (train) and {arrays['x_test'].shape[1:]} (test)"
+        )
     num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
 
     def prep(x):
@@ -296,34 +366,66 @@ def load_csv(
 ) -> Dataset:
     """A numeric CSV: one row per example, one integer label column, the rest features.
 
-    Labels may be any integers; they are mapped to ``0..k-1`` in sorted order.
-    The split is stratified and deterministic; standardisation uses training
-    statistics only.
+    Read with ``numpy.loadtxt`` (blank lines skipped). Labels may be any
+    integers; they are mapped to ``0..k-1`` in sorted order. The split is
+    stratified (:func:`train_test_split`) and deterministic; standardisation
+    uses training statistics only.
+
+    Raises:
+      DataFileNotFoundError: no such file.
+      ValueError: a missing value (an empty cell, ``nan``) or a non-numeric
+        cell, naming its row and column (both counted from 0 over the data
+        rows, the header excluded); rows of different lengths; a
+        non-integer label; a label seen only once (a stratified split needs
+        two examples of each class).
     """
+    where = f"path {os.fspath(path)!r}"
     text = _read_bytes(path).decode("utf-8", errors="replace")
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if skip_header:
         lines = lines[1:]
     if not lines:
-        raise ValueError(f"path {os.fspath(path)!r}: the CSV has no data rows")
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            rows.append([float(v) for v in line.split(delimiter)])
-        except ValueError:
-            raise ValueError(f"path {os.fspath(path)!r}: row {i + int(skip_header)} is not numeric: {line[:80]!r}") from None
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise ValueError(f"path {os.fspath(path)!r}: rows have different numbers of columns: {sorted(widths)}")
-    table = np.asarray(rows)
+        raise ValueError(f"{where}: the CSV has no data rows")
+    widths = [line.count(delimiter) + 1 for line in lines]
+    ragged = next((r for r, w in enumerate(widths) if w != widths[0]), None)
+    if ragged is not None:
+        raise ValueError(
+            f"{where}: rows have different numbers of columns: row {ragged} has {widths[ragged]}, row 0 has "
+            f"{widths[0]} (rows counted from 0, header excluded)"
+        )
+    cells = np.loadtxt(lines, dtype=str, delimiter=delimiter, ndmin=2, comments=None)
+    cells = np.char.strip(cells)
+    missing = (cells == "") | (np.char.lower(cells) == "nan")
+    if missing.any():
+        r, c = (int(i) for i in np.argwhere(missing)[0])
+        raise ValueError(
+            f"{where}: missing value at row {r}, column {c} (counted from 0, header excluded): {str(cells[r, c])!r}; "
+            f"{int(missing.sum())} missing in all"
+        )
+    try:
+        table = cells.astype(np.float64)
+    except ValueError:
+        for r, c in np.ndindex(cells.shape):
+            try:
+                float(cells[r, c])
+            except ValueError:
+                raise ValueError(f"{where}: row {r}, column {c} is not numeric: {str(cells[r, c])[:40]!r}") from None
+        raise  # pragma: no cover - astype failed on a cell float() accepts
     if table.shape[1] < 2:
-        raise ValueError(f"path {os.fspath(path)!r}: need a label column and at least one feature, got {table.shape[1]} column")
+        raise ValueError(f"{where}: need a label column and at least one feature, got {table.shape[1]} column")
     if not -table.shape[1] <= label_column < table.shape[1]:
         raise ValueError(f"label_column must index one of {table.shape[1]} columns, got {label_column}")
     raw_labels = table[:, label_column]
-    if not np.all(raw_labels == np.round(raw_labels)):
-        raise ValueError(f"path {os.fspath(path)!r}: label column {label_column} must hold integers")
-    classes, y = np.unique(raw_labels.astype(np.int64), return_inverse=True)
+    if not np.all(np.isfinite(raw_labels) & (raw_labels == np.round(raw_labels))):
+        raise ValueError(f"{where}: label column {label_column} must hold integers")
+    classes, y, counts = np.unique(raw_labels.astype(np.int64), return_inverse=True, return_counts=True)
+    if np.any(counts < 2):
+        label = int(classes[counts < 2][0])
+        row = int(np.flatnonzero(raw_labels == label)[0])
+        raise ValueError(
+            f"{where}: label {label} (label column {label_column}) appears only once, at row {row}; a stratified "
+            f"split needs at least 2 examples of each label"
+        )
     x = np.delete(table, label_column % table.shape[1], axis=1)
     return _finish(x, y, os.path.basename(os.fspath(path)), len(classes),
                    test_fraction=test_fraction, seed=seed, standardize_inputs=standardize)

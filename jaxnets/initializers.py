@@ -1,7 +1,8 @@
 """Weight initializers.
 
 An initializer is a function ``init(key, shape, dtype) -> array``, the same
-contract as ``jax.nn.initializers``, so either library's initializers can be
+contract as ``jax.nn.initializers`` (the key must be a ``jax.random`` key: an
+integer seed raises a TypeError telling to use ``jax.random.key(0)``), so either library's initializers can be
 passed to any jaxnets layer. Sampling is delegated to ``jax.nn.initializers``
 (a well-tested implementation); this module states the math.
 
@@ -52,7 +53,19 @@ __all__ = [
     "orthogonal",
 ]
 
-_vs = jax.nn.initializers.variance_scaling
+def _keyed(init: Initializer) -> Initializer:
+    """``init`` with its key checked first: an int seed gets jaxnets' TypeError, not JAX's PRNG message."""
+
+    def checked(key, shape, dtype=jnp.float32):
+        return init(_checks.prng_key(key, "key"), shape, dtype)
+
+    checked.__name__ = getattr(init, "__name__", "initializer")
+    checked.__doc__ = init.__doc__
+    return checked
+
+
+def _vs(scale: float, mode: str, distribution: str) -> Initializer:
+    return _keyed(jax.nn.initializers.variance_scaling(scale, mode, distribution))
 
 
 def glorot_normal() -> Initializer:
@@ -87,12 +100,12 @@ def lecun_uniform() -> Initializer:
 
 def normal(stddev: float = 1e-2) -> Initializer:
     """``N(0, stddev^2)``, independent of the shape."""
-    return jax.nn.initializers.normal(_checks.positive_float(stddev, "stddev"))
+    return _keyed(jax.nn.initializers.normal(_checks.positive_float(stddev, "stddev")))
 
 
 def uniform(scale: float = 1e-2) -> Initializer:
     """``U(0, scale)``, as ``jax.nn.initializers.uniform``."""
-    return jax.nn.initializers.uniform(_checks.positive_float(scale, "scale"))
+    return _keyed(jax.nn.initializers.uniform(_checks.positive_float(scale, "scale")))
 
 
 def orthogonal(scale: float = 1.0) -> Initializer:
@@ -101,16 +114,16 @@ def orthogonal(scale: float = 1.0) -> Initializer:
     The last axis is the output; all other axes are flattened into the input,
     so ``W.T @ W = scale^2 I`` (or ``W @ W.T``, whichever is smaller).
     """
-    return jax.nn.initializers.orthogonal(_checks.positive_float(scale, "scale"))
+    return _keyed(jax.nn.initializers.orthogonal(_checks.positive_float(scale, "scale")))
 
 
 def zeros(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
-    """All zeros (the default for biases). Takes a key only to share the contract."""
-    del key
+    """All zeros (the default for biases). Takes a key only to share the contract (it is checked all the same)."""
+    _checks.prng_key(key, "key")
     return jnp.zeros(shape, dtype)
 
 
 def ones(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
     """All ones (the default for normalisation scales)."""
-    del key
+    _checks.prng_key(key, "key")
     return jnp.ones(shape, dtype)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnets import _checks
 from jaxnets.activations import log_softmax, sigmoid, softmax, softplus
@@ -74,6 +75,7 @@ def mean_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
 
 def mean_squared_error_grad(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     """``dL/dp = 2 (p - t) / N`` with ``N`` the number of elements."""
+    _same_shape(predictions, targets, "predictions", "targets")
     return 2.0 * (predictions - targets) / predictions.size
 
 
@@ -100,6 +102,8 @@ def softmax_cross_entropy_grad(logits: jax.Array, targets: jax.Array) -> jax.Arr
     From ``L_b = -sum_c t_c (z_c - logsumexp(z))``: ``dL_b/dz_k = -t_k + softmax(z)_k sum_c t_c``.
     ``B`` is the number of rows (the product of the leading axes).
     """
+    _same_shape(logits, targets, "logits", "targets")
+    _checks.floating(logits, "logits")
     rows = logits.size // logits.shape[-1]
     return (softmax(logits) * jnp.sum(targets, axis=-1, keepdims=True) - targets) / rows
 
@@ -132,6 +136,7 @@ def softmax_cross_entropy_with_integer_labels_grad(logits: jax.Array, labels: ja
     Softmax and cross-entropy differentiated together: the exponentials
     cancel against the logarithm, leaving predicted minus true probabilities.
     """
+    _logits_and_labels(logits, labels)
     rows = logits.size // logits.shape[-1]
     one_hot = (labels[..., None] == jnp.arange(logits.shape[-1], dtype=labels.dtype)).astype(logits.dtype)
     return (softmax(logits) - one_hot) / rows
@@ -145,14 +150,23 @@ def binary_cross_entropy_with_logits(logits: jax.Array, targets: jax.Array) -> j
 
     ``L = mean(softplus(z) - t z)``, the stable form of
     ``-t log sigmoid(z) - (1 - t) log(1 - sigmoid(z))``.
+
+    Raises:
+      ValueError: shapes differ, or (when concrete, outside ``jit``) a target
+        outside ``[0, 1]``: the formula would return a number, but not a
+        cross-entropy (it is unbounded below for such targets).
     """
     _same_shape(logits, targets, "logits", "targets")
     _checks.floating(logits, "logits")
+    _checks.values_in_interval(targets, 0.0, 1.0, "targets")
     return jnp.mean(softplus(logits) - targets * logits)
 
 
 def binary_cross_entropy_with_logits_grad(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """``dL/dz = (sigmoid(z) - t) / N``, since ``softplus' = sigmoid``."""
+    _same_shape(logits, targets, "logits", "targets")
+    _checks.floating(logits, "logits")
+    _checks.values_in_interval(targets, 0.0, 1.0, "targets")
     return (sigmoid(logits) - targets) / logits.size
 
 
@@ -174,21 +188,40 @@ def huber(predictions: jax.Array, targets: jax.Array, delta: float = 1.0) -> jax
 
 def huber_grad(predictions: jax.Array, targets: jax.Array, delta: float = 1.0) -> jax.Array:
     """``dL/dp = clip(p - t, -delta, delta) / N``: the residual, capped at ``delta`` in size."""
+    delta = _checks.positive_float(delta, "delta")
+    _same_shape(predictions, targets, "predictions", "targets")
     return jnp.clip(predictions - targets, -delta, delta) / predictions.size
 
 
 huber.grad = huber_grad
 
 
+def _plus_minus_one(targets) -> None:
+    if _checks.is_traced(targets):
+        return
+    arr = np.asarray(targets)
+    bad = (arr != 1) & (arr != -1)
+    if bad.any():
+        value = arr[tuple(np.argwhere(bad)[0])]
+        raise ValueError(f"targets must be -1 or +1 for the hinge loss, got {value} ({int(bad.sum())} of {arr.size} entries)")
+
+
 def hinge(scores: jax.Array, targets: jax.Array) -> jax.Array:
-    """Binary hinge loss ``mean(max(0, 1 - t s))`` for targets ``t`` in ``{-1, +1}``."""
+    """Binary hinge loss ``mean(max(0, 1 - t s))`` for targets ``t`` in ``{-1, +1}``.
+
+    Raises:
+      ValueError: shapes differ, or (when concrete) a target other than -1 or +1.
+    """
     _same_shape(scores, targets, "scores", "targets")
+    _plus_minus_one(targets)
     margin = 1.0 - targets * scores
     return jnp.mean(jnp.where(margin > 0, margin, jnp.zeros_like(margin)))
 
 
 def hinge_grad(scores: jax.Array, targets: jax.Array) -> jax.Array:
     """``dL/ds = -t / N`` where the margin ``1 - t s`` is positive, else 0 (0 at the kink ``t s = 1``)."""
+    _same_shape(scores, targets, "scores", "targets")
+    _plus_minus_one(targets)
     return jnp.where(1.0 - targets * scores > 0, -targets, jnp.zeros_like(targets)) / scores.size
 
 

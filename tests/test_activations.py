@@ -1,5 +1,7 @@
 """Activations against jax.nn, at ordinary and extreme inputs; kink conventions pinned."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -116,3 +118,58 @@ def test_autodiff_and_the_hand_rule_agree_at_zero(fn):
     auto = jax.grad(lambda v: jnp.sum(fn(v)))(x)
     hand = A.GRADIENTS[fn](x, jnp.ones_like(x))
     np.testing.assert_allclose(auto, hand, rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------------------
+# Exact GELU in the tails, against a float64 reference (math.erfc, not JAX)
+# ---------------------------------------------------------------------------
+
+TAIL_X = np.linspace(-10.0, 5.0, 601)
+
+
+def _gelu_reference(x):
+    return x * 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _gelu_grad_reference(x):
+    return 0.5 * math.erfc(-x / math.sqrt(2.0)) + x * math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+def _relative_error(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return np.abs(got - want) / np.maximum(np.abs(want), np.finfo(np.float32).tiny)
+
+
+def test_exact_gelu_keeps_float32_relative_accuracy_in_the_tails():
+    """gelu(x) for x in [-10, 5] within 1e-5 relative of a float64 reference; the erf form it
+    replaced was 100% wrong below x = -6 (it returned 0) and off by more than 1e-3 at x = -4."""
+    x = jnp.asarray(TAIL_X, jnp.float32)
+    want = np.array([_gelu_reference(float(v)) for v in np.asarray(x, np.float64)])
+    err = _relative_error(A.gelu(x), want)
+    assert err.max() < 1e-5, f"worst relative error {err.max():.2e} at x = {float(x[np.argmax(err)])}"
+    erf_form = 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))  # the old formula, to show the test can fail
+    assert _relative_error(erf_form, want).max() > 0.5
+    np.testing.assert_allclose(A.gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-5, atol=0)  # both accurate
+
+
+def test_exact_gelu_gradient_accurate_in_the_tails_hand_rule_and_autodiff():
+    """gelu_grad and jax.grad(gelu) within 1e-4 relative of the float64 derivative on [-10, 5],
+    away from the derivative's root near x = -0.7518 (there: absolute 1e-6)."""
+    x = jnp.asarray(TAIL_X, jnp.float32)
+    want = np.array([_gelu_grad_reference(float(v)) for v in np.asarray(x, np.float64)])
+    away = np.abs(np.asarray(x) + 0.7518) > 0.05
+    for name, got in (("gelu_grad", A.gelu_grad(x)), ("jax.grad(gelu)", jax.vmap(jax.grad(A.gelu))(x))):
+        got = np.asarray(got, np.float64)
+        err = _relative_error(got[away], want[away])
+        assert err.max() < 1e-4, f"{name}: worst relative error {err.max():.2e} at x = {float(np.asarray(x)[away][np.argmax(err)])}"
+        assert np.abs(got[~away] - want[~away]).max() < 1e-6, name
+
+
+def test_leaky_relu_kink_convention_differs_from_jax_nn():
+    """Ours: derivative negative_slope at 0 (left slope); jax.nn.leaky_relu: 1. Values agree."""
+    zero = jnp.asarray(0.0)
+    assert float(jax.grad(A.leaky_relu)(zero, 0.1)) == pytest.approx(0.1)
+    assert float(A.leaky_relu_grad(zero, 0.1)) == pytest.approx(0.1)
+    assert float(jax.grad(jax.nn.leaky_relu)(zero, 0.1)) == 1.0  # jax.nn's side of the kink
+    x = jnp.linspace(-3.0, 3.0, 13)
+    np.testing.assert_array_equal(A.leaky_relu(x, 0.1), jax.nn.leaky_relu(x, 0.1))

@@ -167,10 +167,10 @@ def test_load_csv(tmp_path, rng):
 def test_load_csv_errors(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2,0\n3,x,1\n")
-    with pytest.raises(ValueError, match="row 1 is not numeric"):
+    with pytest.raises(ValueError, match="row 1, column 1 is not numeric: 'x'"):
         data.load_csv(bad)
     bad.write_text("1,2,0\n3,1\n")
-    with pytest.raises(ValueError, match=r"rows have different numbers of columns: \[2, 3\]"):
+    with pytest.raises(ValueError, match=r"rows have different numbers of columns: row 1 has 2, row 0 has 3"):
         data.load_csv(bad)
     bad.write_text("1,2,0.5\n3,1,1\n")
     with pytest.raises(ValueError, match="label column -1 must hold integers"):
@@ -180,3 +180,63 @@ def test_load_csv_errors(tmp_path):
         data.load_csv(bad)
     with pytest.raises(data.DataFileNotFoundError):
         data.load_csv(tmp_path / "none.csv")
+
+
+def test_csv_missing_value_named_by_row_and_column(tmp_path):
+    path = tmp_path / "gaps.csv"
+    rows = [f"{i},{i * 2},{i % 2}" for i in range(10)]
+    rows[6] = "6,nan,0"
+    path.write_text("x,y,label\n" + "\n".join(rows))
+    with pytest.raises(ValueError, match=r"missing value at row 6, column 1 \(counted from 0, header excluded\): 'nan'; 1 missing in all"):
+        data.load_csv(path, skip_header=True)
+    rows[6], rows[8] = "6,12,0", "8,,0"
+    path.write_text("\n".join(rows))
+    with pytest.raises(ValueError, match=r"missing value at row 8, column 1 .*: ''"):
+        data.load_csv(path)
+
+
+def test_csv_label_seen_once_is_named(tmp_path):
+    path = tmp_path / "rare.csv"
+    path.write_text("\n".join([f"{i},0" for i in range(6)] + ["7,5"] + [f"{i},1" for i in range(5)]))
+    with pytest.raises(ValueError, match=r"label 5 \(label column -1\) appears only once, at row 6; a stratified split needs"):
+        data.load_csv(path)
+
+
+def test_csv_and_split_need_no_scikit_learn(tmp_path, rng, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # any import of scikit-learn now fails
+    x = rng.normal(size=(30, 2))
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(f"{a},{b},{i % 3}" for i, (a, b) in enumerate(x)))
+    d = data.load_csv(path, test_fraction=0.2)
+    assert d.x_train.shape == (24, 2) and d.x_test.shape == (6, 2)
+    assert sorted(np.bincount(d.y_test).tolist()) == [2, 2, 2]
+
+
+def test_split_counts_and_determinism():
+    y = np.repeat(np.arange(3), [11, 20, 69])
+    x = np.arange(100.0)[:, None]
+    x_tr, y_tr, x_te, y_te = data.train_test_split(x, y, test_fraction=0.25, seed=3)
+    assert len(y_te) == 25 and len(y_tr) == 75  # ceil(0.25 * 100), as scikit-learn counts
+    assert np.bincount(y_te).tolist() == [3, 5, 17]  # shares 2.75, 5, 17.25: the leftover place goes to the largest remainder
+    assert sorted(np.concatenate([x_tr, x_te]).ravel().tolist()) == x.ravel().tolist()  # a partition
+    np.testing.assert_array_equal(x_te, data.train_test_split(x, y, test_fraction=0.25, seed=3)[2])
+    assert not np.array_equal(x_te, data.train_test_split(x, y, test_fraction=0.25, seed=4)[2])
+
+
+def test_idx_header_sizes_that_overflow_int64(tmp_path):
+    path = tmp_path / "huge-idx3-ubyte"
+    # Sizes 2**32 - 1 in each of 3 dimensions: their product overflows int64 (np.prod would wrap).
+    path.write_bytes(bytes([0, 0, 0x08, 3]) + (2**32 - 1).to_bytes(4, "big") * 3 + bytes(16))
+    with pytest.raises(ValueError, match=r"IDX data truncated: header says shape \(4294967295, 4294967295, 4294967295\)"):
+        data.load_idx(path)
+
+
+def test_mnist_train_and_test_images_of_different_sizes(tmp_path, rng):
+    write_idx(tmp_path / "train-images-idx3-ubyte", rng.integers(0, 255, (6, 28, 28), dtype=np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", rng.integers(0, 10, 6).astype(np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 255, (4, 27, 27), dtype=np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", rng.integers(0, 10, 4).astype(np.uint8))
+    with pytest.raises(ValueError, match=r"train and test images must have the same size, got \(28, 28\) \(train\) and \(27, 27\) \(test\)"):
+        data.load_mnist(tmp_path)

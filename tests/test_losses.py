@@ -145,3 +145,25 @@ def test_errors(logits, labels):
         Lo.huber(jnp.ones(3), jnp.ones(3), delta=0.0)
     with pytest.raises(TypeError, match="logits must be an array, got list"):
         Lo.softmax_cross_entropy(logits.tolist(), logits)
+
+
+def test_binary_cross_entropy_refuses_targets_outside_the_unit_interval():
+    logits = jnp.zeros(4)
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 1\], got -0.5 at index 2 \(2 of 4 entries outside\)"):
+        Lo.binary_cross_entropy_with_logits(logits, jnp.array([0.0, 1.0, -0.5, 2.0]))
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 1\], got nan at index 0"):
+        Lo.binary_cross_entropy_with_logits(logits, jnp.array([np.nan, 1.0, 0.5, 0.0]))
+    # Under jit the values are unknown: no check, no error (fit and evaluate check data before tracing).
+    jax.jit(Lo.binary_cross_entropy_with_logits)(logits, jnp.array([0.0, 1.0, 0.5, 0.25]))
+
+
+def test_int64_labels_beyond_int32_are_refused_with_their_true_value():
+    """2**31 + 1 would wrap to -2**31 + 1 in int32 (and 2**32 + 1 to 1, a valid class): the check
+    reads the int64 values before any cast."""
+    logits = jnp.zeros((3, 4))
+    for big in (2**31 + 1, 2**32 + 1):
+        labels = np.array([0, big, 1], np.int64)
+        with pytest.raises(ValueError, match=rf"labels must lie in \[0, 4\) for 4 classes, got values in \[0, {big}\]"):
+            Lo.softmax_cross_entropy_with_integer_labels(logits, labels)
+        with pytest.raises(ValueError, match=rf"got values in \[0, {big}\]"):
+            Lo.accuracy(logits, labels)

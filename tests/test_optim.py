@@ -320,3 +320,98 @@ def test_weight_decay_needs_params():
     params = {"w": jnp.ones(3)}
     with pytest.raises(ValueError, match=r"needs params: call update\(grads, state, params\)"):
         opt.update(params, opt.init(params))
+
+
+# ---------------------------------------------------------------------------
+# State fields named as optax names them
+# ---------------------------------------------------------------------------
+
+
+def _field_names(state):
+    """Every NamedTuple field name anywhere in an optimizer state (optax nests states in tuples)."""
+    names = set()
+
+    def walk(node):
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            names.update(node._fields)
+        if isinstance(node, (tuple, list)):
+            for child in node:
+                walk(child)
+        elif isinstance(node, dict):
+            for child in node.values():
+                walk(child)
+
+    walk(state)
+    return names
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_state_fields_read_and_set_by_optax_names(case):
+    """``optax.tree.get(state, name)`` gives the same values on our state as on optax's, for every
+    field name optax's state has; ``optax.tree.set`` writes them."""
+    p = optim.quadratic_problem(4)
+    ours, theirs = build(case, optim), build(case, optax)
+    s, s_ref = ours.init(p.params), theirs.init(p.params)
+    for step in range(3):
+        g = p.grad_fn(p.params, step)
+        _, s = ours.update(g, s, p.params)
+        _, s_ref = theirs.update(g, s_ref, p.params)
+    names = {n for n in _field_names(s_ref) if optax.tree.get(s_ref, n) is not None}
+    assert names or case == "sgd", f"optax's {case} state has no named fields"  # plain SGD: EmptyState
+    for name in sorted(names):
+        expected = optax.tree.get(s_ref, name)
+        got = optax.tree.get(s, name)
+        assert got is not None, f"{case}: our state has no field {name!r} (optax's has); ours: {type(s).__name__}{s._fields}"
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, expected)
+        zeroed = optax.tree.set(s, **{name: jax.tree_util.tree_map(jnp.zeros_like, got)})
+        assert all(float(jnp.max(jnp.abs(leaf))) == 0 for leaf in jax.tree_util.tree_leaves(optax.tree.get(zeroed, name)))
+
+
+# ---------------------------------------------------------------------------
+# Low-precision state (mu_dtype, accumulator_dtype) rounds as optax rounds it
+# ---------------------------------------------------------------------------
+
+STATE_DTYPE_CASES = {
+    "sgd_momentum": lambda lib, dt: lib.sgd(1e-2, momentum=0.9, accumulator_dtype=dt),
+    "sgd_nesterov": lambda lib, dt: lib.sgd(1e-2, momentum=0.9, nesterov=True, accumulator_dtype=dt),
+    "adam": lambda lib, dt: lib.adam(1e-2, mu_dtype=dt),
+    "adamw": lambda lib, dt: lib.adamw(1e-2, mu_dtype=dt, weight_decay=0.1),
+    "nadam": lambda lib, dt: lib.nadam(1e-2, mu_dtype=dt),
+    "amsgrad": lambda lib, dt: lib.amsgrad(1e-2, mu_dtype=dt),
+    "lion": lambda lib, dt: lib.lion(1e-3, mu_dtype=dt),
+}
+
+
+def assert_close_f32(a, b, message):
+    """Equal to float32 rounding (relative 1e-6 of the leaf's largest entry), far below one bfloat16
+    rounding (2**-8 relative): float32 sums that nearly cancel (adamw's decay) may differ in the last bit."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * float(np.max(np.abs(b), initial=0.0)), err_msg=message)
+
+
+@pytest.mark.parametrize("state_dtype", [jnp.bfloat16, jnp.float32, None], ids=["bf16", "f32", "none"])
+@pytest.mark.parametrize("params_dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
+@pytest.mark.parametrize("case", sorted(STATE_DTYPE_CASES))
+def test_low_precision_state_matches_optax_step_by_step(case, params_dtype, state_dtype):
+    """Every update and every state leaf equals optax's at each of 30 steps, in every mix of
+    bfloat16/float32 params and state (the rtol is far below one bfloat16 rounding, 2**-8)."""
+    rng = np.random.default_rng(1)
+    params = {"w": jnp.asarray(rng.normal(size=(8, 16)), params_dtype), "b": jnp.asarray(rng.normal(size=(16,)), params_dtype)}
+    ours, theirs = STATE_DTYPE_CASES[case](optim, state_dtype), STATE_DTYPE_CASES[case](optax, state_dtype)
+    s, s_ref = ours.init(params), theirs.init(params)
+    step, step_ref = jax.jit(ours.update), jax.jit(theirs.update)
+    for t in range(30):
+        grads = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        u, s = step(grads, s, params)
+        with jax.numpy_dtype_promotion("standard"):
+            u_ref, s_ref = step_ref(grads, s_ref, params)
+        for name in ("mu", "nu", "nu_max", "trace"):
+            got, want = optax.tree.get(s, name), optax.tree.get(s_ref, name)
+            if want is None:
+                continue
+            for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+                assert a.dtype == b.dtype, f"{case} step {t + 1}: state {name} is {a.dtype}, optax's {b.dtype}"
+                assert_close_f32(a, b, f"{case}: state {name} differs from optax at step {t + 1}")
+        for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(u_ref)):
+            assert a.dtype == b.dtype
+            assert_close_f32(a, b, f"{case}: update differs from optax at step {t + 1}")

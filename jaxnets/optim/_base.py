@@ -20,51 +20,74 @@ from jax import lax
 ScalarOrSchedule = Any  # a float, a scalar array, or a callable count -> float
 
 
-def _concrete_scalar(value: Any) -> float | None:
-    """The value as a float if it is a number typed by the user; None for dynamic values.
+def _concrete(value: Any, name: str) -> tuple[np.ndarray, bool] | None:
+    """``(values, is_array)`` for a hyperparameter whose value is known now; None for dynamic ones.
 
-    Schedules and JAX arrays are dynamic: ``optax.inject_hyperparams``
-    rebuilds the optimizer with array hyperparameters at every update (traced
-    under ``jit``, concrete in eager mode), and may legitimately set them to
-    values such as a learning rate of 0 during warm-up.
+    Schedules (callables) and traced values (under ``jit``/``vmap``) are
+    dynamic and cannot be checked here. A Python number gives
+    ``is_array=False``. A concrete array (NumPy, or JAX outside ``jit``: a
+    population's per-member values, or ``optax.inject_hyperparams`` in eager
+    mode, which rebuilds the optimizer with array hyperparameters at every
+    update) gives ``is_array=True``, and is checked entry by entry.
     """
-    if callable(value) or isinstance(value, (jax.Array, jax.core.Tracer)):
+    if callable(value) or isinstance(value, jax.core.Tracer):
         return None
-    if isinstance(value, bool):
-        raise TypeError(f"expected a number, got {value!r}")
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a scalar number, got {value!r}")
     if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        return float(value)
-    raise TypeError(f"expected a scalar, got {value!r}")
+        return np.asarray(float(value)), False
+    if isinstance(value, (jax.Array, np.ndarray)):
+        dtype = np.dtype(value.dtype)
+        if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"):
+            raise TypeError(f"{name} must be a real number or an array of them, got an array of dtype {dtype.name}")
+        return np.asarray(value, np.float64), True
+    raise TypeError(f"{name} must be a scalar number, got {value!r}")
 
 
-def _named(name: str, value: Any) -> float | None:
-    try:
-        return _concrete_scalar(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a scalar number, got {value!r}") from None
+def _first_bad(values: np.ndarray, ok: np.ndarray, is_array_value: bool) -> str:
+    """The first offending value, with its index when there are several entries."""
+    index = tuple(int(i) for i in np.argwhere(~ok)[0])
+    where = f" at index {index if len(index) > 1 else index[0]}" if values.ndim else ""
+    value = float(values[index])
+    return f"{value:.7g}{where}" if is_array_value else f"{value}{where}"
 
 
 def check_learning_rate(learning_rate: ScalarOrSchedule) -> None:
-    """A learning rate is a positive finite number, or a schedule (callable of the count)."""
-    v = _named("learning_rate", learning_rate)
-    if v is not None and not (np.isfinite(v) and v > 0):
-        raise ValueError(f"learning_rate must be a finite number > 0 or a schedule, got {v}")
+    """A learning rate is a positive finite number, or a schedule (callable of the count).
+
+    An array learning rate may also be 0 (``optax.inject_hyperparams`` passes a
+    warm-up schedule's value, which starts at 0), never negative or non-finite.
+    """
+    got = _concrete(learning_rate, "learning_rate")
+    if got is None:
+        return
+    values, is_array = got
+    ok = np.isfinite(values) & ((values >= 0) if is_array else (values > 0))
+    if not ok.all():
+        expected = "finite and >= 0" if is_array else "a finite number > 0 or a schedule"
+        raise ValueError(f"learning_rate must be {expected}, got {_first_bad(values, ok, is_array)}")
 
 
 def check_decay(value: Any, name: str) -> None:
     """Decay rates (betas, momentum) lie in [0, 1)."""
-    v = _named(name, value)
-    if v is not None and not 0.0 <= v < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {v}")
+    got = _concrete(value, name)
+    if got is None:
+        return
+    values, is_array = got
+    ok = (values >= 0.0) & (values < 1.0)
+    if not ok.all():
+        raise ValueError(f"{name} must be in [0, 1), got {_first_bad(values, ok, is_array)}")
 
 
 def check_nonnegative(value: Any, name: str) -> None:
     """eps, eps_root, weight decay, initial accumulators: finite and >= 0 (or a schedule)."""
-    v = _named(name, value)
-    if v is not None and not (np.isfinite(v) and v >= 0.0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+    got = _concrete(value, name)
+    if got is None:
+        return
+    values, is_array = got
+    ok = np.isfinite(values) & (values >= 0.0)
+    if not ok.all():
+        raise ValueError(f"{name} must be a finite number >= 0, got {_first_bad(values, ok, is_array)}")
 
 
 def check_dtype(dtype: Any, name: str):
@@ -77,17 +100,65 @@ def check_dtype(dtype: Any, name: str):
 
 
 def check_same_structure(grads: Any, reference: Any, what: str) -> None:
-    """Raise a ValueError printing both structures when ``grads`` and ``reference`` differ."""
+    """Raise a ValueError printing both structures when ``grads`` and ``reference`` differ, and one
+    naming the leaf's path and both shapes when a leaf's shape differs (never broadcast)."""
     a = jax.tree_util.tree_structure(grads)
     b = jax.tree_util.tree_structure(reference)
     if a != b:
         raise ValueError(f"grads must have the structure of the {what}:\n  grads: {a}\n  {what}: {b}")
+    for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree_util.tree_leaves(reference)):
+        if np.shape(g) != np.shape(r):
+            where = jax.tree_util.keystr(path)
+            raise ValueError(
+                f"grads{where} must have the shape of the {what}{where}, {tuple(np.shape(r))}, "
+                f"got {tuple(np.shape(g))} (gradients are not broadcast)"
+            )
+
+
+def check_state(state: Any, expected: type, optimizer: str) -> None:
+    """Raise a TypeError naming both types when ``state`` was made by another optimizer's ``init``."""
+    if not isinstance(state, expected):
+        raise TypeError(
+            f"state must be the {expected.__name__} that {optimizer}'s init returns, got "
+            f"{type(state).__name__} (a state made by another optimizer?)"
+        )
+
+
+def standard_dtype(*operands: Any):
+    """The dtype JAX's *standard* promotion gives an operation on ``operands``.
+
+    Python numbers are weak (``0.9 * x`` keeps ``x``'s dtype); arrays are
+    not (a float32 hyperparameter from ``optax.inject_hyperparams`` times a
+    bfloat16 moment is float32). optax computes under standard promotion;
+    the helpers below reproduce its dtypes with explicit casts, so the
+    optimizers also run for users who turn on strict promotion.
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.result_type(*operands)
 
 
 def promote(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Both arrays in their common dtype (what standard promotion would pick), explicitly."""
-    dtype = jnp.promote_types(a.dtype, b.dtype)
+    dtype = standard_dtype(a, b)
     return a.astype(dtype), b.astype(dtype)
+
+
+def scale(c: Any, x: jax.Array) -> jax.Array:
+    """``c * x`` in the dtype standard promotion gives (``x``'s dtype for a Python number ``c``)."""
+    dtype = standard_dtype(c, x)
+    return jnp.asarray(c, dtype) * x.astype(dtype)
+
+
+def add(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a + b`` in their common dtype."""
+    a, b = promote(a, b)
+    return a + b
+
+
+def div(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a / b`` in their common dtype."""
+    a, b = promote(a, b)
+    return a / b
 
 
 def abs_sq(g: jax.Array) -> jax.Array:
@@ -98,15 +169,21 @@ def abs_sq(g: jax.Array) -> jax.Array:
 
 
 def ema(g: jax.Array, moment: jax.Array, decay: Any) -> jax.Array:
-    """Exponential moving average ``(1 - decay) g + decay m``."""
-    g, moment = promote(g, moment)
-    return (1 - decay) * g + decay * moment
+    """Exponential moving average ``(1 - decay) g + decay m``, rounded as optax rounds it.
+
+    Each product is computed in its own operand's dtype and only the sum in
+    the common one: with a float32 gradient and a bfloat16 moment (``mu_dtype``),
+    ``decay * m`` is rounded to bfloat16 before it is added, exactly as
+    ``optax.tree.update_moment`` does under standard promotion. (Widening
+    ``m`` to float32 first would be slightly more accurate, but would drift
+    from optax by one bfloat16 rounding per step from step 2 on.)
+    """
+    return add(scale(1 - decay, g), scale(decay, moment))
 
 
 def ema_sq(g: jax.Array, moment: jax.Array, decay: Any) -> jax.Array:
-    """Exponential moving average of ``|g|^2``: ``(1 - decay) |g|^2 + decay v``."""
-    sq, moment = promote(abs_sq(g), moment)
-    return (1 - decay) * sq + decay * moment
+    """Exponential moving average of ``|g|^2``: ``(1 - decay) |g|^2 + decay v``, rounded as :func:`ema`."""
+    return ema(abs_sq(g), moment, decay)
 
 
 def debias(moment: jax.Array, decay: Any, count: jax.Array) -> jax.Array:
@@ -132,7 +209,7 @@ def scale_by_learning_rate(updates: Any, learning_rate: ScalarOrSchedule, count:
         step = -1 * learning_rate(count)
         return jax.tree_util.tree_map(lambda u: jnp.array(step, dtype=u.dtype) * u, updates)
     step = -1 * learning_rate
-    return jax.tree_util.tree_map(lambda u: step * u, updates)
+    return jax.tree_util.tree_map(lambda u: scale(step, u), updates)
 
 
 def resolve_mask(mask: Any, params: Any, name: str = "mask") -> Any:
@@ -160,7 +237,7 @@ def add_weight_decay(updates: Any, params: Any, weight_decay: ScalarOrSchedule, 
         return updates
     s = weight_decay(count) if callable(weight_decay) else weight_decay
     selected = resolve_mask(mask, params)
-    return jax.tree_util.tree_map(lambda u, p, m: u + s * p if m else u, updates, params, selected)
+    return jax.tree_util.tree_map(lambda u, p, m: add(u, scale(s, p)) if m else u, updates, params, selected)
 
 
 def transformation(init: Callable, update: Callable) -> optax.GradientTransformationExtraArgs:

@@ -44,15 +44,15 @@ def adagrad(learning_rate: _base.ScalarOrSchedule, initial_accumulator_value: fl
 
     def update(grads, state, params=None):
         del params
+        _base.check_state(state, AdagradState, "adagrad")
         _base.check_same_structure(grads, state.sum_of_squares, "accumulator")
 
         def accumulate(g, s):
-            sq, s = _base.promote(_base.abs_sq(g), s)
-            return sq + s
+            return _base.add(_base.abs_sq(g), s)
 
         sums = jax.tree_util.tree_map(accumulate, grads, state.sum_of_squares)
         scaled = jax.tree_util.tree_map(
-            lambda s, g: jnp.where(s > 0, lax.rsqrt(s + eps), jnp.zeros_like(s)) * g, sums, grads
+            lambda s, g: _base.scale(jnp.where(s > 0, lax.rsqrt(s + eps), jnp.zeros_like(s)), g), sums, grads
         )
         updates = _base.scale_by_learning_rate(scaled, learning_rate, state.count)
         return updates, AdagradState(count=_base.increment(state.count), sum_of_squares=sums)

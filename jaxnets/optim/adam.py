@@ -52,12 +52,12 @@ def _adam_direction(grads, state, b1, b2, eps, eps_root, mu_dtype, nesterov):
         # Look ahead: the next step's debiased momentum, mixed with the current gradient.
         next_count = _base.increment(count)
         mu_hat = jax.tree_util.tree_map(
-            lambda m, g: b1 * _base.debias(m, b1, next_count) + (1 - b1) * _base.debias(g, b1, count), mu, grads
+            lambda m, g: _base.ema(_base.debias(g, b1, count), _base.debias(m, b1, next_count), b1), mu, grads
         )
     else:
         mu_hat = jax.tree_util.tree_map(lambda m: _base.debias(m, b1, count), mu)
     nu_hat = jax.tree_util.tree_map(lambda v: _base.debias(v, b2, count), nu)
-    direction = jax.tree_util.tree_map(lambda m, v: m / (jnp.sqrt(v + eps_root) + eps), mu_hat, nu_hat)
+    direction = jax.tree_util.tree_map(lambda m, v: _base.div(m, jnp.sqrt(v + eps_root) + eps), mu_hat, nu_hat)
     nu = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), nu, state.nu)
     return direction, AdamState(count=count, mu=_cast(mu, mu_dtype), nu=nu)
 
@@ -91,7 +91,11 @@ def adam(
       eps: added outside the square root (as in the paper and PyTorch).
       eps_root: added inside the square root (0 by default); a positive value
         keeps gradients finite when differentiating through the update.
-      mu_dtype: dtype to store ``m`` in (default: that of the gradients).
+      mu_dtype: dtype to store ``m`` in (default: that of the gradients),
+        rounded as optax rounds it: each
+        product of the moving average in its operand's dtype, then the sum in
+        the common dtype, then the cast; a bfloat16 state matches optax's bit
+        for bit at every step.
       nesterov: use NAdam's look-ahead momentum.
 
     Same as ``optax.adam``, and as PyTorch's ``Adam`` with its defaults.
@@ -104,6 +108,7 @@ def adam(
 
     def update(grads, state, params=None):
         del params
+        _base.check_state(state, AdamState, "nadam" if nesterov else "adam")
         direction, new_state = _adam_direction(grads, state, b1, b2, eps, eps_root, mu_dtype, nesterov)
         return _base.scale_by_learning_rate(direction, learning_rate, state.count), new_state
 
@@ -169,6 +174,7 @@ def adamw(
         return AdamState(count=jnp.zeros([], jnp.int32), mu=_zeros(params, mu_dtype), nu=_zeros(params))
 
     def update(grads, state, params=None):
+        _base.check_state(state, AdamState, "adamw")
         direction, new_state = _adam_direction(grads, state, b1, b2, eps, eps_root, mu_dtype, nesterov)
         direction = _base.add_weight_decay(direction, params, weight_decay, mask, state.count)
         return _base.scale_by_learning_rate(direction, learning_rate, state.count), new_state
@@ -202,16 +208,16 @@ def adamax(learning_rate: _base.ScalarOrSchedule, b1: float = 0.9, b2: float = 0
 
     def update(grads, state, params=None):
         del params
+        _base.check_state(state, AdamaxState, "adamax")
         _base.check_same_structure(grads, state.mu, "first moment mu")
         count = _base.increment(state.count)
         mu = jax.tree_util.tree_map(lambda g, m: _base.ema(g, m, b1), grads, state.mu)
 
         def infinity_norm(g, u):
-            a, u = _base.promote(jnp.abs(g), u)
-            return jnp.maximum(a + eps, b2 * u)
+            return jnp.maximum(*_base.promote(jnp.abs(g) + eps, _base.scale(b2, u)))
 
         nu = jax.tree_util.tree_map(infinity_norm, grads, state.nu)
-        direction = jax.tree_util.tree_map(lambda m, u: _base.debias(m, b1, count) / u, mu, nu)
+        direction = jax.tree_util.tree_map(lambda m, u: _base.div(_base.debias(m, b1, count), u), mu, nu)
         updates = _base.scale_by_learning_rate(direction, learning_rate, state.count)
         return updates, AdamaxState(count=count, mu=mu, nu=nu)
 
@@ -246,7 +252,7 @@ def amsgrad(
     ``hat m``, ``hat v`` are bias-corrected unless ``bias_correction_mu`` /
     ``bias_correction_nu`` is False (the paper corrects neither). Same as
     ``optax.amsgrad``; PyTorch's ``Adam(amsgrad=True)`` takes the maximum of
-    the uncorrected ``v`` and corrects afterwards.
+    the uncorrected ``v`` and corrects afterwards. ``mu_dtype`` as in :func:`adam`.
     """
     _check_adam_args(learning_rate, b1, b2, eps, eps_root)
     mu_dtype = _base.check_dtype(mu_dtype, "mu_dtype")
@@ -258,14 +264,15 @@ def amsgrad(
 
     def update(grads, state, params=None):
         del params
+        _base.check_state(state, AmsgradState, "amsgrad")
         _base.check_same_structure(grads, state.mu, "first moment mu")
         mu = jax.tree_util.tree_map(lambda g, m: _base.ema(g, m, b1), grads, state.mu)
         nu = jax.tree_util.tree_map(lambda g, v: _base.ema_sq(g, v, b2), grads, state.nu)
         count = _base.increment(state.count)
         mu_hat = jax.tree_util.tree_map(lambda m: _base.debias(m, b1, count), mu) if bias_correction_mu else mu
         nu_eff = jax.tree_util.tree_map(lambda v: _base.debias(v, b2, count), nu) if bias_correction_nu else nu
-        nu_max = jax.tree_util.tree_map(jnp.maximum, state.nu_max, nu_eff)
-        direction = jax.tree_util.tree_map(lambda m, v: m / (jnp.sqrt(v + eps_root) + eps), mu_hat, nu_max)
+        nu_max = jax.tree_util.tree_map(lambda a, b: jnp.maximum(*_base.promote(a, b)), state.nu_max, nu_eff)
+        direction = jax.tree_util.tree_map(lambda m, v: _base.div(m, jnp.sqrt(v + eps_root) + eps), mu_hat, nu_max)
         updates = _base.scale_by_learning_rate(direction, learning_rate, state.count)
         return updates, AmsgradState(count=count, mu=_cast(mu, mu_dtype), nu=nu, nu_max=nu_max)
 

@@ -27,6 +27,7 @@ def quadratic_problem(dim: int = 10, *, condition: float = 10.0, seed: int = 0, 
     Params are a dict ``{"x": (dim,)}``; the minimum is ``f(x*) = 0``.
     """
     dim = _checks.positive_int(dim, "dim")
+    condition = _checks.positive_float(condition, "condition")
     k_start, k_opt = jax.random.split(jax.random.key(seed))
     a = jnp.linspace(1.0, condition, dim, dtype=dtype)
     target = jax.random.normal(k_opt, (dim,), dtype)
@@ -44,6 +45,9 @@ def rosenbrock_problem(a: float = 1.0, b: float = 100.0, *, dtype=jnp.float32) -
     Params are a tuple of two scalars, so optimizers are exercised on a
     non-dict pytree.
     """
+    if isinstance(a, bool) or not isinstance(a, (int, float)):
+        raise TypeError(f"a must be a real number, got {a!r}")
+    b = _checks.positive_float(b, "b")
 
     def loss(p):
         x, y = p

@@ -34,7 +34,8 @@ def lion(
 
     Every coordinate moves by exactly ``lr`` (plus decay), so Lion wants a
     learning rate 3 to 10 times smaller than Adam's. ``mask`` as in
-    :func:`jaxnets.optim.adamw`. Same as ``optax.lion`` (PyTorch has none).
+    :func:`jaxnets.optim.adamw`; ``mu_dtype`` stores ``m`` (rounded as
+    in :func:`jaxnets.optim.adam`). Same as ``optax.lion`` (PyTorch has none).
     """
     _base.check_learning_rate(learning_rate)
     _base.check_decay(b1, "b1")
@@ -47,6 +48,7 @@ def lion(
         return LionState(count=jnp.zeros([], jnp.int32), mu=jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=mu_dtype), params))
 
     def update(grads, state, params=None):
+        _base.check_state(state, LionState, "lion")
         _base.check_same_structure(grads, state.mu, "momentum mu")
         direction = jax.tree_util.tree_map(lambda g, m: jnp.sign(_base.ema(g, m, b1)), grads, state.mu)
         mu = jax.tree_util.tree_map(lambda g, m: _base.ema(g, m, b2), grads, state.mu)

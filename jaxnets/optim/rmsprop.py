@@ -13,12 +13,16 @@ from jaxnets.optim import _base
 
 class RmspropState(NamedTuple):
     """``count``: steps taken. ``nu``: average of ``|g|^2``. ``mu``: average of ``g``
-    (centred only, else None). ``velocity``: momentum buffer (else None)."""
+    (centred only, else None). ``trace``: momentum buffer (else None).
+
+    Field names are optax's (``ScaleByRmsState.nu``, ``ScaleByRStdDevState.mu``,
+    ``TraceState.trace``), so ``optax.tree.get``/``optax.tree.set`` work by name.
+    """
 
     count: jax.Array
     nu: Any
     mu: Any
-    velocity: Any
+    trace: Any
 
 
 def rmsprop(
@@ -63,11 +67,12 @@ def rmsprop(
             count=jnp.zeros([], jnp.int32),
             nu=jax.tree_util.tree_map(lambda p: jnp.full_like(p, initial_scale), params),
             mu=zeros() if centered else None,
-            velocity=zeros() if momentum is not None else None,
+            trace=zeros() if momentum is not None else None,
         )
 
     def update(grads, state, params=None):
         del params
+        _base.check_state(state, RmspropState, "rmsprop")
         _base.check_same_structure(grads, state.nu, "second moment nu")
         count = _base.increment(state.count)
         nu = jax.tree_util.tree_map(lambda g, v: _base.ema_sq(g, v, decay), grads, state.nu)
@@ -76,17 +81,18 @@ def rmsprop(
         if centered:
             mu = jax.tree_util.tree_map(lambda g, m: _base.ema(g, m, decay), grads, state.mu)
             mu_hat = jax.tree_util.tree_map(lambda m: _base.debias(m, decay, count), mu) if bias_correction else mu
-            nu_hat = jax.tree_util.tree_map(lambda m, v: v - _base.abs_sq(m), mu_hat, nu_hat)
+            nu_hat = jax.tree_util.tree_map(lambda m, v: _base.add(v, -_base.abs_sq(m)), mu_hat, nu_hat)
         if eps_in_sqrt:
             scaling = jax.tree_util.tree_map(lambda v: lax.rsqrt(v + eps), nu_hat)
         else:
             scaling = jax.tree_util.tree_map(lambda v: 1 / (jnp.sqrt(v) + eps), nu_hat)
-        updates = jax.tree_util.tree_map(lambda s, g: s * g, scaling, grads)
+        updates = jax.tree_util.tree_map(lambda s, g: _base.scale(s, g), scaling, grads)
         updates = _base.scale_by_learning_rate(updates, learning_rate, state.count)
         velocity = None
         if momentum is not None:
-            velocity = jax.tree_util.tree_map(lambda u, v: u + momentum * v, updates, state.velocity)
-            updates = jax.tree_util.tree_map(lambda u, v: u + momentum * v, updates, velocity) if nesterov else velocity
-        return updates, RmspropState(count=count, nu=nu, mu=mu, velocity=velocity)
+            trace = lambda u, v: _base.add(u, _base.scale(momentum, v))  # noqa: E731  (optax.trace's order)
+            velocity = jax.tree_util.tree_map(trace, updates, state.trace)
+            updates = jax.tree_util.tree_map(trace, updates, velocity) if nesterov else velocity
+        return updates, RmspropState(count=count, nu=nu, mu=mu, trace=velocity)
 
     return _base.transformation(init, update)

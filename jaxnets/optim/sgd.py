@@ -11,10 +11,14 @@ from jaxnets.optim import _base
 
 
 class SgdState(NamedTuple):
-    """``count``: steps taken (int32). ``velocity``: the momentum buffer ``v`` (None without momentum)."""
+    """``count``: steps taken (int32). ``trace``: the momentum buffer ``v`` (None without momentum).
+
+    The field is named ``trace`` as in optax's ``TraceState``, so
+    ``optax.tree.get(state, "trace")`` finds it in either library's state.
+    """
 
     count: jax.Array
-    velocity: Any
+    trace: Any
 
 
 def sgd(
@@ -36,7 +40,9 @@ def sgd(
       learning_rate: a number > 0 or a schedule ``count -> lr``.
       momentum: ``mu`` in [0, 1), or None for plain SGD.
       nesterov: use the Nesterov look-ahead form above.
-      accumulator_dtype: dtype of ``v`` (default: that of the gradients).
+      accumulator_dtype: dtype of ``v`` (default: that of the gradients); ``mu v``
+        is computed in ``v``'s dtype before ``g`` is added, as ``optax.trace``
+        does, so a bfloat16 buffer matches optax's bit for bit.
 
     Same as ``optax.sgd``. PyTorch's ``SGD(momentum=mu, dampening=0)`` is the
     same for a constant learning rate (it folds ``lr`` in after the buffer too).
@@ -47,27 +53,28 @@ def sgd(
     accumulator_dtype = _base.check_dtype(accumulator_dtype, "accumulator_dtype")
 
     def init(params):
-        velocity = None
+        trace = None
         if momentum is not None:
-            velocity = jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=accumulator_dtype), params)
-        return SgdState(count=jnp.zeros([], jnp.int32), velocity=velocity)
+            trace = jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, dtype=accumulator_dtype), params)
+        return SgdState(count=jnp.zeros([], jnp.int32), trace=trace)
 
     def update(grads, state, params=None):
-        del params
+        _base.check_state(state, SgdState, "sgd")
         if momentum is None:
+            if params is not None:
+                _base.check_same_structure(grads, params, "params")
             updates, velocity = grads, None
         else:
-            _base.check_same_structure(grads, state.velocity, "momentum buffer")
+            _base.check_same_structure(grads, state.trace, "momentum buffer")
 
             def trace(g, v):
-                g, v = _base.promote(g, v)
-                return g + momentum * v
+                return _base.add(g, _base.scale(momentum, v))  # optax's order: mu v in v's dtype, then the sum
 
-            velocity = jax.tree_util.tree_map(trace, grads, state.velocity)
+            velocity = jax.tree_util.tree_map(trace, grads, state.trace)
             updates = jax.tree_util.tree_map(trace, grads, velocity) if nesterov else velocity
             if accumulator_dtype is not None:
                 velocity = jax.tree_util.tree_map(lambda v: v.astype(accumulator_dtype), velocity)
         updates = _base.scale_by_learning_rate(updates, learning_rate, state.count)
-        return updates, SgdState(count=_base.increment(state.count), velocity=velocity)
+        return updates, SgdState(count=_base.increment(state.count), trace=velocity)
 
     return _base.transformation(init, update)

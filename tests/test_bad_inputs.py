@@ -1,0 +1,420 @@
+"""Bad inputs to the public API, grouped by public function.
+
+``CASES`` maps each public function (``"module.name"``) to its bad inputs.
+Each :class:`Case` calls the function wrongly and states the exception type,
+a regex the message must match, and the argument the message must name.
+``test_coverage`` fails when a public function of a module in ``MODULES``
+has no case and no reason in ``EXEMPT``: adding a public function, or a
+module to ``MODULES``, makes the missing cases visible.
+
+To add cases for another module: add it to ``MODULES`` and add
+``CASES["module.function"] = [Case(...), ...]`` entries (a section per
+function, as below).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import inspect
+import os
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnets import _checks, activations, data, initializers, losses, optim
+
+
+class Case(NamedTuple):
+    """One bad call: ``call()`` must raise ``exception`` whose message matches ``match`` and contains ``argument``."""
+
+    id: str
+    call: Callable[[], Any]
+    exception: type
+    match: str
+    argument: str
+
+
+# Modules whose public functions (those in ``__all__``) must each have cases here or a reason in EXEMPT.
+MODULES = ["jaxnets.optim", "jaxnets.data", "jaxnets.activations", "jaxnets.losses", "jaxnets.initializers", "jaxnets._checks"]
+
+# "module.name" -> why it has no bad-input case.
+EXEMPT: dict[str, str] = {}
+
+CASES: dict[str, list[Case]] = {}
+
+
+def cases(function: str, *items: Case) -> None:
+    CASES.setdefault(function, []).extend(items)
+
+
+# ---------------------------------------------------------------------------
+# jaxnets.optim: every optimizer's factory and update
+# ---------------------------------------------------------------------------
+
+P44 = {"w": jnp.ones((4, 4))}
+
+
+def _update(opt, grads, state=None, params=P44):
+    return opt.update(grads, opt.init(params) if state is None else state, params)
+
+
+def _optimizer_cases(name: str) -> list[Case]:
+    make = getattr(optim, name)
+    other = "sgd" if name != "sgd" else "adam"
+    out = [
+        Case("negative lr", lambda: make(-1e-3), ValueError, r"learning_rate must be a finite number > 0 or a schedule, got -0.001", "learning_rate"),
+        Case("lr string", lambda: make("fast"), TypeError, r"learning_rate must be a scalar number, got 'fast'", "learning_rate"),
+        Case("lr bool", lambda: make(True), TypeError, r"learning_rate must be a scalar number, got True", "learning_rate"),
+        Case("negative array lr", lambda: make(jnp.asarray(-0.1)), ValueError, r"learning_rate must be finite and >= 0, got -0.1\b", "learning_rate"),
+        Case("nan array lr in a population", lambda: make(np.array([0.1, np.nan])), ValueError,
+             r"learning_rate must be finite and >= 0, got nan at index 1", "learning_rate"),
+        Case("grad (4,) on param (4, 4)", lambda: _update(make(1e-3), {"w": jnp.ones(4)}), ValueError,
+             r"grads\['w'\] must have the shape of the .*\['w'\], \(4, 4\), got \(4,\) \(gradients are not broadcast\)", "grads"),
+        Case("grads of another structure", lambda: _update(make(1e-3), {"v": jnp.ones((4, 4))}), ValueError,
+             r"grads must have the structure of the .*:\n  grads: PyTreeDef\(\{'v': \*\}\)", "grads"),
+        Case(f"{other}'s state", lambda: _update(make(1e-3), P44, getattr(optim, other)(1e-3).init(P44)), TypeError,
+             rf"state must be the \w+State that {name}'s init returns, got \w+State", "state"),
+    ]
+    return out
+
+
+_DECAYS = {"sgd": ["momentum"], "rmsprop": ["decay", "momentum"], "adam": ["b1", "b2"], "adamw": ["b1", "b2"], "nadam": ["b1", "b2"],
+           "adamax": ["b1", "b2"], "amsgrad": ["b1", "b2"], "lion": ["b1", "b2"], "adagrad": []}
+_NONNEGATIVE = {"adagrad": ["eps", "initial_accumulator_value"], "rmsprop": ["eps", "initial_scale"], "adam": ["eps", "eps_root"],
+                "adamw": ["eps", "eps_root", "weight_decay"], "nadam": ["eps", "eps_root"], "adamax": ["eps"],
+                "amsgrad": ["eps", "eps_root"], "lion": ["weight_decay"], "sgd": []}
+
+for _name in optim.OPTIMIZERS:
+    cases(f"jaxnets.optim.{_name}", *_optimizer_cases(_name))
+    for _arg in _DECAYS[_name]:
+        cases(
+            f"jaxnets.optim.{_name}",
+            Case(f"{_arg}=1.5", lambda n=_name, a=_arg: getattr(optim, n)(1e-3, **{a: 1.5}), ValueError, rf"{_arg} must be in \[0, 1\), got 1.5", _arg),
+            Case(f"{_arg}=1.0", lambda n=_name, a=_arg: getattr(optim, n)(1e-3, **{a: 1.0}), ValueError, rf"{_arg} must be in \[0, 1\), got 1.0", _arg),
+            Case(f"{_arg} array out of range", lambda n=_name, a=_arg: getattr(optim, n)(1e-3, **{a: jnp.asarray([0.9, 1.5, 0.5])}),
+                 ValueError, rf"{_arg} must be in \[0, 1\), got 1.5 at index 1", _arg),
+        )
+    for _arg in _NONNEGATIVE[_name]:
+        cases(
+            f"jaxnets.optim.{_name}",
+            Case(f"{_arg}<0", lambda n=_name, a=_arg: getattr(optim, n)(1e-3, **{a: -0.1}), ValueError, rf"{_arg} must be a finite number >= 0, got -0.1", _arg),
+            Case(f"{_arg} array <0", lambda n=_name, a=_arg: getattr(optim, n)(1e-3, **{a: np.array(-1e-3)}), ValueError,
+                 rf"{_arg} must be a finite number >= 0, got -0.001\b", _arg),
+        )
+
+cases(
+    "jaxnets.optim.adamw",
+    Case("mask of another structure", lambda: optim.adamw(1e-3, mask={"v": True}).init(P44), ValueError,
+         r"mask must have the structure of params \(or a prefix of it\) with bool leaves", "mask"),
+    Case("update without params", lambda: optim.adamw(1e-3).update(P44, optim.adamw(1e-3).init(P44)), ValueError,
+         r"needs params: call update\(grads, state, params\)", "params"),
+    Case("mu_dtype not a dtype", lambda: optim.adamw(1e-3, mu_dtype="half-ish"), TypeError, r"mu_dtype must be a dtype or None, got 'half-ish'", "mu_dtype"),
+)
+cases(
+    "jaxnets.optim.sgd",
+    Case("accumulator_dtype not a dtype", lambda: optim.sgd(1e-3, momentum=0.9, accumulator_dtype="fast"), TypeError,
+         r"accumulator_dtype must be a dtype or None, got 'fast'", "accumulator_dtype"),
+)
+
+
+def _problem():
+    return optim.quadratic_problem(3)
+
+
+cases(
+    "jaxnets.optim.compare",
+    Case("optimizer not a transformation", lambda: optim.compare("adam", optim.adam(1e-3), _problem().params, _problem().grad_fn), TypeError,
+         r"optimizer must be an optax.GradientTransformation, got 'adam'", "optimizer"),
+    Case("reference not a transformation", lambda: optim.compare(optim.adam(1e-3), None, _problem().params, _problem().grad_fn), TypeError,
+         r"reference must be an optax.GradientTransformation, got None", "reference"),
+    Case("steps=0", lambda: optim.compare(optim.adam(1e-3), optim.adam(1e-3), _problem().params, _problem().grad_fn, steps=0), ValueError,
+         r"steps must be a positive integer, got 0", "steps"),
+)
+cases(
+    "jaxnets.optim.quadratic_problem",
+    Case("dim=0", lambda: optim.quadratic_problem(0), ValueError, r"dim must be a positive integer, got 0", "dim"),
+    Case("dim=2.5", lambda: optim.quadratic_problem(2.5), TypeError, r"dim must be a positive integer, got 2.5", "dim"),
+    Case("condition=0", lambda: optim.quadratic_problem(4, condition=0.0), ValueError, r"condition must be finite and > 0, got 0.0", "condition"),
+)
+cases(
+    "jaxnets.optim.rosenbrock_problem",
+    Case("b=0", lambda: optim.rosenbrock_problem(b=0.0), ValueError, r"b must be finite and > 0, got 0.0", "b"),
+    Case("a a string", lambda: optim.rosenbrock_problem(a="1"), TypeError, r"a must be a real number, got '1'", "a"),
+)
+
+
+# ---------------------------------------------------------------------------
+# jaxnets.activations
+# ---------------------------------------------------------------------------
+
+X = jnp.linspace(-2.0, 2.0, 6).reshape(2, 3)
+A = activations
+
+for _name in ("relu", "sigmoid", "tanh", "softplus", "silu", "identity"):
+    for _suffix in ("", "_grad"):
+        EXEMPT[f"jaxnets.activations.{_name}{_suffix}"] = "elementwise with the array as its only argument: any array or scalar is valid input"
+
+for _fn in ("leaky_relu", "leaky_relu_grad"):
+    cases(f"jaxnets.activations.{_fn}",
+          Case("slope a string", lambda f=_fn: getattr(A, f)(X, "0.1"), TypeError, r"negative_slope must be a real number, got '0.1'", "negative_slope"),
+          Case("slope None", lambda f=_fn: getattr(A, f)(X, None), TypeError, r"negative_slope must be a real number, got None", "negative_slope"))
+for _fn in ("elu", "elu_grad"):
+    cases(f"jaxnets.activations.{_fn}",
+          Case("alpha a list", lambda f=_fn: getattr(A, f)(X, [1.0]), TypeError, r"alpha must be a real number, got \[1.0\]", "alpha"))
+for _fn in ("gelu", "gelu_grad"):
+    cases(f"jaxnets.activations.{_fn}",
+          Case("approximate a string", lambda f=_fn: getattr(A, f)(X, "tanh"), TypeError, r"approximate must be True or False, got 'tanh'", "approximate"),
+          Case("approximate None", lambda f=_fn: getattr(A, f)(X, None), TypeError, r"approximate must be True or False, got None", "approximate"))
+for _fn in ("softmax", "log_softmax"):
+    cases(f"jaxnets.activations.{_fn}",
+          Case("axis out of range", lambda f=_fn: getattr(A, f)(X, axis=2), ValueError, r"axis must be in \[-2, 2\) for an array of 2 dimensions, got 2", "axis"),
+          Case("axis a float", lambda f=_fn: getattr(A, f)(X, axis=1.0), TypeError, r"axis must be an int, got 1.0", "axis"))
+for _fn in ("softmax_vjp", "log_softmax_vjp"):
+    cases(f"jaxnets.activations.{_fn}",
+          Case("y_bar of another shape", lambda f=_fn: getattr(A, f)(X, jnp.ones(3)), ValueError, r"y_bar must have the shape of x, \(2, 3\), got \(3,\)", "y_bar"),
+          Case("axis out of range", lambda f=_fn: getattr(A, f)(X, X, axis=-3), ValueError, r"axis must be in \[-2, 2\) .* got -3", "axis"))
+
+
+# ---------------------------------------------------------------------------
+# jaxnets.losses
+# ---------------------------------------------------------------------------
+
+Lo = losses
+Z = jnp.zeros((4, 3))
+T = jnp.full((4, 3), 1 / 3)
+Y = jnp.array([0, 1, 2, 0])
+
+for _fn in ("mean_squared_error", "mean_squared_error_grad"):
+    cases(f"jaxnets.losses.{_fn}",
+          Case("shapes differ", lambda f=_fn: getattr(Lo, f)(Z, jnp.zeros((4, 1))), ValueError,
+               r"predictions and targets must have the same shape, got \(4, 3\) and \(4, 1\)", "targets"),
+          Case("predictions a list", lambda f=_fn: getattr(Lo, f)([1.0, 2.0], jnp.zeros(2)), TypeError, r"predictions must be an array, got list", "predictions"))
+for _fn in ("softmax_cross_entropy", "softmax_cross_entropy_grad"):
+    cases(f"jaxnets.losses.{_fn}",
+          Case("targets of another shape", lambda f=_fn: getattr(Lo, f)(Z, T[:, :2]), ValueError,
+               r"logits and targets must have the same shape, got \(4, 3\) and \(4, 2\)", "targets"),
+          Case("integer logits", lambda f=_fn: getattr(Lo, f)(jnp.zeros((4, 3), jnp.int32), T), TypeError,
+               r"logits must have a floating dtype, got int32", "logits"))
+for _fn in ("softmax_cross_entropy_with_integer_labels", "softmax_cross_entropy_with_integer_labels_grad", "accuracy"):
+    cases(f"jaxnets.losses.{_fn}",
+          Case("label out of range", lambda f=_fn: getattr(Lo, f)(Z, jnp.array([0, 1, 3, 0])), ValueError,
+               r"labels must lie in \[0, 3\) for 3 classes, got values in \[0, 3\]", "labels"),
+          Case("int64 label beyond 2**31", lambda f=_fn: getattr(Lo, f)(Z, np.array([0, 1, 2**32 + 1, 0], np.int64)), ValueError,
+               r"labels must lie in \[0, 3\) for 3 classes, got values in \[0, 4294967297\]", "labels"),
+          Case("float labels", lambda f=_fn: getattr(Lo, f)(Z, jnp.zeros(4)), TypeError, r"labels must have an integer dtype, got float32", "labels"),
+          Case("one-hot labels", lambda f=_fn: getattr(Lo, f)(Z, jnp.zeros((4, 3), jnp.int32)), ValueError,
+               r"labels must have the shape of logits without the class axis: logits \(4, 3\) needs labels \(4,\), got \(4, 3\)", "labels"))
+for _fn in ("binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_grad"):
+    cases(f"jaxnets.losses.{_fn}",
+          Case("target 1.5", lambda f=_fn: getattr(Lo, f)(jnp.zeros(3), jnp.array([0.0, 1.5, 1.0])), ValueError,
+               r"targets must lie in \[0, 1\], got 1.5 at index 1", "targets"),
+          Case("target -1 (hinge style)", lambda f=_fn: getattr(Lo, f)(jnp.zeros(3), jnp.array([-1.0, 1.0, 1.0])), ValueError,
+               r"targets must lie in \[0, 1\], got -1 at index 0", "targets"),
+          Case("shapes differ", lambda f=_fn: getattr(Lo, f)(jnp.zeros(3), jnp.zeros((3, 1))), ValueError,
+               r"logits and targets must have the same shape", "targets"))
+for _fn in ("huber", "huber_grad"):
+    cases(f"jaxnets.losses.{_fn}",
+          Case("delta=0", lambda f=_fn: getattr(Lo, f)(Z, Z, delta=0.0), ValueError, r"delta must be finite and > 0, got 0.0", "delta"),
+          Case("delta a string", lambda f=_fn: getattr(Lo, f)(Z, Z, delta="1"), TypeError, r"delta must be a real number, got '1'", "delta"),
+          Case("shapes differ", lambda f=_fn: getattr(Lo, f)(Z, Z[:2]), ValueError, r"predictions and targets must have the same shape", "targets"))
+for _fn in ("hinge", "hinge_grad"):
+    cases(f"jaxnets.losses.{_fn}",
+          Case("0/1 targets", lambda f=_fn: getattr(Lo, f)(jnp.zeros(3), jnp.array([0.0, 1.0, 1.0])), ValueError,
+               r"targets must be -1 or \+1 for the hinge loss, got 0.0 \(1 of 3 entries\)", "targets"),
+          Case("shapes differ", lambda f=_fn: getattr(Lo, f)(jnp.zeros(3), jnp.ones(2)), ValueError, r"scores and targets must have the same shape", "targets"))
+
+
+# ---------------------------------------------------------------------------
+# jaxnets.initializers
+# ---------------------------------------------------------------------------
+
+I = initializers
+KEY_MESSAGE = r"key must be a jax.random key: use jax.random.key\(0\) \(or split one\) instead of a bare integer seed; got "
+
+for _fn in ("glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform", "normal", "uniform", "orthogonal"):
+    cases(f"jaxnets.initializers.{_fn}",
+          Case("int seed as key", lambda f=_fn: getattr(I, f)()(0, (3, 3)), TypeError, KEY_MESSAGE + "the integer 0", "key"),
+          Case("float array as key", lambda f=_fn: getattr(I, f)()(jnp.zeros(2), (3, 3)), TypeError, KEY_MESSAGE + "an array of dtype float32", "key"))
+for _fn in ("zeros", "ones"):
+    cases(f"jaxnets.initializers.{_fn}",
+          Case("int seed as key", lambda f=_fn: getattr(I, f)(7, (3,)), TypeError, KEY_MESSAGE + "the integer 7", "key"),
+          Case("None as key", lambda f=_fn: getattr(I, f)(None, (3,)), TypeError, KEY_MESSAGE + "NoneType None", "key"))
+cases("jaxnets.initializers.normal", Case("stddev<0", lambda: I.normal(-1.0), ValueError, r"stddev must be finite and > 0, got -1.0", "stddev"))
+cases("jaxnets.initializers.uniform", Case("scale=0", lambda: I.uniform(0.0), ValueError, r"scale must be finite and > 0, got 0.0", "scale"))
+cases("jaxnets.initializers.orthogonal", Case("scale a string", lambda: I.orthogonal("1"), TypeError, r"scale must be a real number, got '1'", "scale"))
+
+
+# ---------------------------------------------------------------------------
+# jaxnets._checks: the helpers every module uses (their messages are the library's)
+# ---------------------------------------------------------------------------
+
+C = _checks
+EXEMPT["jaxnets._checks.is_traced"] = "a predicate: every value is a valid input"
+cases("jaxnets._checks.positive_int",
+      Case("0", lambda: C.positive_int(0, "n"), ValueError, r"n must be a positive integer, got 0", "n"),
+      Case("True", lambda: C.positive_int(True, "n"), TypeError, r"n must be a positive integer, got True of type bool", "n"),
+      Case("2.0", lambda: C.positive_int(2.0, "n"), TypeError, r"n must be a positive integer, got 2.0 of type float", "n"))
+cases("jaxnets._checks.positive_float",
+      Case("nan", lambda: C.positive_float(float("nan"), "rate"), ValueError, r"rate must be finite and > 0, got nan", "rate"),
+      Case("0 without allow_zero", lambda: C.positive_float(0, "rate"), ValueError, r"rate must be finite and > 0, got 0.0", "rate"),
+      Case("-1 with allow_zero", lambda: C.positive_float(-1, "rate", allow_zero=True), ValueError, r"rate must be finite and >= 0, got -1.0", "rate"),
+      Case("string", lambda: C.positive_float("1", "rate"), TypeError, r"rate must be a real number, got '1' of type str", "rate"))
+cases("jaxnets._checks.in_unit_interval",
+      Case("1.0 (open right)", lambda: C.in_unit_interval(1.0, "p"), ValueError, r"p must be in \[0, 1\), got 1.0", "p"),
+      Case("1.5 (closed right)", lambda: C.in_unit_interval(1.5, "p", closed_right=True), ValueError, r"p must be in \[0, 1\], got 1.5", "p"))
+cases("jaxnets._checks.int_tuple",
+      Case("wrong length", lambda: C.int_tuple((1, 2, 3), 2, "window"), ValueError, r"window must be a positive int or a sequence of 2 positive ints, got \(1, 2, 3\)", "window"),
+      Case("zero entry", lambda: C.int_tuple((1, 0), 2, "window"), ValueError, r"window\[1\] must be a positive integer, got 0", "window"))
+cases("jaxnets._checks.shape_tuple",
+      Case("a string", lambda: C.shape_tuple("28x28", "input_shape"), TypeError, r"input_shape must be a tuple of ints \(use -1 for the batch\), got '28x28'", "input_shape"),
+      Case("0 dimension", lambda: C.shape_tuple((-1, 0), "input_shape"), ValueError, r"input_shape must hold positive ints or -1 \(unknown batch\), got \(-1, 0\)", "input_shape"))
+cases("jaxnets._checks.padding_mode",
+      Case("'full'", lambda: C.padding_mode("full"), ValueError, r"padding must be 'SAME' or 'VALID', got 'full'", "padding"))
+cases("jaxnets._checks.array_like",
+      Case("a list", lambda: C.array_like([1, 2], "x"), TypeError, r"x must be an array, got list", "x"))
+cases("jaxnets._checks.floating",
+      Case("int32", lambda: C.floating(jnp.zeros(2, jnp.int32), "x"), TypeError, r"x must have a floating dtype, got int32", "x"))
+cases("jaxnets._checks.integer",
+      Case("float32", lambda: C.integer(jnp.zeros(2), "labels"), TypeError, r"labels must have an integer dtype, got float32", "labels"))
+cases("jaxnets._checks.labels_in_range",
+      Case("negative", lambda: C.labels_in_range(np.array([-1, 0]), 2), ValueError, r"labels must lie in \[0, 2\) for 2 classes, got values in \[-1, 0\]", "labels"),
+      Case("int64 beyond int32", lambda: C.labels_in_range(np.array([0, 2**31]), 10, "y"), ValueError, r"y must lie in \[0, 10\) for 10 classes, got values in \[0, 2147483648\]", "y"))
+cases("jaxnets._checks.values_in_interval",
+      Case("above", lambda: C.values_in_interval(np.array([0.5, 2.0]), 0.0, 1.0, "targets"), ValueError, r"targets must lie in \[0, 1\], got 2 at index 1", "targets"))
+cases("jaxnets._checks.prng_key",
+      Case("int seed", lambda: C.prng_key(0, "key"), TypeError, KEY_MESSAGE + "the integer 0", "key"),
+      Case("numpy int seed", lambda: C.prng_key(np.int32(3), "rng"), TypeError, r"rng must be a jax.random key: .* got the integer", "rng"),
+      Case("uint32 of the wrong shape", lambda: C.prng_key(jnp.zeros(3, jnp.uint32), "key"), TypeError, KEY_MESSAGE + r"an array of dtype uint32 and shape \(3,\)", "key"))
+cases("jaxnets._checks.real_number",
+      Case("a string", lambda: C.real_number("0.1", "alpha"), TypeError, r"alpha must be a real number, got '0.1' of type str", "alpha"),
+      Case("a vector", lambda: C.real_number(jnp.ones(2), "alpha"), TypeError, r"alpha must be a real number, got .* of type", "alpha"))
+cases("jaxnets._checks.axis_index",
+      Case("out of range", lambda: C.axis_index(3, 2), ValueError, r"axis must be in \[-2, 2\) for an array of 2 dimensions, got 3", "axis"),
+      Case("a string", lambda: C.axis_index("last", 2, "dim"), TypeError, r"dim must be an int, got 'last' of type str", "dim"))
+
+
+# ---------------------------------------------------------------------------
+# jaxnets.data (the files are written by the tests, in a temporary folder)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """Data cases write their files into the working directory: a fresh temporary one per test."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _write(name, text):
+    with open(name, "w") as f:
+        f.write(text)
+    return name
+
+
+def _write_idx(name, array):
+    array = np.asarray(array, np.uint8)
+    raw = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape) + array.tobytes()
+    with open(name, "wb") as f:
+        f.write(raw)
+
+
+def _mnist(train_hw, test_hw):
+    os.makedirs("mnist", exist_ok=True)
+    rng = np.random.default_rng(0)
+    _write_idx("mnist/train-images-idx3-ubyte", rng.integers(0, 255, (4,) + train_hw))
+    _write_idx("mnist/train-labels-idx1-ubyte", [0, 1, 2, 3])
+    _write_idx("mnist/t10k-images-idx3-ubyte", rng.integers(0, 255, (2,) + test_hw))
+    _write_idx("mnist/t10k-labels-idx1-ubyte", [0, 1])
+    return "mnist"
+
+
+def _overflowing_idx():
+    with open("huge", "wb") as f:
+        f.write(bytes([0, 0, 0x08, 3]) + (2**32 - 1).to_bytes(4, "big") * 3 + bytes(8))
+    return "huge"
+
+
+D = data
+_TWO_CLASSES = "\n".join(f"{i},{i % 2}" for i in range(10))
+
+cases("jaxnets.data.load_digits",
+      Case("test_fraction=1.5", lambda: D.load_digits(test_fraction=1.5), ValueError, r"test_fraction must be in \[0, 1\), got 1.5", "test_fraction"),
+      Case("test_fraction=0", lambda: D.load_digits(test_fraction=0.0), ValueError, r"test_fraction must be in \(0, 1\), got 0.0", "test_fraction"))
+cases("jaxnets.data.make_moons",
+      Case("n_samples=0", lambda: D.make_moons(0), ValueError, r"n_samples must be a positive integer, got 0", "n_samples"),
+      Case("noise<0", lambda: D.make_moons(100, noise=-0.1), ValueError, r"noise must be finite and >= 0, got -0.1", "noise"))
+cases("jaxnets.data.make_spirals",
+      Case("too few samples", lambda: D.make_spirals(5, num_classes=3), ValueError, r"n_samples must be at least 2 per class \(6\), got 5", "n_samples"),
+      Case("num_classes=0", lambda: D.make_spirals(100, num_classes=0), ValueError, r"num_classes must be a positive integer, got 0", "num_classes"))
+cases("jaxnets.data.load_idx",
+      Case("no such file", lambda: D.load_idx("nowhere-idx1-ubyte"), D.DataFileNotFoundError, r"path: no such file", "path"),
+      Case("not IDX", lambda: D.load_idx(_write("text", "hello world")), ValueError, r"path 'text' is not an IDX file: magic number must be 0x0000", "path"),
+      Case("sizes overflowing int64", lambda: D.load_idx(_overflowing_idx()), ValueError,
+           r"path 'huge': IDX data truncated: header says shape \(4294967295, 4294967295, 4294967295\)", "path"))
+cases("jaxnets.data.load_mnist",
+      Case("no such folder", lambda: D.load_mnist("no-folder"), D.DataFileNotFoundError, r"directory: no such folder", "directory"),
+      Case("28x28 train, 27x27 test", lambda: D.load_mnist(_mnist((28, 28), (27, 27))), ValueError,
+           r"directory 'mnist': train and test images must have the same size, got \(28, 28\) \(train\) and \(27, 27\) \(test\)", "directory"))
+cases("jaxnets.data.load_csv",
+      Case("a nan cell", lambda: D.load_csv(_write("t.csv", _TWO_CLASSES.replace("4,0", "nan,0"))), ValueError,
+           r"path 't.csv': missing value at row 4, column 0 \(counted from 0, header excluded\): 'nan'", "path"),
+      Case("an empty cell", lambda: D.load_csv(_write("t.csv", _TWO_CLASSES.replace("3,1", ",1"))), ValueError,
+           r"path 't.csv': missing value at row 3, column 0 .*: ''", "path"),
+      Case("a label seen once", lambda: D.load_csv(_write("t.csv", _TWO_CLASSES + "\n10,9")), ValueError,
+           r"path 't.csv': label 9 \(label column -1\) appears only once, at row 10", "path"),
+      Case("label_column out of range", lambda: D.load_csv(_write("t.csv", _TWO_CLASSES), label_column=2), ValueError,
+           r"label_column must index one of 2 columns, got 2", "label_column"),
+      Case("ragged rows", lambda: D.load_csv(_write("t.csv", "1,2,0\n3,1")), ValueError,
+           r"path 't.csv': rows have different numbers of columns: row 1 has 2, row 0 has 3", "path"))
+cases("jaxnets.data.standardize",
+      Case("features differ", lambda: D.standardize(np.zeros((4, 3)), np.zeros((2, 2))), ValueError,
+           r"x_test must have x_train's features, \(3,\), got \(2,\)", "x_test"),
+      Case("empty x_train", lambda: D.standardize(np.zeros((0, 3)), np.zeros((2, 3))), ValueError,
+           r"x_train must hold at least one example \(rows on axis 0\), got shape \(0, 3\)", "x_train"))
+cases("jaxnets.data.train_test_split",
+      Case("a class seen once", lambda: D.train_test_split(np.zeros((5, 2)), np.array([0, 0, 1, 1, 2])), ValueError,
+           r"y: class 2 has 1 example; a stratified split needs at least 2 examples of every class", "y"),
+      Case("lengths differ", lambda: D.train_test_split(np.zeros((5, 2)), np.zeros(4, int)), ValueError,
+           r"x and y must hold one example per row of y: x \(5, 2\), y \(4,\)", "y"),
+      Case("test part too small", lambda: D.train_test_split(np.zeros((10, 1)), np.repeat(np.arange(5), 2), test_fraction=0.1), ValueError,
+           r"test_fraction 0.1 puts 1 of 10 examples in the test part; a stratified split of 5 classes needs between 5 and 5", "test_fraction"))
+
+
+# ---------------------------------------------------------------------------
+# The tests
+# ---------------------------------------------------------------------------
+
+
+def _all_cases():
+    for function, items in sorted(CASES.items()):
+        for case in items:
+            yield pytest.param(case, id=f"{function}: {case.id}")
+
+
+@pytest.mark.parametrize("case", list(_all_cases()))
+def test_bad_input_is_named(case):
+    with pytest.raises(case.exception, match=case.match) as info:
+        case.call()
+    assert case.argument in str(info.value), f"the message does not name {case.argument!r}: {info.value}"
+
+
+def public_functions(module_name: str) -> list[str]:
+    module = importlib.import_module(module_name)
+    names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+    out = []
+    for name in names:
+        obj = getattr(module, name)
+        if inspect.isfunction(obj) and (module_name != "jaxnets._checks" or obj.__module__ == module_name):
+            out.append(f"{module_name}.{name}")
+    return out
+
+
+def test_coverage():
+    """Every public function of the modules in MODULES has bad-input cases or a stated reason."""
+    missing = [f for m in MODULES for f in public_functions(m) if f not in CASES and f not in EXEMPT]
+    assert not missing, f"public functions without bad-input cases (add cases, or a reason in EXEMPT): {missing}"
+    stale = [f for f in list(CASES) + list(EXEMPT) if f.rsplit(".", 1)[0] in MODULES and f not in {g for m in MODULES for g in public_functions(m)}]
+    assert not stale, f"cases for functions that are not public (renamed?): {stale}"
