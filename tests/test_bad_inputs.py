@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnets import _checks, activations, data, initializers, losses, optim
+import jaxnets.layers as L
+from jaxnets import _checks, activations, backprop, data, debug, gradcheck, initializers, losses, optim, porting
 
 
 class Case(NamedTuple):
@@ -39,7 +40,8 @@ class Case(NamedTuple):
 
 
 # Modules whose public functions (those in ``__all__``) must each have cases here or a reason in EXEMPT.
-MODULES = ["jaxnets.optim", "jaxnets.data", "jaxnets.activations", "jaxnets.losses", "jaxnets.initializers", "jaxnets._checks"]
+MODULES = ["jaxnets.optim", "jaxnets.data", "jaxnets.activations", "jaxnets.losses", "jaxnets.initializers", "jaxnets._checks",
+           "jaxnets.layers", "jaxnets.gradcheck", "jaxnets.backprop", "jaxnets.debug", "jaxnets.porting"]
 
 # "module.name" -> why it has no bad-input case.
 EXEMPT: dict[str, str] = {}
@@ -381,6 +383,167 @@ cases("jaxnets.data.train_test_split",
            r"x and y must hold one example per row of y: x \(5, 2\), y \(4,\)", "y"),
       Case("test part too small", lambda: D.train_test_split(np.zeros((10, 1)), np.repeat(np.arange(5), 2), test_fraction=0.1), ValueError,
            r"test_fraction 0.1 puts 1 of 10 examples in the test part; a stratified split of 5 classes needs between 5 and 5", "test_fraction"))
+
+
+# ---------------------------------------------------------------------------
+# jaxnets.layers: constructors, and what every layer's methods refuse
+# ---------------------------------------------------------------------------
+
+K = jax.random.key(0)
+LAYER_KEY = r"key must be a jax.random key: use jax.random.key\(0\)"
+
+
+def _dense_params(width=3, features=4):
+    return L.Dense(width).init(K, (-1, features))[1]
+
+
+def _method_cases(name, make, shape):
+    """What every layer's init and apply refuse: an int key, a shape that is no shape, a train flag that is no bool."""
+    return [
+        Case("init with an int key", lambda: make().init(0, shape), TypeError, LAYER_KEY, "key"),
+        Case("input_shape a string", lambda: make().init(K, "4"), TypeError, r"input_shape must be a tuple of ints", "input_shape"),
+        Case("train not a bool", lambda: make().apply(make().init(K, shape)[1], jnp.ones(tuple(2 if d == -1 else d for d in shape)), train="yes"),
+             TypeError, r"train must be a bool, got 'yes'", "train"),
+    ]
+
+
+_CONSTRUCTOR_CASES = {
+    "Dense": [Case("zero features", lambda: L.Dense(0), ValueError, r"out_features must be a positive integer, got 0", "out_features"),
+              Case("w_init not callable", lambda: L.Dense(3, w_init=1.0), TypeError, r"w_init must be an initializer", "w_init"),
+              Case("params of another width", lambda: L.Dense(4).apply(_dense_params(3), jnp.ones((2, 4))), ValueError,
+                   r"(?s)the params do not match.*params b: expected shape \(4,\), got \(3,\)", "params"),
+              Case("input of another width", lambda: L.Dense(3).apply(_dense_params(3, 4), jnp.ones((2, 5))), ValueError,
+                   r"expects inputs with last dimension 4 .*got x of shape \(2, 5\)", "x"),
+              Case("integer params", lambda: L.Dense(3).apply({"w": jnp.ones((4, 3), jnp.int32), "b": jnp.ones(3, jnp.int32)}, jnp.ones((2, 4))),
+                   ValueError, r"params b: expected dtype float32, got int32", "params")],
+    "Conv": [Case("kernel_size an int", lambda: L.Conv(3, 3), ValueError, r"kernel_size must be a sequence of 1 to 3 ints", "kernel_size"),
+             Case("padding unknown", lambda: L.Conv(3, (3, 3), padding="full"), ValueError, r"padding must be 'SAME' or 'VALID', got 'full'", "padding"),
+             Case("impl unknown", lambda: L.Conv(3, (3,), impl="cudnn"), ValueError, r"impl must be one of", "impl")],
+    "Conv1D": [Case("zero kernel", lambda: L.Conv1D(3, 0), ValueError, r"kernel_size\[0\] must be a positive integer, got 0", "kernel_size")],
+    "Conv2D": [Case("zero stride", lambda: L.Conv2D(3, 3, strides=0), ValueError, r"strides\[0\] must be a positive integer, got 0", "strides"),
+               Case("input of rank 3", lambda: L.Conv2D(3, 3).apply(L.Conv2D(3, 3).init(K, (-1, 5, 5, 1))[1], jnp.ones((5, 5, 1))),
+                    ValueError, r"expects input of rank 4, got x of shape \(5, 5, 1\)", "x")],
+    "ConvTranspose": [Case("zero channels", lambda: L.ConvTranspose(0, (3, 3)), ValueError, r"out_channels must be a positive integer", "out_channels")],
+    "ConvTranspose2D": [Case("zero kernel", lambda: L.ConvTranspose2D(2, 0), ValueError, r"kernel_size\[0\] must be a positive integer", "kernel_size")],
+    "Embedding": [Case("float ids", lambda: L.Embedding(5, 2).apply(L.Embedding(5, 2).init(K, (-1,))[1], jnp.ones(3)), TypeError,
+                       r"input x must have an integer dtype, got float32", "x"),
+                  Case("ids out of range", lambda: L.Embedding(5, 2).apply(L.Embedding(5, 2).init(K, (-1,))[1], jnp.array([-1, 0])),
+                       ValueError, r"ids must lie in \[0, 5\)", "ids"),
+                  Case("int64 ids beyond int32", lambda: L.Embedding(5, 2).apply(L.Embedding(5, 2).init(K, (-1,))[1], np.array([2**33])),
+                       ValueError, r"8589934592", "ids")],
+    "LayerNorm": [Case("zero eps", lambda: L.LayerNorm(eps=0), ValueError, r"eps must be finite and > 0, got 0.0", "eps"),
+                  Case("params of another width", lambda: L.LayerNorm().apply(L.LayerNorm().init(K, (-1, 6))[1], jnp.ones((2, 4))),
+                       ValueError, r"params scale: expected shape \(4,\), got \(6,\)", "params")],
+    "BatchNorm": [Case("momentum 1", lambda: L.BatchNorm(momentum=1.0), ValueError, r"momentum must be in \[0, 1\), got 1.0", "momentum"),
+                  Case("apply without state", lambda: L.BatchNorm().apply(L.BatchNorm().init(K, (-1, 3))[1], jnp.ones((2, 3))),
+                       ValueError, r"keeps running statistics as state: build with init_with_state", "state")],
+    "MaxPool": [Case("zero window", lambda: L.MaxPool(0), ValueError, r"window_shape\[0\] must be a positive integer, got 0", "window_shape"),
+                Case("window larger than the input", lambda: L.MaxPool(4).init(K, (-1, 3, 3, 1)), ValueError,
+                     r"window 4 is larger than the input size 3 with padding 'VALID'", "window")],
+    "AvgPool": [Case("four spatial axes", lambda: L.AvgPool((2, 2, 2, 2)), ValueError, r"window_shape must be an int \(2-D\) or a sequence of 1 to 3 ints", "window_shape")],
+    "GlobalAvgPool": [Case("input without spatial axes", lambda: L.GlobalAvgPool().init(K, (-1, 4)), ValueError,
+                           r"GlobalAvgPool\(\) expects an input_shape of rank >= 3, got \(-1, 4\)", "input_shape")],
+    "GlobalMaxPool": [Case("input without spatial axes", lambda: L.GlobalMaxPool().apply({}, jnp.ones((2, 4))), ValueError,
+                           r"GlobalMaxPool\(\) expects input of rank >= 3, got x of shape \(2, 4\)", "x")],
+    "Flatten": [Case("unknown feature size", lambda: L.Flatten().init(K, (-1, -1, 3)), ValueError, r"needs known sizes beyond the batch axis", "input_shape")],
+    "Reshape": [Case("zero size", lambda: L.Reshape((0, 2)), ValueError, r"shape must be a tuple of positive ints \(one may be -1\), got \(0, 2\)", "shape"),
+                Case("sizes that do not divide", lambda: L.Reshape((3, -1)).init(K, (-1, 5)), ValueError,
+                     r"cannot reshape an example of shape \(5,\) \(5 entries\) to \(3, -1\)", "shape")],
+    "Dropout": [Case("drop_prob 1", lambda: L.Dropout(1.0), ValueError, r"drop_prob must be in \[0, 1\), got 1.0", "drop_prob"),
+                Case("training without a key", lambda: L.Dropout(0.5).apply({}, jnp.ones(3), train=True), ValueError,
+                     r"is random in training: pass key=\.\.\. to apply", "key"),
+                Case("an int key", lambda: L.Dropout(0.5).apply({}, jnp.ones(3), key=1, train=True), TypeError, LAYER_KEY, "key")],
+    "Elementwise": [Case("fn not callable", lambda: L.Elementwise("relu"), TypeError, r"fn must be callable, got 'relu'", "fn"),
+                    Case("vjp not callable", lambda: L.Elementwise(jnp.sin, vjp=3), TypeError, r"vjp must be callable", "vjp"),
+                    Case("fn changes the shape", lambda: L.Elementwise(lambda x: x[:, 0], "first").apply({}, jnp.ones((2, 3))), ValueError,
+                         r"First\(\) must keep the shape of its input .* use Lambda\(fn\)", "fn")],
+    "Lambda": [Case("fn not callable", lambda: L.Lambda(3), TypeError, r"fn must be callable, got 3", "fn"),
+               Case("backward not callable", lambda: L.Lambda(jnp.sin, backward="auto"), TypeError, r"backward must be callable", "backward")],
+    "serial": [Case("a function instead of a layer", lambda: L.serial(L.Dense(3), jnp.tanh), TypeError,
+                    r"serial: argument 1 must be a Layer, got .*did you forget to call it", "argument 1"),
+               Case("no layers", lambda: L.serial(), ValueError, r"serial needs at least one layer, got none", "layer"),
+               Case("params of a narrower model", lambda: L.serial(L.Dense(32), L.Dense(2)).apply(
+                   L.serial(L.Dense(8), L.Dense(2)).init(K, (-1, 4))[1], jnp.ones((2, 4))), ValueError,
+                    r"params dense_0/w: expected shape \(4, 32\), got \(4, 8\)", "params"),
+               Case("an unknown params entry", lambda: L.serial(L.Dense(3)).apply({"dense_9": {}}, jnp.ones((2, 4))), ValueError,
+                    r"params has entries \['dense_9'\] that match no layer", "params")],
+    "parallel": [Case("an array for a tuple", lambda: L.parallel(L.Dense(2), L.Dense(2)).apply({}, jnp.ones((2, 3))), ValueError,
+                      r"expects the input to be a tuple of 2 items, one per layer, got ArrayImpl", "input")],
+    "residual": [Case("a body that changes the shape", lambda: L.residual(L.Dense(5)).init(K, (-1, 3)), ValueError,
+                      r"the body must keep the input shape \(-1, 3\), but it gives \(-1, 5\)", "input shape")],
+    "FanOut": [Case("zero copies", lambda: L.FanOut(0), ValueError, r"num must be a positive integer, got 0", "num")],
+    "FanInSum": [Case("inputs of two shapes", lambda: L.FanInSum().init(K, ((-1, 3), (-1, 2))), ValueError, r"needs inputs of one shape", "shape")],
+    "FanInConcat": [Case("axis out of range", lambda: L.FanInConcat(5).init(K, ((-1, 3), (-1, 2))), ValueError,
+                         r"with axis 5 in range", "axis")],
+    "define_layer": [Case("a name with a space", lambda: L.define_layer("my layer", lambda k, s: {}, lambda p, x: x), ValueError,
+                          r"name must be an identifier-like string", "name"),
+                     Case("apply not callable", lambda: L.define_layer("mine", lambda k, s: {}, None), TypeError, r"apply must be callable", "apply"),
+                     Case("init and apply disagree", lambda: L.define_layer("proj", lambda k, s: {"w": jnp.ones((s[-1], 2))},
+                                                                            lambda p, x: x @ p["w"].T).init(K, (-1, 3)), ValueError,
+                          r"Proj\(\): could not infer the output shape", "output_shape"),
+                     Case("a stateful init without state", lambda: L.define_layer("mine", lambda k, s: {}, lambda p, s, x: (x, s), stateful=True).init(K, (-1, 3)),
+                          TypeError, r"Mine\(\): a stateful init must return \(params, state\), got dict", "init"),
+                     Case("a rule of the wrong structure", lambda: L.define_layer(
+                         "scale", lambda k, s: {"s": jnp.ones(s[-1:])}, lambda p, x: x * p["s"],
+                         backward=lambda p, x, y_bar: ({"t": y_bar}, y_bar)).backward({"s": jnp.ones(3)}, {}, jnp.ones((2, 3)), jnp.ones((2, 3))),
+                          ValueError, r"(?s)backward returned cotangents that do not match.*params_bar s: missing", "params_bar")],
+    "check_params": [Case("not a layer", lambda: L.check_params(3, {}, jnp.ones(3)), TypeError, r"model must be a jaxnets Layer, got int", "model")],
+    "require_rule": [Case("a layer without a rule", lambda: L.require_rule(L.serial(L.Dense(2), L.Elementwise(jnp.sin, "sin"))), ValueError,
+                          r"sin_0: Sin\(\) has no hand-derived backward rule", "sin_0")],
+    "count_params": [Case("not a pytree of arrays", lambda: L.count_params({"w": "abc"}), TypeError, r"params leaves must be arrays, got str at w", "params")],
+}
+for _name, _items in _CONSTRUCTOR_CASES.items():
+    cases(f"jaxnets.layers.{_name}", *_items)
+cases("jaxnets.layers.Dense", *_method_cases("Dense", lambda: L.Dense(3), (-1, 4)))
+cases("jaxnets.layers.serial", *_method_cases("serial", lambda: L.serial(L.Dense(3), L.Relu()), (-1, 4)))
+for _name in ("Relu", "LeakyRelu", "Elu", "Gelu", "Sigmoid", "Tanh", "Softplus", "Silu", "Softmax", "LogSoftmax", "Identity"):
+    cases(f"jaxnets.layers.{_name}", Case("a list instead of an array", lambda _n=_name: getattr(L, _n)().apply({}, [1.0, 2.0]), TypeError,
+                                          r"input x must be an array, got list", "x"))
+cases("jaxnets.layers.LeakyRelu", Case("negative slope", lambda: L.LeakyRelu(-0.1), ValueError, r"negative_slope must be finite and >= 0", "negative_slope"))
+cases("jaxnets.layers.Elu", Case("zero alpha", lambda: L.Elu(0.0), ValueError, r"alpha must be finite and > 0", "alpha"))
+
+
+# ---------------------------------------------------------------------------
+# jaxnets.gradcheck, backprop, debug, porting
+# ---------------------------------------------------------------------------
+
+cases("jaxnets.gradcheck.check_layer",
+      Case("not a layer", lambda: gradcheck.check_layer(3, (2, 4)), TypeError, r"layer must be a jaxnets Layer, got int", "layer"),
+      Case("a shape with -1", lambda: gradcheck.check_layer(L.Dense(3), (-1, 4)), ValueError,
+           r"x must be an array or a concrete input shape \(no -1\), got \(-1, 4\)", "x"),
+      Case("a layer without a rule", lambda: gradcheck.check_layer(L.Elementwise(jnp.sin, "sin"), (2, 4)), ValueError,
+           r"Sin\(\) has no hand-derived backward rule", "backward"))
+cases("jaxnets.gradcheck.check_grads",
+      Case("a loss that is not scalar", lambda: gradcheck.check_grads(lambda p: p, lambda p: p * 2, jnp.ones(3), dtypes=("float32",),
+                                                                      finite_differences=False), ValueError,
+           r"loss_fn must return a scalar, got shape \(3,\)", "loss_fn"))
+cases("jaxnets.gradcheck.assert_grads_close",
+      Case("a loss that is not scalar", lambda: gradcheck.assert_grads_close(lambda p: p, lambda p: p * 2, jnp.ones(3), dtypes=("float32",),
+                                                                             finite_differences=False), ValueError,
+           r"loss_fn must return a scalar", "loss_fn"))
+for _fn in ("grad", "value_and_grad", "hand_gradients"):
+    cases(f"jaxnets.backprop.{_fn}", Case("not a layer", lambda _f=_fn: getattr(backprop, _f)(jnp.tanh, *( () if _f == "hand_gradients" else (losses.mean_squared_error,))),
+                                          TypeError, r"model must be a jaxnets Layer, got PjitFunction", "model"))
+cases("jaxnets.backprop.grad", Case("a loss without a rule", lambda: backprop.grad(L.Dense(2), lambda o, t: jnp.sum(o)), ValueError,
+                                    r"has no hand-derived gradient \(loss.backward\); pass loss_grad=", "loss_grad"))
+cases("jaxnets.backprop.vjp", Case("a layer without a rule", lambda: backprop.vjp(L.Lambda(jnp.sin) if False else L.Elementwise(jnp.sin, "sin"), {}, jnp.ones(2)),
+                                   ValueError, r"has no hand-derived backward rule", "backward"))
+cases("jaxnets.backprop.loss_gradient", Case("loss_grad not callable", lambda: backprop.loss_gradient(losses.mean_squared_error, 3), TypeError,
+                                             r"loss_grad must be callable", "loss_grad"))
+cases("jaxnets.debug.locate_nonfinite",
+      Case("not a layer", lambda: debug.locate_nonfinite(jnp.tanh, {}, jnp.ones(2)), TypeError, r"model must be a jaxnets Layer", "model"),
+      Case("a loss without targets", lambda: debug.locate_nonfinite(L.Dense(2), {}, jnp.ones((1, 2)), loss=losses.mean_squared_error),
+           ValueError, r"loss needs the targets: pass y=", "y"))
+cases("jaxnets.porting.from_stax",
+      Case("a list of another length", lambda: porting.from_stax(L.serial(L.Dense(3), L.Relu()), [(jnp.ones((4, 3)), jnp.ones(3))], (2, 4)),
+           ValueError, r"stax params of a serial need one entry per layer \(2\), got 1 entries", "params"),
+      Case("input_shape not a tuple", lambda: porting.from_stax(L.Dense(3), (1, 2), [2, 4]), TypeError, r"input_shape must be a tuple", "input_shape"))
+cases("jaxnets.porting.from_flax",
+      Case("no params collection", lambda: porting.from_flax(L.Dense(3), {"weights": {}}, (2, 4)), ValueError,
+           r"variables must be flax variables with a 'params' collection", "variables"),
+      Case("a module left over", lambda: porting.from_flax(L.serial(L.Dense(3)), {"params": {"Dense_0": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)},
+                                                                                         "Dense_1": {"kernel": jnp.ones((3, 2))}}}, (2, 4)),
+           ValueError, r"no layer of the model takes: \['Dense_1'\]", "Dense_1"))
 
 
 # ---------------------------------------------------------------------------

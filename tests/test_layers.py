@@ -617,7 +617,7 @@ def test_params_from_another_model_are_refused_naming_the_leaves(key):
 
 
 def test_an_int_key_is_refused_with_the_fix(key):
-    with pytest.raises(TypeError, match=r"key must be a jax.random key, e.g. jax.random.key\(0\), got int 0"):
+    with pytest.raises(TypeError, match=r"key must be a jax.random key: use jax.random.key\(0\) .*; got the integer 0"):
         L.Dense(3).init(0, (-1, 4))
     _, p = L.Dropout(0.5).init(key, (-1, 4))
     with pytest.raises(TypeError, match="key must be a jax.random key"):

@@ -87,12 +87,8 @@ def keep(tree: dict, name: str, value: Any) -> None:
 
 
 def check_key(key: Any, name: str = "key") -> None:
-    """A ``jax.random`` key (typed, or a raw uint32 pair), or a clear error."""
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return
-    if hasattr(key, "dtype") and getattr(key, "shape", None) == (2,) and key.dtype == jnp.uint32:
-        return
-    raise TypeError(f"{name} must be a jax.random key, e.g. jax.random.key(0), got {type(key).__name__} {key!r:.40}")
+    """A ``jax.random`` key, or a TypeError telling how to make one (:func:`jaxnets._checks.prng_key`)."""
+    _checks.prng_key(key, name)
 
 
 _PATH = "jaxnets_layer_path"

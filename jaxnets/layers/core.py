@@ -286,8 +286,14 @@ def check_params(model: Layer, params: Params, x: Any, *, state: Any = None) -> 
 
 
 def count_params(params: Params) -> int:
-    """Number of scalars in a params pytree."""
-    return sum(int(np.prod(np.shape(p))) for p in jax.tree_util.tree_leaves(params))
+    """Number of scalars in a params pytree (arrays or ``ShapeDtypeStruct`` leaves)."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not hasattr(leaf, "shape"):
+            where = jax.tree_util.keystr(path, simple=True, separator="/")
+            raise TypeError(f"params leaves must be arrays, got {type(leaf).__name__} at {where}")
+        total += int(np.prod(leaf.shape))
+    return total
 
 
 # ---------------------------------------------------------------------------
