@@ -29,12 +29,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LeafReport", "GradReport", "check_grads", "assert_grads_close", "check_layer", "DEFAULT_TOLERANCES", "FD_RTOL", "FD_ATOL"]
+__all__ = ["LeafReport", "GradReport", "check_grads", "assert_grads_close", "check_layer", "dtype_tolerance", "DEFAULT_TOLERANCES", "FD_RTOL", "FD_ATOL"]
 
 # dtype -> (rtol, atol) for the comparison with jax.grad
 DEFAULT_TOLERANCES = {"float32": (1e-5, 1e-7), "float64": (1e-12, 1e-15)}
 FD_RTOL = 1e-6  # central differences in float64 are good to about 1e-9 relative on smooth losses
 FD_ATOL = 1e-8  # their noise, eps |L| / h, is about 1e-11 |L|: a gradient that is 0 passes on this
+
+
+LOW_PRECISION = ("bfloat16", "float16")
+
+
+def dtype_tolerance(dtype: Any, reduction: int) -> tuple[float, float]:
+    """``(rtol, atol)`` for a gradient computed in a low-precision ``dtype``, from its unit roundoff.
+
+    Every rounded operation moves a value by at most ``u = eps / 2`` relative;
+    a layer's rule is a few such operations deep, and a sum of ``n`` terms
+    rounded pairwise adds ``log2(n)`` more. So ``rtol = u (8 + 2 log2(n))``
+    with ``n`` the largest reduction (the number of entries of the largest
+    input): for bfloat16 (``u = 2^-8``) 0.078 at ``n = 64``, for float16
+    (``u = 2^-11``) 0.0098. A wrong rule misses by order 1. ``atol`` is
+    ``u`` (a gradient that is 0 analytically may come out as rounding noise).
+    """
+    unit = float(jnp.finfo(jnp.dtype(dtype)).eps) / 2
+    return unit * (8 + 2 * float(np.log2(max(int(reduction), 2)))), unit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +269,9 @@ def check_grads(
     Raises:
       ValueError: if ``loss_fn`` does not return a scalar.
     """
-    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    reduction = max([int(np.size(a)) for a in jax.tree_util.tree_leaves((params, args))] or [1])
+    derived = {d: dtype_tolerance(d, reduction) for d in dtypes if d in LOW_PRECISION}
+    tolerances = {**DEFAULT_TOLERANCES, **derived, **(tolerances or {})}
     results: dict[str, dict] = {}
     problems: dict[str, str] = {}
     shapes: dict[str, tuple] = {}
@@ -278,6 +298,13 @@ def check_grads(
                 for path in got.keys() - ref.keys():
                     problems[path] = "in grads but not in params"
                     shapes[path] = tuple(np.shape(got[path]))
+            if dtype_name in LOW_PRECISION:
+                # the float64 truth at the same (rounded) point: what the low-precision rule approximates
+                with jax.enable_x64(True):
+                    truth = _leaves_by_path(jax.jit(jax.grad(loss_fn))(_cast(p, jnp.float64), *_cast(a, jnp.float64)))
+                for path, t in truth.items():
+                    if path not in problems and path in got:
+                        results[path][f"{dtype_name} vs float64 truth"] = _errors(got[path], t)
 
         if finite_differences:
             with jax.enable_x64(True):
@@ -300,6 +327,7 @@ def check_grads(
             ok = ok and np.isfinite(rel_err) and (rel_err <= rtol or abs_err <= atol)
         leaves.append(LeafReport(path, shapes[path], errors, fd_methods.get(path, "-"), problems.get(path, ""), bool(ok)))
     report_tolerances = {f"{d} vs jax.grad": tolerances[d] for d in dtypes}
+    report_tolerances.update({f"{d} vs float64 truth": tolerances[d] for d in dtypes if d in LOW_PRECISION})
     report_tolerances["float64 vs finite diff."] = (fd_rtol, fd_atol)
     report_tolerances["float64 jax.grad vs finite diff."] = (fd_rtol, fd_atol)
     return GradReport(leaves, report_tolerances)

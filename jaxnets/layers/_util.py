@@ -128,23 +128,31 @@ def located(path: str, fn: Callable, *args, **kwargs):
         raise
 
 
-# Observation: a callback that sees every child's output and cotangents as a
-# combinator runs them (jaxnets.debug's locator). Off by default: one
-# ContextVar read per child call, at trace time under jit.
+# Observation and casting: while a model runs, an observer may see every
+# child's output and cotangents (jaxnets.debug's locator), and a precision
+# plan may wrap each primitive child's function to cast its params, input
+# and cotangents (jaxnets.precision). Both are off by default: two ContextVar
+# reads per child call, at trace time under jit.
 _OBSERVER: contextvars.ContextVar = contextvars.ContextVar("jaxnets_layer_observer", default=None)
+_CASTING: contextvars.ContextVar = contextvars.ContextVar("jaxnets_layer_casting", default=None)
 _PREFIX: contextvars.ContextVar = contextvars.ContextVar("jaxnets_layer_prefix", default=())
 
 
-def child(name: str, phase: str, fn: Callable, *args, **kwargs):
+def child(name: str, phase: str, layer: Any, *args, **kwargs):
     """Run a child's ``forward_fn`` or ``backward_fn`` (``phase``) through :func:`located`,
-    showing its result to the observer, if one is set, with the child's full path."""
-    observer = _OBSERVER.get()
-    if observer is None:
+    under the casting plan and before the observer, if either is set, with the child's full path."""
+    fn = layer.forward_fn if phase == "forward" else layer.backward_fn
+    observer, plan = _OBSERVER.get(), _CASTING.get()
+    if observer is None and plan is None:
         return located(name, fn, *args, **kwargs)
     token = _PREFIX.set(_PREFIX.get() + (name,))
     try:
+        path = "/".join(_PREFIX.get())
+        if plan is not None and not layer.children:
+            fn = plan(path, layer, phase, fn)
         out = located(name, fn, *args, **kwargs)
-        observer("/".join(_PREFIX.get()), phase, out)
+        if observer is not None:
+            observer(path, phase, out)
     finally:
         _PREFIX.reset(token)
     return out
@@ -160,3 +168,14 @@ def observing(callback: Callable[[str, str, Any], None]) -> Iterator[None]:
         yield
     finally:
         _OBSERVER.reset(token)
+
+
+@contextlib.contextmanager
+def casting(plan: Callable[[str, Any, str, Callable], Callable]) -> Iterator[None]:
+    """Within the block, every primitive child's function is ``plan(path, layer, phase, fn)``:
+    the plan wraps it to cast what goes in and comes out (:mod:`jaxnets.precision`)."""
+    token = _CASTING.set(plan)
+    try:
+        yield
+    finally:
+        _CASTING.reset(token)

@@ -105,7 +105,7 @@ def serial(*layers: Layer) -> Layer:
     def forward_fn(params, state, x, *, key=None, train=False):
         new_state, tapes = {}, []
         for (name, layer), (p, s), k in zip(children, _children(children, params, state), _util.split_key(key, n)):
-            x, s, tape = _util.child(name, "forward", layer.forward_fn, p, s, x, key=k, train=train)
+            x, s, tape = _util.child(name, "forward", layer, p, s, x, key=k, train=train)
             _util.keep(new_state, name, s)
             tapes.append(tape)
         return x, new_state, tuple(tapes)
@@ -116,7 +116,7 @@ def serial(*layers: Layer) -> Layer:
         keys = _util.split_key(key, n)
         for i in reversed(range(n)):
             (name, layer), (p, s) = children[i], pairs[i]
-            p_bar, y_bar = _util.child(name, "backward", layer.backward_fn, p, s, tapes[i], y_bar, key=keys[i], train=train)
+            p_bar, y_bar = _util.child(name, "backward", layer, p, s, tapes[i], y_bar, key=keys[i], train=train)
             if name in params:
                 grads[name] = p_bar
         return grads, y_bar
@@ -150,7 +150,7 @@ def parallel(*layers: Layer) -> Layer:
         ys, new_state, tapes = [], {}, []
         pairs = _children(children, params, state)
         for (name, layer), (p, s), k, x in zip(children, pairs, _util.split_key(key, n), xs):
-            y, s, tape = _util.child(name, "forward", layer.forward_fn, p, s, x, key=k, train=train)
+            y, s, tape = _util.child(name, "forward", layer, p, s, x, key=k, train=train)
             ys.append(y)
             tapes.append(tape)
             _util.keep(new_state, name, s)
@@ -160,7 +160,7 @@ def parallel(*layers: Layer) -> Layer:
         grads, x_bars = {}, []
         pairs = _children(children, params, state)
         for (name, layer), (p, s), k, tape, y_bar in zip(children, pairs, _util.split_key(key, n), tapes, y_bars):
-            p_bar, x_bar = _util.child(name, "backward", layer.backward_fn, p, s, tape, y_bar, key=k, train=train)
+            p_bar, x_bar = _util.child(name, "backward", layer, p, s, tape, y_bar, key=k, train=train)
             x_bars.append(x_bar)
             if name in params:
                 grads[name] = p_bar
@@ -191,11 +191,11 @@ def residual(*layers: Layer) -> Layer:
         y, state, tape = body.forward_fn(params, state, x, key=key, train=train)
         if y.shape != x.shape:
             raise ValueError(f"{spec}: the body must keep the input shape {tuple(x.shape)}, but it gives {tuple(y.shape)}")
-        return x + y, state, tape
+        return x + y.astype(x.dtype), state, tape  # one dtype under a precision policy (a no-op otherwise)
 
     def backward_fn(params, state, tape, y_bar, *, key=None, train=False):
         grads, x_bar = body.backward_fn(params, state, tape, y_bar, key=key, train=train)
-        return grads, y_bar + x_bar
+        return grads, y_bar + x_bar.astype(y_bar.dtype)
 
     return _combinator("residual", spec, body.children, init_fn, forward_fn, backward_fn)
 
@@ -263,7 +263,7 @@ def FanInSum() -> Layer:
         shapes = [tuple(x.shape) for x in xs]
         if len(set(shapes)) != 1:
             raise ValueError(f"{spec} needs inputs of one shape, got {shapes}")
-        return sum(xs[1:], xs[0])
+        return sum((x.astype(xs[0].dtype) for x in xs[1:]), xs[0])
 
     return _fan_in("fan_in_sum", spec, out_shape, combine, lambda xs, y_bar: tuple(y_bar for _ in xs))
 
@@ -287,7 +287,7 @@ def FanInConcat(axis: int = -1) -> Layer:
 
     def combine(xs):
         out_shape([tuple(x.shape) for x in xs])
-        return jnp.concatenate(xs, axis=axis)
+        return jnp.concatenate([x.astype(xs[0].dtype) for x in xs], axis=axis)
 
     def split(xs, y_bar):
         bounds = np.cumsum([x.shape[axis] for x in xs])[:-1]

@@ -57,9 +57,10 @@ from jax import lax
 from jaxnets import _checks
 from jaxnets.layers import _util
 
-__all__ = ["Layer", "check_params", "count_params", "require_rule", "observing"]
+__all__ = ["Layer", "check_params", "count_params", "require_rule", "observing", "casting"]
 
 observing = _util.observing  # see jaxnets.debug
+casting = _util.casting  # see jaxnets.precision
 
 Params = Any  # a nested dict of arrays
 

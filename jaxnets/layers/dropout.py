@@ -37,7 +37,8 @@ def Dropout(drop_prob: float) -> Layer:
         """The mask of kept entries, drawn from ``key`` (the same in forward and backward)."""
         if key is None:
             raise ValueError(f"{spec} is random in training: pass key=... to apply (got key=None with train=True)")
-        return jax.random.bernoulli(key, 1.0 - drop_prob, shape)
+        # a float32 probability: the same mask with x64 on (gradient checks in float64) or off
+        return jax.random.bernoulli(key, jnp.float32(1.0 - drop_prob), shape)
 
     def apply(params, x, *, key=None, train=False):
         del params
