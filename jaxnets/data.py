@@ -343,6 +343,12 @@ def load_mnist(directory: str | os.PathLike, *, as_images: bool = False, name: s
                 f"directory {directory!r}: {split} images must be (n, h, w) and labels (n,), "
                 f"got {x.shape} and {y.shape}"
             )
+    for split in ("train", "test"):
+        labels = arrays[f"y_{split}"]
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"directory {directory!r}: {split} labels must be integers, got IDX type {labels.dtype.name}")
+        if labels.size and int(labels.min()) < 0:
+            raise ValueError(f"directory {directory!r}: {split} labels must be >= 0, got {int(labels.min())}")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise ValueError(
             f"directory {directory!r}: train and test images must have the same size, got "

@@ -323,11 +323,15 @@ def _write_idx(name, array):
         f.write(raw)
 
 
-def _mnist(train_hw, test_hw):
+def _mnist(train_hw, test_hw, train_labels=None):
     os.makedirs("mnist", exist_ok=True)
     rng = np.random.default_rng(0)
     _write_idx("mnist/train-images-idx3-ubyte", rng.integers(0, 255, (4,) + train_hw))
-    _write_idx("mnist/train-labels-idx1-ubyte", [0, 1, 2, 3])
+    if train_labels is None:
+        _write_idx("mnist/train-labels-idx1-ubyte", [0, 1, 2, 3])
+    else:  # raw IDX bytes of another element type
+        with open("mnist/train-labels-idx1-ubyte", "wb") as f:
+            f.write(train_labels)
     _write_idx("mnist/t10k-images-idx3-ubyte", rng.integers(0, 255, (2,) + test_hw))
     _write_idx("mnist/t10k-labels-idx1-ubyte", [0, 1])
     return "mnist"
@@ -359,7 +363,11 @@ cases("jaxnets.data.load_idx",
 cases("jaxnets.data.load_mnist",
       Case("no such folder", lambda: D.load_mnist("no-folder"), D.DataFileNotFoundError, r"directory: no such folder", "directory"),
       Case("28x28 train, 27x27 test", lambda: D.load_mnist(_mnist((28, 28), (27, 27))), ValueError,
-           r"directory 'mnist': train and test images must have the same size, got \(28, 28\) \(train\) and \(27, 27\) \(test\)", "directory"))
+           r"directory 'mnist': train and test images must have the same size, got \(28, 28\) \(train\) and \(27, 27\) \(test\)", "directory"),
+      Case("float labels", lambda: D.load_mnist(_mnist((28, 28), (28, 28), bytes([0, 0, 0x0D, 1, 0, 0, 0, 4]) + np.arange(4, dtype=">f4").tobytes())),
+           ValueError, r"directory 'mnist': train labels must be integers, got IDX type float32", "directory"),
+      Case("negative labels", lambda: D.load_mnist(_mnist((28, 28), (28, 28), bytes([0, 0, 0x09, 1, 0, 0, 0, 4]) + np.array([0, -1, 2, 3], "i1").tobytes())),
+           ValueError, r"directory 'mnist': train labels must be >= 0, got -1", "directory"))
 cases("jaxnets.data.load_csv",
       Case("a nan cell", lambda: D.load_csv(_write("t.csv", _TWO_CLASSES.replace("4,0", "nan,0"))), ValueError,
            r"path 't.csv': missing value at row 4, column 0 \(counted from 0, header excluded\): 'nan'", "path"),

@@ -20,9 +20,31 @@ def test_quick_start_has_two_commands():
     assert "pytest" in commands[1]
 
 
-def test_ci_runs_the_readme_test_command():
-    ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
-    assert quick_start_commands()[1] in ci_lines
+def ci_commands():
+    """The command lines of .ci/run, without comments, ``set`` and ``cd``."""
+    lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith(("#", "set ", "cd "))]
+
+
+def test_ci_runs_the_readme_test_command_first():
+    commands = ci_commands()
+    assert commands[0].endswith(quick_start_commands()[1]), f".ci/run runs {commands[0]!r} first"
+
+
+def test_ci_floor_step_installs_exactly_the_declared_minimums():
+    """The floor step pins every lower bound of pyproject.toml (dependencies and the test extra)."""
+    import subprocess
+    import sys
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = subprocess.run([sys.executable, str(ROOT / ".ci" / "floor.py")], capture_output=True, text=True, check=True).stdout.split()
+    declared = project["dependencies"] + project["optional-dependencies"]["test"]
+    assert sorted(pins) == sorted(r.replace(">=", "==") for r in declared)
+    python = subprocess.run([sys.executable, str(ROOT / ".ci" / "floor.py"), "--python"], capture_output=True, text=True, check=True).stdout.strip()
+    assert project["requires-python"] == f">={python}"
+    floor_step = ci_commands()[-1]
+    assert "pip install -r" in floor_step and '-m "not slow"' in floor_step and "--no-deps -e ." in floor_step
 
 
 STANDARD_PROMOTION_REASON = "the README example trains with optax.adamw"
