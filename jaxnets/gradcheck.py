@@ -51,7 +51,15 @@ def dtype_tolerance(dtype: Any, reduction: int) -> tuple[float, float]:
     (``u = 2^-11``) 0.0098. A wrong rule misses by order 1. ``atol`` is
     ``u`` (a gradient that is 0 analytically may come out as rounding noise).
     """
-    unit = float(jnp.finfo(jnp.dtype(dtype)).eps) / 2
+    try:
+        dtype = jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a floating dtype such as 'bfloat16', got {dtype!r}") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"dtype must be a floating dtype such as 'bfloat16', got {dtype.name}")
+    if isinstance(reduction, bool) or not isinstance(reduction, (int, np.integer)) or reduction < 1:
+        raise ValueError(f"reduction must be a positive int (the number of terms summed), got {reduction!r}")
+    unit = float(jnp.finfo(dtype).eps) / 2
     return unit * (8 + 2 * float(np.log2(max(int(reduction), 2)))), unit
 
 

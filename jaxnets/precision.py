@@ -43,7 +43,7 @@ def _float_dtype(value: Any, name: str) -> jnp.dtype:
     try:
         dtype = jnp.dtype(value)
     except TypeError:
-        raise TypeError(f"{name} must be a dtype or one of {_FLOAT_NAMES}, got {value!r}") from None
+        raise TypeError(f"{name} must be a dtype (one of {_FLOAT_NAMES}), got {value!r}") from None
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"{name} must be a floating dtype (one of {_FLOAT_NAMES}): a policy cannot compute in "
                          f"{dtype.name}, got {value!r}")
@@ -94,6 +94,7 @@ def get_policy(policy: str | Policy) -> Policy:
 
 def cast_floating(tree: Any, dtype: Any) -> Any:
     """``tree`` with every floating leaf cast to ``dtype`` (integer and key leaves untouched)."""
+    dtype = _float_dtype(dtype, "dtype")
     def cast(a):
         if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != dtype:
             return a.astype(dtype)

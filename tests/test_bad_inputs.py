@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import jaxnets.layers as L
-from jaxnets import _checks, activations, backprop, data, debug, gradcheck, initializers, losses, optim, porting
+from jaxnets import _checks, activations, backprop, data, debug, gradcheck, initializers, losses, optim, porting, precision
 
 
 class Case(NamedTuple):
@@ -41,7 +41,7 @@ class Case(NamedTuple):
 
 # Modules whose public functions (those in ``__all__``) must each have cases here or a reason in EXEMPT.
 MODULES = ["jaxnets.optim", "jaxnets.data", "jaxnets.activations", "jaxnets.losses", "jaxnets.initializers", "jaxnets._checks",
-           "jaxnets.layers", "jaxnets.gradcheck", "jaxnets.backprop", "jaxnets.debug", "jaxnets.porting"]
+           "jaxnets.layers", "jaxnets.gradcheck", "jaxnets.backprop", "jaxnets.debug", "jaxnets.porting", "jaxnets.precision"]
 
 # "module.name" -> why it has no bad-input case.
 EXEMPT: dict[str, str] = {}
@@ -521,6 +521,21 @@ cases("jaxnets.gradcheck.check_layer",
            r"x must be an array or a concrete input shape \(no -1\), got \(-1, 4\)", "x"),
       Case("a layer without a rule", lambda: gradcheck.check_layer(L.Elementwise(jnp.sin, "sin"), (2, 4)), ValueError,
            r"Sin\(\) has no hand-derived backward rule", "backward"))
+cases("jaxnets.gradcheck.dtype_tolerance",
+      Case("an integer dtype", lambda: gradcheck.dtype_tolerance("int32", 8), ValueError, r"dtype must be a floating dtype such as 'bfloat16', got int32", "dtype"),
+      Case("no reduction", lambda: gradcheck.dtype_tolerance("bfloat16", 0), ValueError, r"reduction must be a positive int", "reduction"))
+cases("jaxnets.precision.get_policy",
+      Case("an unknown name", lambda: precision.get_policy("fp8"), ValueError, r"policy must be a Policy or one of", "policy"),
+      Case("integer compute", lambda: precision.get_policy("int8"), ValueError, r"cannot compute in int8", "policy"))
+cases("jaxnets.precision.with_policy",
+      Case("not a layer", lambda: precision.with_policy(jnp.tanh), TypeError, r"model must be a jaxnets Layer", "model"),
+      Case("an override to an integer dtype", lambda: precision.with_policy(L.Dense(2), overrides={"dense": "int32"}), ValueError,
+           r"overrides\['dense'\] must be a floating dtype", "overrides"),
+      Case("params already in bfloat16", lambda: precision.with_policy(L.Dense(2), "bfloat16").apply(
+          precision.cast_floating(L.Dense(2).init(K, (-1, 3))[1], jnp.bfloat16), jnp.ones((1, 3))), ValueError,
+           r"keeps params in float32 \(master weights\), but params b is bfloat16", "params"))
+cases("jaxnets.precision.cast_floating",
+      Case("a dtype that is no dtype", lambda: precision.cast_floating({"w": jnp.ones(2)}, "fast"), TypeError, r"dtype must be a dtype", "dtype"))
 cases("jaxnets.gradcheck.check_grads",
       Case("a loss that is not scalar", lambda: gradcheck.check_grads(lambda p: p, lambda p: p * 2, jnp.ones(3), dtypes=("float32",),
                                                                       finite_differences=False), ValueError,
