@@ -66,6 +66,8 @@ LAYERS = {
     "GlobalAvgPool": (L.GlobalAvgPool(), (2, 3, 4, 3), True),
     "GlobalMaxPool": (L.GlobalMaxPool(), (2, 3, 4, 3), True),
     "Reshape": (L.Reshape((3, -1)), (2, 2, 6), True),
+    "MultiHeadAttention (causal)": (L.MultiHeadAttention(2, causal=True), (2, 5, 8), True),
+    "MultiHeadAttention (cross)": (L.MultiHeadAttention(2, cross=True, out_features=5), ((2, 4, 8), (2, 6, 3)), True),
     "serial": (L.serial(L.Dense(5), L.Tanh(), L.Dropout(0.2), L.Dense(3)), (4, 6), True),
     "residual": (L.residual(L.LayerNorm(), L.Dense(6), L.Silu()), (4, 6), True),
     "parallel": (L.parallel(L.Dense(3), L.Sigmoid()), ((4, 5), (4, 2)), True),

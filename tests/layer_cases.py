@@ -93,6 +93,7 @@ CASES = [
     Case("Softmax", lambda: L.Softmax(), ((3, 4),)),
     Case("LogSoftmax", lambda: L.LogSoftmax(), ((3, 4),)),
     Case("Identity", lambda: L.Identity(), ((3, 4),)),
+    Case("MultiHeadAttention", lambda: L.MultiHeadAttention(2, causal=True), ((2, 5, 8), (3, 1, 4))),
     Case("serial", lambda: L.serial(L.Dense(6), L.Relu(), L.Dropout(0.2), L.Dense(3)), ((4, 5), (2, 3, 5)),
          train_differs=True, random=True),
     Case("parallel", lambda: L.parallel(L.Dense(3), L.Identity()), (((2, 4), (2, 7)),)),
@@ -105,4 +106,5 @@ CASES = [
 BY_NAME = {case.name: case for case in CASES}
 
 # public names of jaxnets.layers that build no layer
-NOT_LAYERS = {"Layer", "count_params", "check_params", "require_rule"}
+NOT_LAYERS = {"Layer", "count_params", "check_params", "require_rule", "dot_product_attention", "causal_mask",
+              "padding_mask"}

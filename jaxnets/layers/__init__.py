@@ -34,9 +34,11 @@ Modules: :mod:`~jaxnets.layers.core` (the record, the builders, the checks),
 :mod:`~jaxnets.layers.pooling`, :mod:`~jaxnets.layers.reshape`,
 :mod:`~jaxnets.layers.dropout`, :mod:`~jaxnets.layers.normalization`,
 :mod:`~jaxnets.layers.elementwise`, :mod:`~jaxnets.layers.combinators`,
+:mod:`~jaxnets.layers.attention` (attention; sequences: ``(..., length, features)``),
 and the im2col helpers in ``_im2col``.
 """
 
+from jaxnets.layers.attention import MultiHeadAttention, causal_mask, dot_product_attention, padding_mask
 from jaxnets.layers.combinators import FanInConcat, FanInSum, FanOut, parallel, residual, serial
 from jaxnets.layers.conv import Conv, Conv1D, Conv2D, ConvTranspose, ConvTranspose2D
 from jaxnets.layers.core import Layer, check_params, count_params, require_rule
@@ -83,6 +85,11 @@ __all__ = [
     "Softmax",
     "LogSoftmax",
     "Identity",
+    # sequences
+    "MultiHeadAttention",
+    "dot_product_attention",
+    "causal_mask",
+    "padding_mask",
     # combinators
     "serial",
     "parallel",
