@@ -206,3 +206,137 @@ def test_attention_bad_inputs(key):
         layer.apply(params, x)
     with pytest.raises(ValueError, match=r"sequences must not be empty, got x of shape \(2, 0, 8\)"):
         layer.apply(params, (jnp.ones((2, 0, 8)), jnp.ones((0, 0), bool)))
+
+
+# ---------------------------------------------------------------------------
+# Recurrent layers
+# ---------------------------------------------------------------------------
+
+RECURRENT = {
+    "rnn": lambda **kw: L.SimpleRNN(5, **kw),
+    "lstm": lambda **kw: L.LSTM(5, **kw),
+    "gru": lambda **kw: L.GRU(5, **kw),
+}
+VARIANTS = {
+    "all": dict(),
+    "last": dict(return_sequences=False),
+    "learned": dict(initial_state="learned"),
+    "truncated": dict(truncate=3),
+}
+
+
+def _recurrent_input(kind, variant):
+    x = jax.random.normal(jax.random.key(11), (3, 8, 4))
+    if variant != "input":
+        return x
+    parts = 2 if kind == "lstm" else 1
+    return (x,) + tuple(jax.random.normal(jax.random.key(12 + i), (3, 5)) for i in range(parts))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS) + ["input"])
+@pytest.mark.parametrize("kind", sorted(RECURRENT))
+def test_bptt_rule_matches_jax_vjp(kind, variant, dtype, key):
+    layer = RECURRENT[kind](**(dict(initial_state="input") if variant == "input" else VARIANTS[variant]))
+    err = _rule_vs_vjp(layer, _recurrent_input(kind, variant), _whole, key, dtype)
+    assert err <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("kind", sorted(RECURRENT))
+def test_bptt_passes_finite_differences(kind):
+    report = gradcheck.check_layer(RECURRENT[kind](return_sequences=False, initial_state="learned"), (2, 6, 3))
+    assert report.passed, report
+
+
+def test_truncation_cuts_the_gradient_at_window_boundaries(key):
+    """With truncate=3 the loss at the last step (t=7) reaches back only to t=6: x_0..x_5 get no gradient."""
+    layer = L.SimpleRNN(4, truncate=3, return_sequences=False)
+    x = jax.random.normal(key, (2, 8, 3))
+    _, params = layer.init(key, x.shape)
+    _, x_bar = layer.backward(params, {}, x, jnp.ones((2, 4)))
+    np.testing.assert_array_equal(x_bar[:, :6], 0.0)
+    assert np.all(np.abs(x_bar[:, 6:]) > 0)
+    full = L.SimpleRNN(4, return_sequences=False)
+    np.testing.assert_allclose(full.apply(params, x), layer.apply(params, x), rtol=1e-6)  # the forward is unchanged
+
+
+def test_lstm_matches_an_independent_loop(key):
+    """The LSTM against a plain Python loop over time written from the equations."""
+    layer = L.LSTM(3)
+    x = jax.random.normal(key, (2, 4, 5))
+    _, params = layer.init(key, x.shape)
+    h = c = jnp.zeros((2, 3))
+    outs = []
+    for t in range(4):
+        z = x[:, t] @ params["wx"] + h @ params["wh"] + params["b"]
+        i, f, g, o = (jax.nn.sigmoid(z[:, :3]), jax.nn.sigmoid(z[:, 3:6]), jnp.tanh(z[:, 6:9]), jax.nn.sigmoid(z[:, 9:]))
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        outs.append(h)
+    np.testing.assert_allclose(layer.apply(params, x), jnp.stack(outs, axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_hand_gradients_lstm_model_trains_like_autodiff(key):
+    from jaxnets import backprop, losses
+
+    model = L.serial(L.LSTM(6), L.SequencePool("last"), L.Dense(3))
+    x, y = jax.random.normal(key, (4, 5, 2)), jnp.array([0, 1, 2, 1])
+    _, params = model.init(key, x.shape)
+    ce = losses.softmax_cross_entropy_with_integer_labels
+    g_auto = jax.grad(lambda p: ce(model.apply(p, x), y))(params)
+    g_hand = jax.jit(jax.grad(lambda p: ce(backprop.hand_gradients(model).apply(p, x), y)))(params)
+    assert _rel(g_hand, g_auto) <= 1e-5
+
+
+def test_recurrent_bad_inputs(key):
+    with pytest.raises(ValueError, match=r"LSTM\(4, initial_state='input'\): h0 must have shape \(2, 4\) "
+                                         r"\(x's leading axes, hidden\), got \(3, 4\)"):
+        L.LSTM(4, initial_state="input").init(key, ((2, 5, 3), (3, 4), (2, 4)))
+    layer = L.GRU(4, initial_state="input")
+    _, params = layer.init(key, ((-1, 5, 3), (-1, 4)))
+    with pytest.raises(ValueError, match=r"GRU\(4, initial_state='input'\): h0 must have shape \(2, 4\).*got \(2, 5\)"):
+        layer.apply(params, (jnp.ones((2, 5, 3)), jnp.ones((2, 5))))
+    with pytest.raises(ValueError, match=r"expects the input \(x, h0\)"):
+        layer.apply(params, jnp.ones((2, 5, 3)))
+    with pytest.raises(ValueError, match=r"SimpleRNN\(4\): sequences must not be empty, got x of shape \(2, 0, 3\)"):
+        L.SimpleRNN(4).init(key, (2, 0, 3))
+    rnn = L.SimpleRNN(4)
+    _, params = rnn.init(key, (-1, 5, 3))
+    with pytest.raises(ValueError, match=r"SimpleRNN\(4\): sequences must not be empty, got x of shape \(2, 0, 3\)"):
+        rnn.apply(params, jnp.ones((2, 0, 3)))
+    with pytest.raises(ValueError, match="initial_state must be one of"):
+        L.LSTM(4, initial_state="random")
+
+
+# ---------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["mean", "last"])
+def test_sequence_pool_respects_masks(mode, key):
+    x = jax.random.normal(key, (3, 5, 2))
+    lengths = jnp.array([5, 2, 0])
+    mask = jnp.arange(5)[None] < lengths[:, None]
+    layer = L.SequencePool(mode, mask_input=True)
+    _, params = layer.init(key, (x.shape, mask.shape))
+    y = layer.apply(params, (x, mask))
+    if mode == "mean":
+        np.testing.assert_allclose(y[:2], jnp.stack([x[0].mean(0), x[1, :2].mean(0)]), rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(y[:2], jnp.stack([x[0, 4], x[1, 1]]))
+    np.testing.assert_array_equal(y[2], jnp.zeros(2))  # no valid position: zeros
+    y_bar = jax.random.normal(jax.random.key(1), y.shape)
+    ref = jax.vjp(lambda x: layer.apply(params, (x, mask)), x)[1](y_bar)[0]
+    _, (got, mask_bar) = layer.backward(params, {}, (x, mask), y_bar)
+    assert mask_bar is None
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    np.testing.assert_array_equal(got[2], 0.0)
+
+
+def test_sequence_pool_bad_inputs(key):
+    layer = L.SequencePool("mean", mask_input=True)
+    with pytest.raises(ValueError, match=r"mask must have x's shape without the features \(2, 5\), got \(2, 4\)"):
+        layer.apply({}, (jnp.ones((2, 5, 3)), jnp.ones((2, 4), bool)))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        L.SequencePool("max")

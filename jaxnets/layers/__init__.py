@@ -34,7 +34,8 @@ Modules: :mod:`~jaxnets.layers.core` (the record, the builders, the checks),
 :mod:`~jaxnets.layers.pooling`, :mod:`~jaxnets.layers.reshape`,
 :mod:`~jaxnets.layers.dropout`, :mod:`~jaxnets.layers.normalization`,
 :mod:`~jaxnets.layers.elementwise`, :mod:`~jaxnets.layers.combinators`,
-:mod:`~jaxnets.layers.attention` (attention; sequences: ``(..., length, features)``),
+:mod:`~jaxnets.layers.attention`, :mod:`~jaxnets.layers.recurrent`, :mod:`~jaxnets.layers.sequence`
+(sequences are ``(..., length, features)``),
 and the im2col helpers in ``_im2col``.
 """
 
@@ -49,7 +50,9 @@ from jaxnets.layers.elementwise import (Elementwise, Elu, Gelu, Identity, Lambda
                                         Silu, Softmax, Softplus, Tanh)
 from jaxnets.layers.normalization import BatchNorm, LayerNorm
 from jaxnets.layers.pooling import AvgPool, GlobalAvgPool, GlobalMaxPool, MaxPool
+from jaxnets.layers.recurrent import GRU, LSTM, SimpleRNN
 from jaxnets.layers.reshape import Flatten, Reshape
+from jaxnets.layers.sequence import SequencePool
 
 __all__ = [
     "Layer",
@@ -90,6 +93,10 @@ __all__ = [
     "dot_product_attention",
     "causal_mask",
     "padding_mask",
+    "SimpleRNN",
+    "LSTM",
+    "GRU",
+    "SequencePool",
     # combinators
     "serial",
     "parallel",
