@@ -340,3 +340,52 @@ def test_sequence_pool_bad_inputs(key):
         layer.apply({}, (jnp.ones((2, 5, 3)), jnp.ones((2, 4), bool)))
     with pytest.raises(ValueError, match="mode must be one of"):
         L.SequencePool("max")
+
+
+# ---------------------------------------------------------------------------
+# Positions and the Transformer block
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["learned", "sinusoidal", "rotary", "attention+rotary", "block"])
+def test_positional_and_block_rules_match_jax_vjp(name, dtype, key):
+    layer = {"learned": lambda: L.PositionalEmbedding(9), "sinusoidal": lambda: L.SinusoidalEncoding(),
+             "rotary": lambda: L.RotaryEmbedding(), "attention+rotary": lambda: L.MultiHeadAttention(2, rotary=True, causal=True),
+             "block": lambda: L.TransformerBlock(8, 2, causal=True, rotary=True)}[name]()
+    x = jax.random.normal(jax.random.key(4), (2, 6, 8))
+    assert _rule_vs_vjp(layer, x, _whole, key, dtype) <= TOLERANCE[dtype]
+
+
+def test_sinusoidal_encoding_values():
+    pe = L.sinusoidal_encoding(50, 6)
+    t, i = 7, 1
+    np.testing.assert_allclose(pe[t, 2 * i], np.sin(t / 10000 ** (2 * i / 6)), rtol=1e-6)
+    np.testing.assert_allclose(pe[t, 2 * i + 1], np.cos(t / 10000 ** (2 * i / 6)), rtol=1e-6)
+
+
+def test_rotary_scores_depend_on_relative_position_only(key):
+    q, k = jax.random.normal(key, (2, 8))
+    pos = lambda v, t: L.rotary_embedding(jnp.zeros((t + 1, 8)).at[t].set(v))[t]  # noqa: E731
+    np.testing.assert_allclose(pos(q, 5) @ pos(k, 3), pos(q, 2) @ pos(k, 0), rtol=1e-5)
+
+
+def test_block_is_the_composition_of_its_parts(key):
+    block = L.TransformerBlock(8, 2)
+    x = jax.random.normal(key, (2, 5, 8))
+    _, params = block.init(key, x.shape)
+    same = L.serial(L.residual(L.LayerNorm(), L.MultiHeadAttention(2)), L.residual(L.LayerNorm(), L.Dense(32), L.Gelu(), L.Dense(8)))
+    np.testing.assert_array_equal(block.apply(params, x), same.apply(params, x))
+    assert sorted(params) == ["residual_0", "residual_1"]
+
+
+def test_positional_bad_inputs(key):
+    layer = L.PositionalEmbedding(4)
+    with pytest.raises(ValueError, match=r"PositionalEmbedding\(4\): sequences of length 6 are longer than max_length=4"):
+        layer.init(key, (-1, 6, 3))
+    with pytest.raises(ValueError, match="the last axis must be even"):
+        L.RotaryEmbedding().init(key, (-1, 5, 3))
+    with pytest.raises(ValueError, match=r"rotary embeddings need an even head_dim, got 3"):
+        L.MultiHeadAttention(2, rotary=True).init(key, (-1, 5, 6))
+    with pytest.raises(ValueError, match="TransformerBlock: num_heads=3 does not divide features=8"):
+        L.TransformerBlock(8, 3)

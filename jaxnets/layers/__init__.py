@@ -34,7 +34,8 @@ Modules: :mod:`~jaxnets.layers.core` (the record, the builders, the checks),
 :mod:`~jaxnets.layers.pooling`, :mod:`~jaxnets.layers.reshape`,
 :mod:`~jaxnets.layers.dropout`, :mod:`~jaxnets.layers.normalization`,
 :mod:`~jaxnets.layers.elementwise`, :mod:`~jaxnets.layers.combinators`,
-:mod:`~jaxnets.layers.attention`, :mod:`~jaxnets.layers.recurrent`, :mod:`~jaxnets.layers.sequence`
+:mod:`~jaxnets.layers.attention`, :mod:`~jaxnets.layers.positional`, :mod:`~jaxnets.layers.transformer`,
+:mod:`~jaxnets.layers.recurrent`, :mod:`~jaxnets.layers.sequence`
 (sequences are ``(..., length, features)``),
 and the im2col helpers in ``_im2col``.
 """
@@ -49,10 +50,13 @@ from jaxnets.layers.dropout import Dropout
 from jaxnets.layers.elementwise import (Elementwise, Elu, Gelu, Identity, Lambda, LeakyRelu, LogSoftmax, Relu, Sigmoid,
                                         Silu, Softmax, Softplus, Tanh)
 from jaxnets.layers.normalization import BatchNorm, LayerNorm
+from jaxnets.layers.positional import (PositionalEmbedding, RotaryEmbedding, SinusoidalEncoding, rotary_embedding,
+                                       sinusoidal_encoding)
 from jaxnets.layers.pooling import AvgPool, GlobalAvgPool, GlobalMaxPool, MaxPool
 from jaxnets.layers.recurrent import GRU, LSTM, SimpleRNN
 from jaxnets.layers.reshape import Flatten, Reshape
 from jaxnets.layers.sequence import SequencePool
+from jaxnets.layers.transformer import TransformerBlock
 
 __all__ = [
     "Layer",
@@ -97,6 +101,12 @@ __all__ = [
     "LSTM",
     "GRU",
     "SequencePool",
+    "PositionalEmbedding",
+    "SinusoidalEncoding",
+    "RotaryEmbedding",
+    "rotary_embedding",
+    "sinusoidal_encoding",
+    "TransformerBlock",
     # combinators
     "serial",
     "parallel",

@@ -38,6 +38,7 @@ from jaxnets import _checks
 from jaxnets import initializers as inits
 from jaxnets.layers import _util
 from jaxnets.layers._taped import build_taped
+from jaxnets.layers.positional import rotary_embedding
 from jaxnets.layers.core import Layer
 
 __all__ = ["dot_product_attention", "MultiHeadAttention", "causal_mask", "padding_mask"]
@@ -213,6 +214,7 @@ def MultiHeadAttention(
     cross: bool = False,
     mask_input: bool = False,
     use_bias: bool = True,
+    rotary: bool = False,
     scale: float | None = None,
     w_init: inits.Initializer | None = None,
 ) -> Layer:
@@ -264,6 +266,10 @@ def MultiHeadAttention(
         take none: a key bias ``b`` adds ``c q_t . b`` to every score of row
         t, which the softmax cancels, so its gradient is identically zero
         (``rowsum(S_bar) = 0``).
+      rotary: rotate each head's queries and keys by their positions
+        (:func:`jaxnets.layers.rotary_embedding`, H even) before the scores,
+        so that scores depend on relative positions; the rule rotates
+        ``Q_bar``, ``K_bar`` back (a rotation's transpose).
       scale: c; default ``1 / sqrt(H)``.
       w_init: initializer of the four weight matrices; default ``lecun_normal()``.
 
@@ -282,7 +288,7 @@ def MultiHeadAttention(
     out_features = None if out_features is None else _checks.positive_int(out_features, "out_features")
     w_init = _util.check_initializer(w_init or inits.lecun_normal(), "w_init")
     options = [f"causal={causal}" if causal else "", "cross=True" if cross else "",
-               "mask_input=True" if mask_input else "", f"head_dim={head_dim}" if head_dim else "",
+               "mask_input=True" if mask_input else "", "rotary=True" if rotary else "", f"head_dim={head_dim}" if head_dim else "",
                f"out_features={out_features}" if out_features else ""]
     spec = f"MultiHeadAttention({', '.join([str(num_heads)] + [o for o in options if o])})"
     arity = 1 + int(cross) + int(mask_input)
@@ -331,6 +337,8 @@ def MultiHeadAttention(
         d_q = _util.check_last_dim(shape_q, spec)
         d_kv = _util.check_last_dim(shape_kv, spec)
         h = width(shape_q)
+        if rotary and h % 2:
+            raise ValueError(f"{spec}: rotary embeddings need an even head_dim, got {h} (input shape {tuple(shape_q)})")
         d_out = out_features or d_q
         ks = jax.random.split(key, 4)
         params = {}
@@ -362,6 +370,8 @@ def MultiHeadAttention(
         q = _project(x_q, params["query"], use_bias).reshape(x_q.shape[:-1] + (num_heads, h))  # (..., T, N, H)
         k = _project(x_kv, params["key"], False).reshape(x_kv.shape[:-1] + (num_heads, h))  # (..., S, N, H)
         v = _project(x_kv, params["value"], use_bias).reshape(x_kv.shape[:-1] + (num_heads, h))  # (..., S, N, H)
+        if rotary:
+            q, k = rotary_embedding(q, time_axis=-3), rotary_embedding(k, time_axis=-3)
         c = 1.0 / math.sqrt(h) if scale is None else float(scale)
         p = _weights(q, k, mask, c)  # (..., N, T, S)
         o = jnp.einsum("...nts,...snh->...tnh", p, v).reshape(x_q.shape[:-1] + (num_heads * h,))  # (..., T, N H)
@@ -377,6 +387,8 @@ def MultiHeadAttention(
         grads = {}
         grads["out"], o_bar = _project_backward(o, params["out"], y_bar, use_bias)
         q_bar, k_bar, v_bar = _attention_backward(q, k, v, p, o_bar.reshape(q.shape), c)
+        if rotary:  # back through the rotations: rotate by -t theta
+            q_bar, k_bar = (rotary_embedding.backward(a, a_bar, time_axis=-3) for a, a_bar in ((q, q_bar), (k, k_bar)))
         flat = lambda a: a.reshape(a.shape[:-2] + (-1,))  # noqa: E731  (..., L, N, H) -> (..., L, N H)
         grads["query"], xq_bar = _project_backward(x_q, params["query"], flat(q_bar), use_bias)
         grads["key"], xk_bar = _project_backward(x_kv, params["key"], flat(k_bar), False)
