@@ -3,6 +3,10 @@
     python experiments/gradient_report.py
     python experiments/gradient_report.py --quick     # four layers, to check the script runs
 
+Truncated backpropagation through time (``truncate=``) is not the gradient
+of the loss, so finite differences cannot check it; tests/test_sequence.py
+checks it against ``jax.grad`` of the truncated forward pass.
+
 For each layer, the hand-derived rule's cotangents of the params and of the
 input (``layer.backward`` with a random output cotangent ``r``) are checked as
 the gradient of ``L = sum(layer(x) * r)``; for each model, ``jaxnets.backprop.grad``
@@ -70,6 +74,21 @@ LAYERS = {
     "GlobalAvgPool": (L.GlobalAvgPool(), (2, 3, 4, 3), True),
     "GlobalMaxPool": (L.GlobalMaxPool(), (2, 3, 4, 3), True),
     "Reshape": (L.Reshape((3, -1)), (2, 2, 6), True),
+    "MultiHeadAttention (causal)": (L.MultiHeadAttention(2, causal=True), (2, 5, 8), True),
+    "MultiHeadAttention (cross)": (L.MultiHeadAttention(2, cross=True, out_features=5), ((2, 4, 8), (2, 6, 3)), True),
+    "SimpleRNN": (L.SimpleRNN(5), (2, 6, 3), True),
+    "SimpleRNN (last)": (L.SimpleRNN(5, return_sequences=False), (2, 6, 3), True),
+    "LSTM": (L.LSTM(5, initial_state="learned"), (2, 6, 3), True),
+    "LSTM (initial state as input)": (L.LSTM(4, initial_state="input"), ((2, 5, 3), (2, 4), (2, 4)), True),
+    "GRU": (L.GRU(5), (2, 6, 3), True),
+    "GRU (last, learned h0)": (L.GRU(4, return_sequences=False, initial_state="learned"), (2, 7, 3), True),
+    "SequencePool (mean)": (L.SequencePool("mean"), (2, 5, 3), True),
+    "SequencePool (last)": (L.SequencePool("last"), (2, 5, 3), True),
+    "MultiHeadAttention (rotary)": (L.MultiHeadAttention(2, rotary=True), (2, 5, 8), True),
+    "PositionalEmbedding": (L.PositionalEmbedding(7), (2, 5, 3), True),
+    "SinusoidalEncoding": (L.SinusoidalEncoding(), (2, 5, 4), True),
+    "RotaryEmbedding": (L.RotaryEmbedding(), (2, 5, 4), True),
+    "TransformerBlock (causal)": (L.TransformerBlock(8, 2, causal=True, mlp_features=12), (2, 5, 8), True),
     "serial": (L.serial(L.Dense(5), L.Tanh(), L.Dropout(0.2), L.Dense(3)), (4, 6), True),
     "residual": (L.residual(L.LayerNorm(), L.Dense(6), L.Silu()), (4, 6), True),
     "parallel": (L.parallel(L.Dense(3), L.Sigmoid()), ((4, 5), (4, 2)), True),

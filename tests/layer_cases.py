@@ -93,6 +93,15 @@ CASES = [
     Case("Softmax", lambda: L.Softmax(), ((3, 4),)),
     Case("LogSoftmax", lambda: L.LogSoftmax(), ((3, 4),)),
     Case("Identity", lambda: L.Identity(), ((3, 4),)),
+    Case("MultiHeadAttention", lambda: L.MultiHeadAttention(2, causal=True), ((2, 5, 8), (3, 1, 4))),
+    Case("SimpleRNN", lambda: L.SimpleRNN(4, truncate=2), ((2, 5, 3), (3, 1, 2))),
+    Case("LSTM", lambda: L.LSTM(4, initial_state="learned"), ((2, 5, 3), (1, 3, 2))),
+    Case("GRU", lambda: L.GRU(4, return_sequences=False), ((2, 5, 3), (3, 2, 1))),
+    Case("SequencePool", lambda: L.SequencePool("mean"), ((2, 5, 3), (3, 2, 4, 2))),
+    Case("PositionalEmbedding", lambda: L.PositionalEmbedding(8), ((2, 5, 3), (3, 8, 2))),
+    Case("SinusoidalEncoding", lambda: L.SinusoidalEncoding(), ((2, 5, 3), (1, 4, 6))),
+    Case("RotaryEmbedding", lambda: L.RotaryEmbedding(), ((2, 5, 4), (1, 3, 6))),
+    Case("TransformerBlock", lambda: L.TransformerBlock(8, 2, causal=True, mlp_features=12), ((2, 5, 8),)),
     Case("serial", lambda: L.serial(L.Dense(6), L.Relu(), L.Dropout(0.2), L.Dense(3)), ((4, 5), (2, 3, 5)),
          train_differs=True, random=True),
     Case("parallel", lambda: L.parallel(L.Dense(3), L.Identity()), (((2, 4), (2, 7)),)),
@@ -105,4 +114,5 @@ CASES = [
 BY_NAME = {case.name: case for case in CASES}
 
 # public names of jaxnets.layers that build no layer
-NOT_LAYERS = {"Layer", "count_params", "check_params", "require_rule"}
+NOT_LAYERS = {"Layer", "count_params", "check_params", "require_rule", "dot_product_attention", "causal_mask",
+              "padding_mask", "rotary_embedding", "sinusoidal_encoding"}

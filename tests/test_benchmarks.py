@@ -85,3 +85,11 @@ def test_end_to_end_benchmark_quick(tmp_path):
     assert 0 < run["seconds_before_fit"] < run["wall_seconds"] and run["peak_rss_mib"] > 50
     assert 0 < run["final_test_accuracy"] <= 1
     assert (tmp_path / "end_to_end.json").exists()
+
+
+def test_sequence_benchmark_quick(tmp_path):
+    result = _load("experiments/benchmarks/sequence.py", "sequence_benchmark").main(["--quick", "--out", str(tmp_path)])
+    assert {r["workload"] for r in result["rows"]} == {"Transformer block", "LSTM", "Attention"}
+    assert all(r["ms_per_step"] > 0 for r in result["rows"]) and len(result["ratios"]) == 4
+    assert result["attention_max_abs_difference"] <= 1e-5  # the two attention blocks compute the same function
+    assert (tmp_path / "sequence.md").read_text().startswith("| workload |")

@@ -68,3 +68,31 @@ def test_optimizer_study_quick(tmp_path):
 def test_optimizer_study_rejects_unknown_optimizers(tmp_path):
     with pytest.raises(ValueError, match=r"optimizers must be a comma-separated subset of .*got 'adam,sdg'"):
         load("optimizer_study").main(["--optimizers", "adam,sdg", "--out", str(tmp_path)])
+
+
+def test_char_lm_quick(tmp_path):
+    result = load("char_lm").main(["--quick", "--out", str(tmp_path)])
+    bigram = result["results"]["bigram"]["test_bits_per_char"]
+    assert 0 < bigram < 7  # log2(vocabulary) ~ 6.5 bits is the uniform model
+    for name in ("transformer", "lstm"):
+        assert result["results"][name]["test_bits_per_char"] > 0
+        assert result["results"][name]["sample"].startswith("The layer ")
+    assert json.loads((tmp_path / "metrics.json").read_text())["corpus"]["characters"] > 10_000
+    assert (tmp_path / "bits_per_char.png").exists()
+
+
+def test_algorithmic_quick(tmp_path):
+    result = load("algorithmic").main(["--quick", "--out", str(tmp_path)])
+    assert set(result["results"]) == {"reverse", "sort"}
+    assert all(0 <= r["test_sequence_accuracy"] <= r["test_position_accuracy"] <= 1 for r in result["results"].values())
+    assert (tmp_path / "accuracy.png").exists()
+    with pytest.raises(ValueError, match=r"tasks must be among reverse, sort; got \['copy'\]"):
+        load("algorithmic").main(["--tasks", "copy", "--out", str(tmp_path)])
+
+
+def test_adding_problem_quick(tmp_path):
+    result = load("adding_problem").main(["--quick", "--out", str(tmp_path)])
+    assert set(result["results"]) == {"SimpleRNN", "LSTM", "GRU"}
+    norms = result["gradient_norms"]["LSTM"]["trained"]
+    assert len(norms) == 10 and all(n > 0 for n in norms)
+    assert (tmp_path / "gradient_norms.png").exists() and (tmp_path / "mse_by_length.png").exists()

@@ -34,9 +34,13 @@ Modules: :mod:`~jaxnets.layers.core` (the record, the builders, the checks),
 :mod:`~jaxnets.layers.pooling`, :mod:`~jaxnets.layers.reshape`,
 :mod:`~jaxnets.layers.dropout`, :mod:`~jaxnets.layers.normalization`,
 :mod:`~jaxnets.layers.elementwise`, :mod:`~jaxnets.layers.combinators`,
+:mod:`~jaxnets.layers.attention`, :mod:`~jaxnets.layers.positional`, :mod:`~jaxnets.layers.transformer`,
+:mod:`~jaxnets.layers.recurrent`, :mod:`~jaxnets.layers.sequence`
+(sequences are ``(..., length, features)``),
 and the im2col helpers in ``_im2col``.
 """
 
+from jaxnets.layers.attention import MultiHeadAttention, causal_mask, dot_product_attention, padding_mask
 from jaxnets.layers.combinators import FanInConcat, FanInSum, FanOut, parallel, residual, serial
 from jaxnets.layers.conv import Conv, Conv1D, Conv2D, ConvTranspose, ConvTranspose2D
 from jaxnets.layers.core import Layer, check_params, count_params, require_rule
@@ -46,8 +50,13 @@ from jaxnets.layers.dropout import Dropout
 from jaxnets.layers.elementwise import (Elementwise, Elu, Gelu, Identity, Lambda, LeakyRelu, LogSoftmax, Relu, Sigmoid,
                                         Silu, Softmax, Softplus, Tanh)
 from jaxnets.layers.normalization import BatchNorm, LayerNorm
+from jaxnets.layers.positional import (PositionalEmbedding, RotaryEmbedding, SinusoidalEncoding, rotary_embedding,
+                                       sinusoidal_encoding)
 from jaxnets.layers.pooling import AvgPool, GlobalAvgPool, GlobalMaxPool, MaxPool
+from jaxnets.layers.recurrent import GRU, LSTM, SimpleRNN
 from jaxnets.layers.reshape import Flatten, Reshape
+from jaxnets.layers.sequence import SequencePool
+from jaxnets.layers.transformer import TransformerBlock
 
 __all__ = [
     "Layer",
@@ -83,6 +92,21 @@ __all__ = [
     "Softmax",
     "LogSoftmax",
     "Identity",
+    # sequences
+    "MultiHeadAttention",
+    "dot_product_attention",
+    "causal_mask",
+    "padding_mask",
+    "SimpleRNN",
+    "LSTM",
+    "GRU",
+    "SequencePool",
+    "PositionalEmbedding",
+    "SinusoidalEncoding",
+    "RotaryEmbedding",
+    "rotary_embedding",
+    "sinusoidal_encoding",
+    "TransformerBlock",
     # combinators
     "serial",
     "parallel",
