@@ -242,7 +242,7 @@ def _continued(state: Any, optimizer: optax.GradientTransformation, hyperparams:
         raise ValueError(f"state must hold {size} members (one per value in members), got step of shape {np.shape(state.step)}")
     one = member(state, 0)
     _run.check_state_fits(optimizer, one)
-    state = jax.tree_util.tree_map(jnp.copy, state)  # the program donates its input; keep the caller's
+    state = jax.device_put(state, may_alias=False)  # a copy (compiles nothing): the program donates its input
     if hyperparams:
         held = state.opt_state.hyperparams
         for name, values in hyperparams.items():

@@ -777,7 +777,7 @@ def fit(
         if input_shape is not None:
             check_state_for_model(model, state, input_shape)
         _run.check_state_fits(optimizer, state)
-        state = jax.tree_util.tree_map(jnp.copy, state)  # the program donates its input; keep the caller's
+        state = jax.device_put(state, may_alias=False)  # a copy (compiles nothing): the program donates its input
     _check_gradient_fits(jax.eval_shape(optimizer.init, state.params), default_gradient if gradient is None else gradient)
     if loss is not None:
         check_targets(model, state, run)
