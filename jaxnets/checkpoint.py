@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
@@ -105,6 +106,7 @@ class Checkpoints:
         """Start saving ``state``, ``history`` and ``config`` as checkpoint ``epoch`` (returns once copied to host)."""
         ocp = self._ocp
         host = _copy_to_host(_to_host(state))
+        history = json.loads(json.dumps(history))  # a copy now: the caller appends to its history while this is written
         meta = {**(config or {}), "shapes": {k: [list(v[0]), v[1]] for k, v in _run.shapes_by_path(host).items()},
                 "key_impl": str(jax.random.key_impl(state.key))}
         metrics = None
