@@ -191,13 +191,8 @@ def evaluate(
     metrics = resolve_metrics(metrics, y)
     outputs = predict(model, params, x, model_state=model_state, batch_size=batch_size, key=key)
     if isinstance(outputs, jax.Array) and isinstance(y, (jax.Array, np.ndarray)):
-        check_labels(y, outputs.shape, "data")
+        _run.check_labels(y, outputs.shape, "data")
     return {k: float(v) for k, v in jax.device_get(score(outputs, jax.tree_util.tree_map(jnp.asarray, y), loss, metrics)).items()}
-
-
-def check_labels(y, out_shape, name: str) -> None:
-    if np.issubdtype(np.dtype(y.dtype), np.integer) and out_shape and out_shape[-1] != -1:
-        _checks.labels_in_range(y, out_shape[-1], f"{name} labels")
 
 
 def normalized_objective(objective: Callable) -> Callable:

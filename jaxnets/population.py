@@ -187,8 +187,8 @@ def fit_population(
         seeds, hyperparams = _check_members(members)
     _run.check_model(model)
     _run.check_loss(loss)
-    run = train.prepare_run(data, test, objective_mode=False, epochs=epochs, batch_size=batch_size,
-                            epochs_per_call=epochs_per_call, drop_last=drop_last)
+    run = _run.prepare_run(data, test, objective_mode=False, epochs=epochs, batch_size=batch_size,
+                           epochs_per_call=epochs_per_call, drop_last=drop_last)
     metrics = resolve_metrics(metrics, run.data[1])
     eval_batch_size = _checks.positive_int(eval_batch_size, "eval_batch_size")
     _check_hyperparams(hyperparams)
@@ -205,8 +205,8 @@ def fit_population(
     else:
         state = _continued(state, shared, hyperparams, len(seeds))
     one = member(state, 0)
-    train.check_state_for_model(model, one, (-1,) + tuple(run.data[0].shape[1:]))
-    train.check_targets(model, one, run)
+    _run.check_state_for_model(model, one, (-1,) + tuple(run.data[0].shape[1:]))
+    _run.check_targets(model, one, run)
     chunk = train.make_chunk(model, shared, loss=loss, metrics=metrics, batch_size=run.batch_size, drop_last=drop_last,
                              eval_batch_size=eval_batch_size, epochs_per_call=run.epochs_per_call, on_nonfinite="warn")
     program = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, None),  # results: (epochs, P)

@@ -53,19 +53,18 @@ checkpoint draws exactly the numbers it would have drawn.
 from __future__ import annotations
 
 import functools
-import json
-import time
 import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxnets import _checks, _run
-from jaxnets.evaluation import (batched_outputs, check_labels, evaluate, normalized_objective, objective_means, predict,
-                                resolve_metrics, score)
+from jaxnets._run import (NonFiniteError, Progress, check_state_for_model, check_targets, early_stopping, permutation,
+                          prepare_run)
+from jaxnets.evaluation import (batched_outputs, evaluate, normalized_objective, objective_means, predict, resolve_metrics,
+                                score)
 from jaxnets.layers import Layer
 
 __all__ = [
@@ -122,55 +121,6 @@ class TrainState(NamedTuple):
         _run.check_not_donated(params, "params")
         return cls(params, optimizer.init(params), {} if model_state is None else model_state,
                    jnp.zeros((), jnp.int32), _run.as_key(key, seed))
-
-
-def _mix32(x: jax.Array) -> jax.Array:
-    """MurmurHash3's 32-bit finaliser: a bijection of uint32 in which each input bit flips each output bit w.p. ~1/2."""
-    x = x ^ (x >> np.uint32(16))
-    x = x * np.uint32(0x85EBCA6B)
-    x = x ^ (x >> np.uint32(13))
-    x = x * np.uint32(0xC2B2AE35)
-    return x ^ (x >> np.uint32(16))
-
-
-def _unmix32(x: jax.Array) -> jax.Array:
-    """The inverse of :func:`_mix32`: each step undone in reverse order."""
-    x = x ^ (x >> np.uint32(16))
-    x = x * np.uint32(0x7ED1B41D)  # 0xC2B2AE35 ** -1 mod 2**32
-    x = x ^ (x >> np.uint32(13)) ^ (x >> np.uint32(26))
-    x = x * np.uint32(0xA5CB9243)  # 0x85EBCA6B ** -1 mod 2**32
-    return x ^ (x >> np.uint32(16))
-
-
-def permutation(key: jax.Array, n: int) -> jax.Array:
-    """A uniformly shuffled ``0 .. n-1``, from one sort of ``n`` distinct uint32 values.
-
-    ``jax.random.permutation`` draws random sort keys and sorts them with the
-    indices as a payload; XLA's CPU sort of key-value pairs costs more than a
-    training step of a small model (about 280 us for 1,437 indices on 2
-    cores). Here the sort keys are a keyed bijection of the indices,
-    ``h(i) = mix(mix(i xor k1) xor k2)`` with ``mix`` MurmurHash3's 32-bit
-    finaliser and ``k1, k2`` the key's bits, so they are distinct (no ties,
-    no payload). One single-operand sort orders them, and ``h^-1`` turns the
-    sorted values back into indices: about 40 us for the same 1,437.
-
-    Args:
-      key: a ``jax.random`` key.
-      n: number of indices (a Python int, below ``2**31``).
-
-    Returns:
-      ``(n,)`` int32 holding each of ``0 .. n-1`` once. The same key gives the
-      same order on every backend. The tests check that every index is
-      equally likely at every position, and every ordered pair equally likely
-      to be adjacent (chi-squared tests over many keys).
-    """
-    n = _checks.positive_int(n, "n")
-    if n >= 2**31:  # checked before anything is allocated
-        raise ValueError(f"n must be below 2**31 (indices are int32), got {n}")
-    words = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)  # 2 words (threefry) or 4 (rbg)
-    k1, k2 = words[0], _mix32(words[1:].sum(dtype=jnp.uint32) ^ words[0])
-    hashed = _mix32(_mix32(jnp.arange(n, dtype=jnp.uint32) ^ k1) ^ k2)
-    return (_unmix32(_unmix32(jnp.sort(hashed)) ^ k2) ^ k1).astype(jnp.int32)
 
 
 def init_train_state(
@@ -520,121 +470,6 @@ def _compiled_chunk(model, optimizer, options: tuple):
     return jax.jit(make_chunk(model, optimizer, **dict(options)), donate_argnums=0)
 
 
-class Progress(NamedTuple):
-    """What a hook of :func:`fit` sees between host round-trips.
-
-    Attributes:
-      epoch: epochs done so far (in this run, resumed ones included).
-      epochs: epochs asked for.
-      metrics: the last epoch's ``{name: float}``.
-      history: the history so far (lists per name, as ``fit`` returns it).
-      state: the train state after ``epoch`` epochs (do not keep it: the next
-        call donates its buffers; copy what you need with ``jnp.copy``).
-    """
-
-    epoch: int
-    epochs: int
-    metrics: dict
-    history: dict
-    state: TrainState
-
-
-def early_stopping(metric: str = "test_loss", *, patience: int = 5, mode: str | None = None,
-                   min_delta: float = 0.0) -> Callable[[Progress], bool]:
-    """A hook for :func:`fit` that stops when ``metric`` has not improved for ``patience`` epochs.
-
-    It reads only the history, so it behaves the same in a resumed run.
-    ``mode`` is ``"min"`` (default for names ending in ``loss``) or ``"max"``;
-    an improvement must exceed ``min_delta``.
-    """
-    patience = _checks.positive_int(patience, "patience")
-    min_delta = _checks.positive_float(min_delta, "min_delta", allow_zero=True)
-    mode = mode or ("min" if metric.endswith("loss") else "max")
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-
-    def hook(progress: Progress) -> bool:
-        if metric not in progress.history:
-            raise ValueError(f"early_stopping metric must be one of the history's {sorted(progress.history)}, got {metric!r}")
-        best_value, best_epoch = np.inf, 0
-        for i, value in enumerate(progress.history[metric]):
-            value = value if mode == "min" else -value
-            if value < best_value - min_delta:
-                best_value, best_epoch = value, i
-        return len(progress.history[metric]) - 1 - best_epoch >= patience
-
-    hook.__name__ = f"early_stopping({metric!r}, patience={patience})"
-    return hook
-
-
-class NonFiniteError(ValueError):
-    """Training diverged: a loss or the params became NaN/Inf. Carries what was learned before.
-
-    Attributes:
-      epoch, step: the first non-finite epoch (1-based) and global step.
-      state: the last finite train state (after epoch ``epoch - 1``).
-      history: the history up to that state.
-    """
-
-    def __init__(self, message: str, *, epoch: int, step: int, state: Any, history: dict):
-        super().__init__(message)
-        self.epoch, self.step, self.state, self.history = epoch, step, state, history
-
-
-def _split_data(data: Any, test: Any, objective_mode: bool):
-    """``(data, test)`` from a Dataset, a pair or a pytree; a Dataset's test split is ``test`` unless given."""
-    if test is None and hasattr(data, "x_test"):
-        test = (data.x_test, data.y_test)
-    if hasattr(data, "x_train"):
-        data = (data.x_train, data.y_train)
-    if hasattr(test, "x_test"):  # a Dataset given as test: its held-out split
-        test = (test.x_test, test.y_test)
-    data, n = _run.check_data(data, "data", pair=not objective_mode)
-    if test is not None:
-        test, _ = _run.check_data(test, "test", pair=not objective_mode)
-        want = jax.tree_util.tree_map(lambda a: tuple(a.shape[1:]), data)
-        got = jax.tree_util.tree_map(lambda a: tuple(a.shape[1:]), test)
-        if jax.tree_util.tree_structure(data) != jax.tree_util.tree_structure(test) or want != got:
-            if not objective_mode and jax.tree_util.tree_structure(data) == jax.tree_util.tree_structure(test):
-                raise ValueError(f"test x must have the feature shape of data x {want[0]}, got {got[0]}")
-            raise ValueError(f"test must have the structure and feature shapes of data {want}, got {got}")
-    return data, test, n
-
-
-def prepare_run(data: Any, test: Any, *, objective_mode: bool, epochs: int, batch_size: int, epochs_per_call: int,
-                drop_last: bool) -> _run.Run:
-    """Checked data and schedule of a run, data moved to the device (shared by ``fit`` and ``fit_population``)."""
-    epochs = _checks.positive_int(epochs, "epochs")
-    batch_size = _checks.positive_int(batch_size, "batch_size")
-    epochs_per_call = _checks.positive_int(epochs_per_call, "epochs_per_call")
-    if not isinstance(drop_last, bool):
-        raise TypeError(f"drop_last must be a bool, got {drop_last!r}")
-    data, test, n = _split_data(data, test, objective_mode)
-    _run.steps_per_epoch(n, batch_size, drop_last)
-    device = functools.partial(jax.tree_util.tree_map, jnp.asarray)
-    return _run.Run(device(data), None if test is None else device(test), n, epochs, batch_size, min(epochs_per_call, epochs))
-
-
-def check_state_for_model(model: Layer, state: TrainState, input_shape) -> None:
-    """A state whose params or model state another model made fails here, listing the differing paths."""
-    expected = jax.eval_shape(lambda k: model.init_with_state(k, input_shape)[1:], jax.random.key(0))
-    _run.compare_trees(expected[0], state.params, "state.params")
-    _run.compare_trees(expected[1], state.model_state, "state.model_state")
-
-
-def check_targets(model: Layer, state: TrainState, run: _run.Run) -> None:
-    """Labels out of range for the model's outputs fail here, not as garbage losses (pairs of arrays only)."""
-    (x, y), test = run.data, run.test
-    if not isinstance(x, jax.Array) or not isinstance(y, jax.Array):
-        return
-    out = jax.eval_shape(lambda p, s, xb: model.apply_with_state(p, s, xb)[0], state.params, state.model_state,
-                         jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype))
-    if isinstance(out, jax.ShapeDtypeStruct):
-        check_labels(y, out.shape, "data")
-        if test is not None:
-            check_labels(test[1], out.shape, "test")
-
-
 def fit(
     model: Layer,
     loss: Callable[[Any, Any], jax.Array] | None = None,
@@ -820,7 +655,7 @@ def fit(
                     history.setdefault(k, []).append(float(v))
                 history.setdefault("time", []).append(chunk.seconds)
             if history_file is not None and rows:
-                _append_lines(history_file, [{"epoch": e, **{k: float(v) for k, v in r.items()}, "time": chunk.seconds}
+                _run.append_lines(history_file, [{"epoch": e, **{k: float(v) for k, v in r.items()}, "time": chunk.seconds}
                                              for e, r in rows])
             done = len(history["epoch"])
             stop = bad is not None and on_nonfinite == "raise"
@@ -862,13 +697,3 @@ def fit(
         if checkpoints is not None:
             checkpoints.close()
     return state, history
-
-
-def _append_lines(path: str, rows: list[dict]) -> None:
-    """Append JSON lines and flush them to disk, so a crashed run leaves its curve behind."""
-    import os
-
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(row) + "\n" for row in rows))
-        f.flush()
-        os.fsync(f.fileno())
