@@ -52,7 +52,8 @@ def test_gradient_report_quick(tmp_path):
 
 def test_w1_benchmark_quick(tmp_path):
     result = _load("experiments/benchmarks/w1.py", "w1").main(["--quick", "--out", str(tmp_path)])
-    assert len(result["rows"]) == 5 and result["rows"][0]["ratio_to_reference"] == 1.0
+    assert len(result["rows"]) == 6 and result["rows"][0]["ratio_to_reference"] == 1.0
+    assert "finiteness_check_cost" in result
     assert all(r["us_per_step"] > 0 for r in result["rows"])
     # The two steps are the same program up to the step counter: XLA counts the same work.
     costs = result["xla_cost"]
@@ -85,3 +86,11 @@ def test_end_to_end_benchmark_quick(tmp_path):
     assert 0 < run["seconds_before_fit"] < run["wall_seconds"] and run["peak_rss_mib"] > 50
     assert 0 < run["final_test_accuracy"] <= 1
     assert (tmp_path / "end_to_end.json").exists()
+
+
+def test_checkpointing_benchmark_quick(tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    result = _load("experiments/benchmarks/checkpointing.py", "checkpointing").main(["--quick", "--out", str(tmp_path)])
+    assert [r["contender"] for r in result["rows"]] == ["without checkpoints", "checkpoint every epoch"]
+    assert all(r["seconds"] > 0 for r in result["rows"]) and "overhead" in result
+    assert (tmp_path / "checkpointing.md").read_text().startswith("| contender |")

@@ -68,3 +68,27 @@ def test_optimizer_study_quick(tmp_path):
 def test_optimizer_study_rejects_unknown_optimizers(tmp_path):
     with pytest.raises(ValueError, match=r"optimizers must be a comma-separated subset of .*got 'adam,sdg'"):
         load("optimizer_study").main(["--optimizers", "adam,sdg", "--out", str(tmp_path)])
+
+
+def test_run_folder_is_all_or_nothing(tmp_path):
+    common = load("_common")
+    out = tmp_path / "run"
+    with common.run_folder(str(out)) as folder:
+        (pathlib.Path(folder) / "a.txt").write_text("first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and (out / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with common.run_folder(str(out)) as folder:
+            (pathlib.Path(folder) / "a.txt").write_text("second")
+            (pathlib.Path(folder) / "b.txt").write_text("second")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary folder left
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"] and (out / "a.txt").read_text() == "first"
+    (tmp_path / ".run.tmp-killed").mkdir()  # what a SIGKILL leaves behind; the next run clears it
+    with common.run_folder(str(out)) as folder:
+        (pathlib.Path(folder) / "b.txt").write_text("third")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and sorted(p.name for p in out.iterdir()) == ["b.txt"]
+
+
+def test_run_record_holds_versions_and_device():
+    record = load("_common").versions()
+    assert {"jax", "jaxlib", "optax", "numpy", "device_kind", "backend"} <= set(record)
