@@ -172,7 +172,8 @@ def evaluate(
       ``{"loss": ..., "accuracy": ..., ...}`` as Python floats, computed over
       all examples exactly (no example counted twice, none dropped).
     """
-    model = _run.check_model(model)
+    if objective is None or model is not None:  # an objective needs no model
+        model = _run.check_model(model)
     batch_size = _checks.positive_int(batch_size, "batch_size")
     _run.check_not_donated(params, "params")
     model_state = {} if model_state is None else model_state

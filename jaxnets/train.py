@@ -511,7 +511,8 @@ def fit(
     options and shapes (continuing from a returned state, a checkpoint loop).
 
     Args:
-      model: the network.
+      model: the network (may be None with an ``objective`` and a ``state``,
+        e.g. a VAE's encoder and decoder in one params dict).
       loss: ``loss(outputs, targets) -> scalar`` on pairs ``(x, y)`` (the
         common case). Give either ``loss`` or ``objective``.
       optimizer: any ``optax.GradientTransformation``.
@@ -575,7 +576,8 @@ def fit(
         data = deprecated.pop("train") if data is None else data
     if deprecated:
         raise TypeError(f"fit() got unexpected keyword arguments {sorted(deprecated)}")
-    _run.check_model(model)
+    if loss is not None or model is not None:  # an objective with a given state needs no model
+        _run.check_model(model)
     if (loss is None) == (objective is None):
         raise TypeError("fit needs exactly one of loss (loss(outputs, targets)) and objective "
                         "(objective(params, batch, key, model_state)), got " + ("both" if loss is not None else "neither"))
@@ -600,8 +602,8 @@ def fit(
     if input_shape is None and isinstance(run.data, tuple) and isinstance(run.data[0], jax.Array):
         input_shape = (-1,) + tuple(run.data[0].shape[1:])
     if state is None:
-        if input_shape is None:
-            raise TypeError("fit needs input_shape (or a state) when data is not a pair (x, y) whose x is an array")
+        if input_shape is None or model is None:
+            raise TypeError("fit needs a model and input_shape, or a state, when data is not a pair (x, y) whose x is an array")
         state = init_train_state(model, optimizer, input_shape, key=key, seed=seed)
     elif not isinstance(state, TrainState):
         raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
@@ -609,7 +611,7 @@ def fit(
         _run.check_not_donated(state, "state")
         if loss is not None:
             check_targets(model, state, run)  # data that does not fit the model fails first, with the layer's message
-        if input_shape is not None:
+        if input_shape is not None and model is not None:
             check_state_for_model(model, state, input_shape)
         _run.check_state_fits(optimizer, state)
         state = jax.device_put(state, may_alias=False)  # a copy (compiles nothing): the program donates its input

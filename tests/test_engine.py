@@ -294,7 +294,7 @@ def test_bad_inputs_of_the_engine(digits, key):
     other = train.init_train_state(mlp(8), opt, digits.input_shape, key=key)
     with pytest.raises(ValueError, match=r"state.params does not fit .*\n  dense_0/b: expected \(\(32,\), 'float32'\), got \(\(8,\), 'float32'\)"):
         jaxnets.fit(model, CE, opt, digits, state=other, progress=False)
-    with pytest.raises(TypeError, match="fit needs input_shape"):
+    with pytest.raises(TypeError, match="fit needs a model and input_shape, or a state"):
         jaxnets.fit(model, optimizer=opt, data={"x": digits.x_train}, objective=lambda p, b, k, s: 0.0, progress=False)
     with pytest.warns(DeprecationWarning, match="fit\\(train=...\\) is deprecated"):
         jaxnets.fit(model, CE, opt, train=digits, epochs=1, progress=False)
