@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import warnings
 from typing import Any
 
@@ -72,7 +73,13 @@ class Checkpoints:
       best: a history name (``"test_loss"``); the best checkpoint by its
         last value is kept as well.
       best_mode: ``"min"`` (default for names ending in ``loss``) or ``"max"``.
-      async_save: write in a background thread (default); ``close`` waits.
+      async_save: write in a background thread (default): ``save`` returns
+        once the state is copied to host memory. If a save comes due while
+        the previous one is still being written, only the newest waits (an
+        older pending one is dropped), so training never waits for the disk
+        and the latest checkpoint is at most one write old. ``wait`` and
+        ``close`` block until the newest state given is on disk. With
+        ``async_save=False`` every save is written before ``save`` returns.
     """
 
     def __init__(self, directory: str, *, keep: int = 3, best: str | None = None, best_mode: str | None = None,
@@ -94,17 +101,24 @@ class Checkpoints:
             policies.append(ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: sign * m[best], n=1))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-            enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+            enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True)  # asynchrony: our own thread
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.async_save = bool(async_save)
+        self._cond = threading.Condition()
+        self._pending = None  # the newest save not yet started
+        self._busy = False
+        self._error: BaseException | None = None
+        self._worker: threading.Thread | None = None
+        self.skipped: list[int] = []  # epochs whose save was superseded by a newer one before it started
 
     def epochs(self) -> list[int]:
         """The epochs that have a checkpoint, oldest first."""
         return sorted(self.manager.all_steps())
 
     def save(self, epoch: int, state: TrainState, history: dict, config: dict | None = None) -> None:
-        """Start saving ``state``, ``history`` and ``config`` as checkpoint ``epoch`` (returns once copied to host)."""
-        ocp = self._ocp
+        """Save ``state``, ``history`` and ``config`` as checkpoint ``epoch`` (in the background unless ``async_save=False``)."""
+        self._raise_failed()
         host = _copy_to_host(_to_host(state))
         history = json.loads(json.dumps(history))  # a copy now: the caller appends to its history while this is written
         meta = {**(config or {}), "shapes": {k: [list(v[0]), v[1]] for k, v in _run.shapes_by_path(host).items()},
@@ -114,10 +128,46 @@ class Checkpoints:
             if self.best not in history:
                 raise ValueError(f"checkpoint_best must be one of the history's names {sorted(history)}, got {self.best!r}")
             metrics = {self.best: float(history[self.best][-1])}
-        self.manager.wait_until_finished()  # one save in flight at a time
-        self.manager.save(int(epoch), args=ocp.args.Composite(
+        item = (int(epoch), host, history, meta, metrics)
+        if not self.async_save:
+            self._write(item)
+            return
+        with self._cond:
+            if self._pending is not None:
+                self.skipped.append(self._pending[0])
+            self._pending = item
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._writer, name="jaxnets-checkpoint-writer", daemon=True)
+                self._worker.start()
+            self._cond.notify_all()
+
+    def _write(self, item) -> None:
+        ocp = self._ocp
+        epoch, host, history, meta, metrics = item
+        self.manager.save(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardSave(host), history=ocp.args.JsonSave(history), config=ocp.args.JsonSave(meta)),
             metrics=metrics)
+        self.manager.wait_until_finished()
+
+    def _writer(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None:
+                    self._cond.wait()
+                item, self._pending, self._busy = self._pending, None, True
+            try:
+                self._write(item)
+            except BaseException as error:  # noqa: BLE001 - reported to the training thread at its next call
+                self._error = error
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _raise_failed(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"saving a checkpoint in {self.directory} failed: {type(error).__name__}: {error}") from error
 
     def restore(self, like: TrainState, epoch: int | None = None) -> tuple[TrainState, dict, dict] | None:
         """``(state, history, config)`` of checkpoint ``epoch`` (default the latest readable one), or None if there is none.
@@ -166,12 +216,18 @@ class Checkpoints:
         raise ValueError(f"no readable checkpoint in {self.directory}:\n" + "\n".join(failures))
 
     def wait(self) -> None:
-        """Block until the save in flight (if any) is on disk."""
-        self.manager.wait_until_finished()
+        """Block until the newest state given to ``save`` is on disk; raise if a background save failed."""
+        with self._cond:
+            while self._pending is not None or self._busy:
+                self._cond.wait()
+        self._raise_failed()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Wait for the newest save, then release orbax's resources."""
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 def save_params(path: str, params: Any) -> None:

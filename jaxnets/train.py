@@ -493,7 +493,7 @@ def fit(
     eval_batch_size: int = 1024,
     hooks: Callable | Sequence[Callable] = (),
     history_file: str | None = None,
-    checkpoint_dir: str | None = None,
+    checkpoint_dir: Any = None,
     checkpoint_every: int = 1,
     checkpoint_keep: int = 3,
     checkpoint_best: str | None = None,
@@ -549,8 +549,13 @@ def fit(
       history_file: append one JSON line per epoch to this file, as it comes.
       checkpoint_dir: save the whole state, the history and the configuration
         there with orbax (``pip install 'jaxnets[checkpoint]'``), and resume
-        from the latest good checkpoint found there.
-      checkpoint_every: save after every this many epochs (and at the end).
+        from the latest good checkpoint found there. Or a
+        :class:`jaxnets.checkpoint.Checkpoints` (e.g. with ``async_save=False``).
+      checkpoint_every: save after every this many epochs (and at the end),
+        in the background: a save that comes due while the previous one is
+        still being written replaces any older one waiting, so training never
+        waits for the disk (the last save is always written before ``fit``
+        returns).
       checkpoint_keep: keep the last this many checkpoints...
       checkpoint_best: ...and the best by this history name (``"test_loss"``).
       on_nonfinite: ``"raise"`` (default): stop at the first epoch whose loss
@@ -635,7 +640,8 @@ def fit(
     if checkpoint_dir is not None:
         from jaxnets import checkpoint  # orbax is imported only when checkpoints are asked for
 
-        checkpoints = checkpoint.Checkpoints(checkpoint_dir, keep=checkpoint_keep, best=checkpoint_best)
+        checkpoints = checkpoint_dir if isinstance(checkpoint_dir, checkpoint.Checkpoints) else \
+            checkpoint.Checkpoints(checkpoint_dir, keep=checkpoint_keep, best=checkpoint_best)
         config = {"model": repr(model), "optimizer": getattr(optimizer, "__name__", type(optimizer).__name__),
                   "epochs": run.epochs, "batch_size": run.batch_size, "drop_last": drop_last,
                   "epochs_per_call": run.epochs_per_call, "num_examples": run.num_examples,

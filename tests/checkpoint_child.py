@@ -33,6 +33,8 @@ def main(ckpt, out, kill):
         original = checkpoint.Checkpoints.save
 
         def save(self, epoch, *args, **kwargs):
+            if epoch == int(at):
+                self.wait()  # the previous save is on disk: the kill below must leave it readable
             original(self, epoch, *args, **kwargs)
             if epoch == int(at):
                 os.kill(os.getpid(), signal.SIGKILL)  # the save is still being written in the background
