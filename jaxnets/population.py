@@ -141,6 +141,7 @@ def fit_population(
     eval_batch_size: int = 1024,
     progress: bool = True,
     verbose: bool = False,
+    **deprecated: Any,
 ) -> tuple[train.TrainState, dict[str, Any]]:
     """Trains every member of a population at once; one program, vmapped over members.
 
@@ -176,6 +177,14 @@ def fit_population(
         does not take their hyperparameters, or anything :func:`jaxnets.fit`
         rejects, before anything is compiled.
     """
+    if "train" in deprecated:
+        warnings.warn("fit_population(train=...) is deprecated: the data argument is called data", DeprecationWarning,
+                      stacklevel=2)
+        data = deprecated.pop("train") if data is None else data
+    if deprecated:
+        raise TypeError(f"fit_population() got unexpected keyword arguments {sorted(deprecated)}")
+    if data is None:
+        raise TypeError("fit_population needs data: a Dataset or a pair (x, y)")
     continued = state is not None
     if continued and isinstance(members, Mapping) and "seed" in members:
         raise ValueError("members must not hold 'seed' when continuing from a state: its keys carry on")

@@ -2,7 +2,6 @@
 one is skipped, a SIGKILL at any moment (during a save too) loses nothing; params in safetensors."""
 
 import json
-import os
 import pathlib
 import random
 import signal

@@ -4,7 +4,6 @@ evaluation, TrainState.create, compile-once, hooks, history files, divergence, a
 import json
 import logging
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
