@@ -6,14 +6,17 @@ Experiments import the library; the library never imports experiments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import glob
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Iterator
 
 
 def parse_config(config_cls, description: str, argv=None):
@@ -44,16 +47,58 @@ def write_json_atomic(path: str, obj: Any) -> None:
         raise
 
 
-def run_record(config) -> dict:
-    """What reproduces a run: the config, the command line, versions."""
-    import jax
+@contextlib.contextmanager
+def run_folder(out: str) -> Iterator[str]:
+    """A run's output folder, written atomically: its files appear together or not at all.
 
+    Yields a fresh staging folder beside ``out`` (``.<name>.tmp-*``); when the
+    block ends without an exception the staging folder is renamed to ``out``
+    (a previous ``out`` is moved aside first and then removed). On an
+    exception the staging folder is removed; one left by a killed process is
+    removed by the next run into the same ``out``. So ``out`` always holds
+    one whole run, and no temporary file outlives the next run.
+    """
+    out = os.path.abspath(out)
+    parent, name = os.path.split(out)
+    os.makedirs(parent, exist_ok=True)
+    for stale in glob.glob(os.path.join(parent, f".{name}.tmp-*")) + glob.glob(os.path.join(parent, f".{name}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    os.chmod(staging, 0o755)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    aside = None
+    if os.path.exists(out):
+        aside = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+        os.rmdir(aside)  # only the name is needed
+        os.rename(out, aside)
+    os.rename(staging, out)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def versions() -> dict:
+    """The versions a result depends on, and the device it ran on."""
+    import jax
+    import jaxlib
+    import numpy
+    import optax
+
+    device = jax.devices()[0]
+    return {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "optax": optax.__version__, "numpy": numpy.__version__, "backend": jax.default_backend(),
+            "device_kind": device.device_kind, "device_count": jax.device_count()}
+
+
+def run_record(config) -> dict:
+    """What reproduces a run: the config, the command line, versions, the device."""
     return {
         "config": dataclasses.asdict(config),
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
+        **versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -82,10 +127,8 @@ def plot_history(history: dict, path: str, title: str) -> bool:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(path, dpi=120)  # inside a run folder (run_folder): it appears with the run's other files
     plt.close(fig)
-    os.replace(tmp, path)
     return True
 
 
@@ -121,14 +164,13 @@ def run_classifier(config, model, optimizer, dataset, *, title: str, t_start: fl
         "num_params": num_params,
         "history": history,
     }
-    metrics_path = os.path.join(config.out, "metrics.json")
-    write_json_atomic(metrics_path, result)
-    plot_path = os.path.join(config.out, "curves.png")
-    plotted = plot_history(history, plot_path, f"{title} (seed {config.seed})")
+    with run_folder(config.out) as folder:
+        write_json_atomic(os.path.join(folder, "metrics.json"), result)
+        plotted = plot_history(history, os.path.join(folder, "curves.png"), f"{title} (seed {config.seed})")
     print(f"final test accuracy: {result['final_test_accuracy']:.4f}  "
           f"(training {result['train_seconds']:.2f} s, script {wall:.2f} s)")
-    print(f"wrote {metrics_path}")
-    print(f"wrote {plot_path}" if plotted else "no plot: pip install 'jaxnets[plots]'")
+    print(f"wrote {os.path.join(config.out, 'metrics.json')}")
+    print(f"wrote {os.path.join(config.out, 'curves.png')}" if plotted else "no plot: pip install 'jaxnets[plots]'")
     return result
 
 
@@ -154,6 +196,12 @@ def interleaved_medians(contenders: dict, rounds: int, steps: int) -> dict:
 def write_results(out: str, name: str, result: dict, table: str) -> None:
     """``<out>/<name>.json`` (written atomically) and ``<out>/<name>.md`` (the table)."""
     os.makedirs(out, exist_ok=True)
-    write_json_atomic(os.path.join(out, f"{name}.json"), result)
-    with open(os.path.join(out, f"{name}.md"), "w") as f:
-        f.write(table + "\n")
+    fd, tmp = tempfile.mkstemp(dir=out, suffix=".md.tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(table + "\n")
+        os.replace(tmp, os.path.join(out, f"{name}.md"))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    write_json_atomic(os.path.join(out, f"{name}.json"), {**versions(), **result})

@@ -33,7 +33,7 @@ import jaxnets.layers as L
 from jaxnets import backprop, data, gradcheck, losses
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import write_json_atomic  # noqa: E402
+from _common import run_folder, versions, write_json_atomic  # noqa: E402
 
 # name -> (layer, input shape, train mode); inputs are random normals (integers for Embedding)
 LAYERS = {
@@ -156,10 +156,11 @@ def main(argv=None) -> dict:
     print("Hand-derived gradients: worst relative error over leaves (params and input)")
     print(table)
     print(f"all passed: {all(r['passed'] for r in rows)}")
-    os.makedirs(args.out, exist_ok=True)
-    write_json_atomic(os.path.join(args.out, "gradient_report.json"), {"rows": rows, "tolerances": gradcheck.DEFAULT_TOLERANCES})
-    with open(os.path.join(args.out, "gradient_report.md"), "w") as f:
-        f.write(table + "\n")
+    with run_folder(args.out) as folder:  # both files appear together or not at all
+        write_json_atomic(os.path.join(folder, "gradient_report.json"),
+                          {**versions(), "rows": rows, "tolerances": gradcheck.DEFAULT_TOLERANCES})
+        with open(os.path.join(folder, "gradient_report.md"), "w") as f:
+            f.write(table + "\n")
     return {"rows": rows}
 
 

@@ -32,7 +32,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_config, run_record, write_json_atomic  # noqa: E402
+from _common import parse_config, run_folder, run_record, write_json_atomic  # noqa: E402
 
 # name -> keyword arguments given to both twins (learning rates suited to this MLP)
 OPTIMIZERS = {
@@ -177,12 +177,12 @@ def main(argv=None) -> dict:
     print(f"\nMLP 64-{config.hidden}-10 on digits, {config.epochs} epochs of {steps_per_epoch} steps, batch {config.batch_size}")
     print(table)
 
-    os.makedirs(config.out, exist_ok=True)
     result = {**run_record(config), "steps": total_steps, "rows": rows, "curves": curves}
-    write_json_atomic(os.path.join(config.out, "optimizer_study.json"), result)
-    with open(os.path.join(config.out, "optimizer_study.md"), "w") as f:
-        f.write(table + "\n")
-    plot(curves, os.path.join(config.out, "loss_curves.png"))
+    with run_folder(config.out) as folder:  # the three files appear together or not at all
+        write_json_atomic(os.path.join(folder, "optimizer_study.json"), result)
+        with open(os.path.join(folder, "optimizer_study.md"), "w") as f:
+            f.write(table + "\n")
+        plot(curves, os.path.join(folder, "loss_curves.png"))
     print(f"wrote {config.out}/optimizer_study.json, optimizer_study.md, loss_curves.png")
     return result
 

@@ -9,18 +9,21 @@ Modules, from the bottom up:
 * :mod:`jaxnets.layers`, :mod:`jaxnets.losses`: layers and losses, each with its backward rule
 * :mod:`jaxnets.backprop`, :mod:`jaxnets.gradcheck`: whole-model hand gradients; checking them
 * :mod:`jaxnets.optim`: hand-written optimizers, twins of optax's
-* :mod:`jaxnets.train`: train state, jitted step, scan-fused epochs
+* :mod:`jaxnets.train`: train state, the general step, scan-fused epochs, ``fit`` with hooks and checkpoints
+* :mod:`jaxnets.evaluation`: ``predict`` and ``evaluate`` (pytree outputs, random evaluation)
+* :mod:`jaxnets.checkpoint`: orbax checkpoints of whole runs; params in safetensors (the ``checkpoint`` extra)
 * :mod:`jaxnets.population`: many models (seeds, hyperparameters) trained at once under ``vmap``
 * :mod:`jaxnets.per_example`: per-example gradients and clipping
 * :mod:`jaxnets.data`: the embedded digits, synthetic sets, local files
 * :mod:`jaxnets.porting`: params trained with stax or flax.linen, loaded into jaxnets models
 """
 
-from jaxnets import (activations, backprop, data, gradcheck, initializers, layers, losses, optim, per_example,
-                     population, porting, train)
+from jaxnets import (activations, backprop, data, evaluation, gradcheck, initializers, layers, losses, optim,
+                     per_example, population, porting, train)
 from jaxnets.layers import Layer, count_params, define_layer, parallel, residual, serial
 from jaxnets.population import fit_population
-from jaxnets.train import TrainState, evaluate, fit, init_train_state, make_epoch, make_train_step, predict
+from jaxnets.train import (NonFiniteError, Progress, TrainState, early_stopping, evaluate, fit, init_train_state, make_epoch,
+                           make_step, make_train_step, predict, scan_epoch)
 
 __version__ = "0.1.0"
 
@@ -34,6 +37,7 @@ __all__ = [
     "losses",
     "optim",
     "train",
+    "evaluation",
     "population",
     "per_example",
     "porting",
@@ -47,6 +51,11 @@ __all__ = [
     "init_train_state",
     "make_train_step",
     "make_epoch",
+    "make_step",
+    "scan_epoch",
+    "early_stopping",
+    "Progress",
+    "NonFiniteError",
     "fit_population",
     "fit",
     "evaluate",

@@ -9,6 +9,11 @@ norms for importance sampling. :func:`grads` computes them as
 and XLA batches the ``B`` backward passes into the same matrix products, each
 with an extra batch dimension.
 
+For training, :func:`dp_gradient` is DP-SGD's gradient step (clip per
+example, add Gaussian noise) in the form ``jaxnets.fit(..., gradient=...)``
+takes, and :func:`stacked_gradient` hands the raw per-example gradients to
+an optimizer that aggregates them itself (``optax.contrib.dpsgd``).
+
 Example (one step of DP-SGD without the noise; ``docs/lessons/04`` trains with it)::
 
     g = per_example.grads(model, loss, params, x, y)       # leaves (B, *param_shape)
@@ -26,7 +31,7 @@ import jax.numpy as jnp
 from jaxnets import _checks
 from jaxnets.layers import Layer
 
-__all__ = ["grads", "norms", "clip"]
+__all__ = ["grads", "norms", "clip", "dp_gradient", "stacked_gradient"]
 
 
 def grads(
@@ -74,6 +79,11 @@ def grads(
     if train and jax.tree_util.tree_leaves(model_state):
         raise ValueError("per-example gradients in training mode need a model without state; BatchNorm would "
                          "normalise each example by its own statistics (use train=False, or LayerNorm)")
+    if not _checks.is_traced(y) and jnp.issubdtype(y.dtype, jnp.integer):
+        out = jax.eval_shape(lambda p, s, xb: model.apply_with_state(p, s, xb)[0], params, model_state,
+                             jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype))
+        if isinstance(out, jax.ShapeDtypeStruct) and out.shape and out.shape[-1] > 0:
+            _checks.labels_in_range(y, out.shape[-1], "y (labels)")
     keys = None if key is None else jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(x.shape[0]))
 
     def one(xb, yb, kb):
@@ -116,3 +126,75 @@ def clip(per_example_grads: Any, max_norm: float) -> Any:
     norm = norms(per_example_grads)
     scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny))  # (B,)
     return jax.tree_util.tree_map(lambda g: g * scale.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), per_example_grads)
+
+
+def _per_example(objective: Callable, params: Any, batch: Any, key: jax.Array, model_state: Any):
+    """Per-example ``(losses (B,), aux means, grads with leaves (B, ...))`` of an objective, each example a batch of one."""
+    if jax.tree_util.tree_leaves(model_state):
+        raise ValueError("per-example gradients need a model without state; BatchNorm would normalise each example "
+                         "by its own statistics (use LayerNorm)")
+    n = jax.tree_util.tree_leaves(batch)[0].shape[0]
+    keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(n))
+
+    def one(example, k):
+        single = jax.tree_util.tree_map(lambda a: a[None], example)  # a batch of one
+        (value, aux), g = jax.value_and_grad(objective, has_aux=True)(params, single, k, model_state)
+        return value, {name: v for name, v in aux.items() if name != "model_state"}, g
+
+    values, aux, g = jax.vmap(one)(batch, keys)
+    return values, jax.tree_util.tree_map(jnp.mean, aux), g
+
+
+def dp_gradient(l2_norm_clip: float, noise_multiplier: float) -> Callable:
+    """DP-SGD's gradient step (Abadi et al., 2016), for ``jaxnets.fit(..., gradient=...)`` or ``train.make_step``.
+
+    With ``g_b`` the gradient of example ``b``'s loss (the objective on a
+    batch of one), ``C = l2_norm_clip`` and ``sigma = noise_multiplier``:
+
+        g = (1/B) (sum_b clip(g_b, C) + N(0, sigma^2 C^2 I))
+
+    Each example gets ``fold_in(k_e, b)`` as its key and the noise
+    ``k_n``, where ``k_n, k_e = split(key)`` of the step's key, so a run is
+    reproducible and resumes exactly. The optimizer that follows is any
+    (``optax.sgd`` is the original). The privacy this buys depends on
+    ``sigma``, the sampling rate ``B / n`` and the number of steps; see
+    ``experiments/dp_sgd.py`` for an accountant.
+
+    Args:
+      l2_norm_clip: ``C > 0``.
+      noise_multiplier: ``sigma >= 0`` (0 gives clipped SGD without noise).
+
+    Returns:
+      ``gradient(objective, params, batch, key, model_state) -> ((loss, aux), g)``
+      with ``loss`` and ``aux`` the means over the batch.
+    """
+    l2_norm_clip = _checks.positive_float(l2_norm_clip, "l2_norm_clip")
+    noise_multiplier = _checks.positive_float(noise_multiplier, "noise_multiplier", allow_zero=True)
+
+    def gradient(objective, params, batch, key, model_state):
+        noise_key, example_key = jax.random.split(key)
+        values, aux, g = _per_example(objective, params, batch, example_key, model_state)
+        g = clip(g, l2_norm_clip)
+        leaves, tree = jax.tree_util.tree_flatten(g)
+        keys = jax.random.split(noise_key, len(leaves))
+        noisy = [(leaf.sum(0) + noise_multiplier * l2_norm_clip * jax.random.normal(k, leaf.shape[1:], leaf.dtype)) / leaf.shape[0]
+                 for leaf, k in zip(leaves, keys)]
+        return (values.mean(), {**aux, "model_state": model_state}), jax.tree_util.tree_unflatten(tree, noisy)
+
+    gradient.__name__ = f"dp_gradient(l2_norm_clip={l2_norm_clip}, noise_multiplier={noise_multiplier})"
+    return gradient
+
+
+def stacked_gradient(objective: Callable, params: Any, batch: Any, key: jax.Array, model_state: Any):
+    """The per-example gradients themselves (leaves ``(B, ...)``), for an optimizer that aggregates them.
+
+    ``optax.contrib.dpsgd`` clips and noises per-example gradients itself;
+    ``jaxnets.fit(model, loss, optax.contrib.dpsgd(...), data,
+    gradient=per_example.stacked_gradient)`` trains with it. (With the
+    default gradient ``fit`` refuses that optimizer with a message saying so.)
+    """
+    values, aux, g = _per_example(objective, params, batch, key, model_state)
+    return (values.mean(), {**aux, "model_state": model_state}), g
+
+
+stacked_gradient.per_example = True

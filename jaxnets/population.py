@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -31,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxnets import _checks
-from jaxnets import train as _train
+from jaxnets import _checks, _run, train
+from jaxnets.evaluation import resolve_metrics
 from jaxnets.layers import Layer
 
 __all__ = ["grid", "fit_population", "member", "best_member"]
@@ -86,10 +87,28 @@ def _check_members(members: Any) -> tuple[list[int], dict[str, np.ndarray]]:
     return [int(s) for s in seeds], hyperparams
 
 
+#: Hyperparameters whose values are checked per member: name -> (low, high, high included).
+_RANGES = {"learning_rate": (0.0, np.inf, False), "b1": (0.0, 1.0, False), "b2": (0.0, 1.0, False),
+           "decay": (0.0, 1.0, True), "momentum": (0.0, 1.0, False), "eps": (0.0, np.inf, False),
+           "weight_decay": (0.0, np.inf, False)}
+
+
+def _check_hyperparams(hyperparams: dict[str, np.ndarray]) -> None:
+    """Concrete hyperparameter values out of range (a negative learning rate, ``b1 = 1.5``) refused, naming the member."""
+    for name, values in hyperparams.items():
+        values = np.asarray(values, dtype=float).reshape(-1)
+        low, high, closed = _RANGES.get(name, (-np.inf, np.inf, False))
+        for index, value in enumerate(values):
+            ok = np.isfinite(value) and low <= value and (value <= high if closed else value < high or high == np.inf)
+            if not ok:
+                interval = f"[{low:g}, {high:g}{']' if closed else ')'}" if name in _RANGES else "finite"
+                raise ValueError(f"members[{name!r}][{index}] (member {index}) must be {interval}, got {value}")
+
+
 def _member_optimizer(optimizer: Any, hyperparams: dict[str, np.ndarray]) -> Callable[[dict], optax.GradientTransformation]:
     """``hyperparams -> GradientTransformation`` whose state carries them (``optax.inject_hyperparams``)."""
     if not hyperparams:
-        _train._check_optimizer(optimizer)
+        _run.check_optimizer(optimizer)
         return lambda h: optimizer
     if hasattr(optimizer, "init") and hasattr(optimizer, "update"):
         raise TypeError("with hyperparameters in members, optimizer must be a factory such as optax.adam or "
@@ -109,10 +128,10 @@ def fit_population(
     model: Layer,
     loss: Callable[[jax.Array, jax.Array], jax.Array],
     optimizer: Any,
-    train: Any,
+    data: Any = None,
     *,
     members: Mapping[str, Sequence] | None = None,
-    state: _train.TrainState | None = None,
+    state: train.TrainState | None = None,
     test: Any = None,
     epochs: int = 10,
     batch_size: int = 64,
@@ -122,11 +141,12 @@ def fit_population(
     eval_batch_size: int = 1024,
     progress: bool = True,
     verbose: bool = False,
-) -> tuple[_train.TrainState, dict[str, Any]]:
+    **deprecated: Any,
+) -> tuple[train.TrainState, dict[str, Any]]:
     """Trains every member of a population at once; one program, vmapped over members.
 
     Args:
-      model, loss, train, test, epochs, batch_size, metrics, epochs_per_call,
+      model, loss, data, test, epochs, batch_size, metrics, epochs_per_call,
         drop_last, eval_batch_size, progress, verbose: as for :func:`jaxnets.fit`.
       optimizer: an ``optax.GradientTransformation`` when ``members`` holds
         only seeds; otherwise a factory taking the hyperparameters as keyword
@@ -157,6 +177,14 @@ def fit_population(
         does not take their hyperparameters, or anything :func:`jaxnets.fit`
         rejects, before anything is compiled.
     """
+    if "train" in deprecated:
+        warnings.warn("fit_population(train=...) is deprecated: the data argument is called data", DeprecationWarning,
+                      stacklevel=2)
+        data = deprecated.pop("train") if data is None else data
+    if deprecated:
+        raise TypeError(f"fit_population() got unexpected keyword arguments {sorted(deprecated)}")
+    if data is None:
+        raise TypeError("fit_population needs data: a Dataset or a pair (x, y)")
     continued = state is not None
     if continued and isinstance(members, Mapping) and "seed" in members:
         raise ValueError("members must not hold 'seed' when continuing from a state: its keys carry on")
@@ -166,48 +194,64 @@ def fit_population(
         seeds, hyperparams = [0] * _population_size(state), {k: np.asarray(v) for k, v in held.items()}
     else:
         seeds, hyperparams = _check_members(members)
-    run = _train._check_run(model, loss, train, test, epochs=epochs, batch_size=batch_size,
-                            epochs_per_call=epochs_per_call, drop_last=drop_last, metrics=metrics)
+    _run.check_model(model)
+    _run.check_loss(loss)
+    run = _run.prepare_run(data, test, objective_mode=False, epochs=epochs, batch_size=batch_size,
+                           epochs_per_call=epochs_per_call, drop_last=drop_last)
+    metrics = resolve_metrics(metrics, run.data[1])
     eval_batch_size = _checks.positive_int(eval_batch_size, "eval_batch_size")
+    _check_hyperparams(hyperparams)
+    input_shape = (-1,) + tuple(run.data[0].shape[1:])
     make_optimizer = _member_optimizer(optimizer, hyperparams)
     shared = make_optimizer({})  # the update function; each member's hyperparameters sit in its state
 
     def init(seed_key, h):
-        return _train.init_train_state(model, make_optimizer(h), run.input_shape, key=seed_key)
+        return train.init_train_state(model, make_optimizer(h), input_shape, key=seed_key)
 
     if state is None:
         keys = jnp.stack([jax.random.key(s) for s in seeds])
         state = jax.jit(jax.vmap(init))(keys, {k: jnp.asarray(v) for k, v in hyperparams.items()})
     else:
         state = _continued(state, shared, hyperparams, len(seeds))
-    _train._check_targets(model, member(state, 0), run)
-    program = _train._chunk_program(model, loss, shared, run, drop_last=drop_last, eval_batch_size=eval_batch_size)
-    program = jax.jit(jax.vmap(program, in_axes=(0, None, None, None, None, None), out_axes=(0, 1)),  # results: (epochs, P)
-                      donate_argnums=0)
+    one = member(state, 0)
+    _run.check_state_for_model(model, one, (-1,) + tuple(run.data[0].shape[1:]))
+    _run.check_targets(model, one, run)
+    chunk = train.make_chunk(model, shared, loss=loss, metrics=metrics, batch_size=run.batch_size, drop_last=drop_last,
+                             eval_batch_size=eval_batch_size, epochs_per_call=run.epochs_per_call, on_nonfinite="warn")
+    program = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, None),  # results: (epochs, P)
+                               out_axes=(0, {"results": 1, "nonfinite_step": 1, "done": 0})), donate_argnums=0)
 
     def describe(row):
         return " ".join(f"{k}={np.min(v):.4f}..{np.max(v):.4f}" for k, v in row.items())
 
     history: dict[str, Any] = {"epoch": [], "time": []}
-    rows = []
-    for state, epoch, row, seconds in _train._drive(program, state, run, progress=progress, verbose=verbose,
-                                                     describe=describe):
-        history["epoch"].append(epoch)
-        history["time"].append(seconds)
-        rows.append(row)
+    rows, diverged = [], {}
+    for chunk in _run.drive(program, state, run, progress=progress, verbose=verbose, describe=describe, vectorised=True):
+        state = chunk.state
+        for epoch, row in chunk.rows:
+            history["epoch"].append(epoch)
+            history["time"].append(chunk.seconds)
+            rows.append(row)
+        for epoch, flags in chunk.nonfinite:
+            for index in np.flatnonzero(np.asarray(flags) >= 0):
+                diverged.setdefault(int(index), epoch)
+    if diverged:
+        warnings.warn("training diverged (loss or params NaN/Inf) for member(s) " +
+                      ", ".join(f"{m} at epoch {e}" for m, e in sorted(diverged.items())) +
+                      f"; the others trained on. To find the cause, {_run.LOCATE_ADVICE}", RuntimeWarning, stacklevel=2)
     for name in rows[0]:
         history[name] = np.stack([np.asarray(r[name]) for r in rows])  # (epochs, P)
     history["members"] = {**({} if continued else {"seed": list(seeds)}), **{k: v.tolist() for k, v in hyperparams.items()}}
     return state, history
 
 
-def _continued(state: Any, optimizer: optax.GradientTransformation, hyperparams: dict, size: int) -> _train.TrainState:
+def _continued(state: Any, optimizer: optax.GradientTransformation, hyperparams: dict, size: int) -> train.TrainState:
     """A copy of a population's ``state`` for ``size`` members, with ``hyperparams`` written into its optimizer state."""
     if _population_size(state) != size:
         raise ValueError(f"state must hold {size} members (one per value in members), got step of shape {np.shape(state.step)}")
     one = member(state, 0)
-    _train._check_state_fits(optimizer, one)
-    state = jax.tree_util.tree_map(jnp.copy, state)  # the program donates its input; keep the caller's
+    _run.check_state_fits(optimizer, one)
+    state = jax.device_put(state, may_alias=False)  # a copy (compiles nothing): the program donates its input
     if hyperparams:
         held = state.opt_state.hyperparams
         for name, values in hyperparams.items():
@@ -216,7 +260,7 @@ def _continued(state: Any, optimizer: optax.GradientTransformation, hyperparams:
 
 
 def _population_size(state: Any) -> int:
-    if not isinstance(state, _train.TrainState):
+    if not isinstance(state, train.TrainState):
         raise TypeError(f"state must be a population's TrainState, got {type(state).__name__}")
     shape = np.shape(state.step)
     if shape == ():
@@ -224,7 +268,7 @@ def _population_size(state: Any) -> int:
     return shape[0]
 
 
-def member(state: _train.TrainState, index: int) -> _train.TrainState:
+def member(state: train.TrainState, index: int) -> train.TrainState:
     """Member ``index`` of a population's state, as a plain :class:`jaxnets.TrainState`."""
     size = _population_size(state)
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -size <= index < size:

@@ -1,23 +1,38 @@
-"""Training: a train state, a jitted step, fused epochs, and ``fit``.
+"""Training: a train state, the general step, fused epochs, and ``fit``.
 
-One training step is a pure function
+The general step is a pure function
 
-    (state, x, y) -> (state, metrics)
+    (state, batch) -> (state, metrics)
 
-doing forward (``model.apply_with_state`` in training mode), loss,
-``jax.grad``, ``optimizer.update`` and ``optax.apply_updates``, and nothing
-else: by default the only metric is the loss, and the step's random key is
-derived from the state's fixed key and step counter (``fold_in``), so a
-deterministic model's step compiles to the same program as a hand-written
-raw-JAX step. :func:`make_train_step` returns it jitted, with the incoming
-state's buffers donated to the outgoing one.
+of an *objective* ``(params, batch, key, model_state) -> (loss, aux)``:
+``jax.value_and_grad`` (or a replacement, e.g. DP-SGD's clipped and noised
+per-example gradients from :mod:`jaxnets.per_example`),
+``optimizer.update``, ``optax.apply_updates``, ``step + 1``, and nothing
+else. ``batch`` is any pytree of arrays (a pair ``(x, y)``, a dict of
+inputs and targets); ``aux`` is a dict of scalar metrics, and its entry
+``"model_state"`` (if any) is the model's new state (BatchNorm statistics).
+A per-batch transform ``(key, batch) -> batch`` (augmentation,
+binarisation) can run first, on the device. :func:`make_step` builds it.
 
-An epoch is one more pure function, :func:`make_epoch`: a pseudo-random
-permutation of the example indices computed on the device
-(:func:`permutation`), then ``lax.scan`` of the step over batches gathered on
-the device. :func:`fit` compiles one program that runs up to
-``epochs_per_call`` epochs, each followed by its evaluation passes, with the
-history gathered on the device; Python reads it once per call.
+The common case, a model and ``loss(outputs, targets)`` on pairs ``(x, y)``,
+is the objective :func:`objective_from_loss`; :func:`make_train_step`
+returns its step as ``(state, x, y) -> (state, metrics)``. With the default
+metrics (the loss alone) and a model without randomness it compiles to the
+same program as a hand-written raw-JAX step
+(``experiments/benchmarks/w1.py`` measures it).
+
+An epoch is one more pure function, :func:`scan_epoch` (:func:`make_epoch`
+for the common case): a pseudo-random permutation of the example indices
+computed on the device (:func:`permutation`), then ``lax.scan`` of the step
+over batches gathered on the device. It also reports the first step whose
+loss was not finite (or, at the last step, whose params were not): the
+losses are there already, so the check costs one reduction per epoch.
+:func:`fit` compiles one program that runs up to ``epochs_per_call``
+epochs, each followed by its evaluation passes, and reuses it for every
+call with the same configuration (model, loss or objective, optimizer,
+options, shapes). Between calls it runs hooks, appends the history to a
+JSON-lines file, saves checkpoints (:mod:`jaxnets.checkpoint`), and stops
+at the first non-finite epoch, keeping the last finite state.
 
 Batching (:func:`epoch_indices`): an epoch has ``ceil(n / batch_size)``
 steps, all of the same shape. The last batch is completed with the first
@@ -28,41 +43,51 @@ bias BatchNorm's batch statistics.) With ``drop_last=True`` an epoch has
 of that epoch's order are skipped for that epoch.
 
 Randomness: :class:`TrainState` holds one fixed key. The step that starts
-with counter ``s`` gives the model (dropout) ``fold_in(key, 2 s)``, and the
-epoch that starts at ``s`` shuffles with ``fold_in(key, 2 s + 1)``. Nothing
-random is carried from step to step, so an unused key costs nothing: XLA
-removes it.
+with counter ``s`` gets ``k_s = fold_in(key, 2 s)`` (split in two when a
+transform takes one half), and the epoch that starts at ``s`` shuffles with
+``fold_in(key, 2 s + 1)``. Nothing random is carried from step to step, so
+an unused key costs nothing (XLA removes it), and a run resumed from a
+checkpoint draws exactly the numbers it would have drawn.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-import time
-from typing import Any, Callable, Mapping, NamedTuple
+import warnings
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jaxnets import _checks
+from jaxnets import _checks, _run
+from jaxnets._run import (NonFiniteError, Progress, check_state_for_model, check_targets, early_stopping, permutation,
+                          prepare_run)
+from jaxnets.evaluation import (batched_outputs, evaluate, normalized_objective, objective_means, predict, resolve_metrics,
+                                score)
 from jaxnets.layers import Layer
-from jaxnets.losses import accuracy
 
 __all__ = [
     "TrainState",
     "init_train_state",
+    "objective_from_loss",
+    "default_gradient",
+    "make_step",
     "make_train_step",
+    "scan_epoch",
     "make_epoch",
+    "make_chunk",
     "epoch_indices",
     "permutation",
     "fit",
+    "Progress",
+    "early_stopping",
+    "NonFiniteError",
     "evaluate",
     "predict",
 ]
 
-Metrics = Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]]
+Metrics = Mapping[str, "Callable[[Any, Any], jax.Array] | str"]
 
 
 class TrainState(NamedTuple):
@@ -73,8 +98,8 @@ class TrainState(NamedTuple):
       opt_state: the optimizer's state.
       model_state: the model's state, e.g. BatchNorm running statistics (``{}`` if none).
       step: number of optimizer steps taken; an int32 array (so it never retraces).
-      key: a fixed ``jax.random`` key; each step's and each epoch's keys are
-        derived from it and ``step`` (see the module docstring).
+      key: a fixed typed ``jax.random`` key; each step's and each epoch's keys
+        are derived from it and ``step`` (see the module docstring).
     """
 
     params: Any
@@ -83,88 +108,19 @@ class TrainState(NamedTuple):
     step: jax.Array
     key: jax.Array
 
+    @classmethod
+    def create(cls, params: Any, optimizer: optax.GradientTransformation, *, model_state: Any = None,
+               key: jax.Array | None = None, seed: int | None = None) -> "TrainState":
+        """A state at step 0 from params one already has (and the model's state), in one call.
 
-def _model_key(state: TrainState) -> jax.Array:
-    """The key the model gets (e.g. for dropout) on the step that starts at ``state.step``."""
-    return jax.random.fold_in(state.key, 2 * state.step)
-
-
-def _shuffle_key(state: TrainState) -> jax.Array:
-    """The key that orders the epoch that starts at ``state.step``."""
-    return jax.random.fold_in(state.key, 2 * state.step + 1)
-
-
-def _mix32(x: jax.Array) -> jax.Array:
-    """MurmurHash3's 32-bit finaliser: a bijection of uint32 in which each input bit flips each output bit w.p. ~1/2."""
-    x = x ^ (x >> np.uint32(16))
-    x = x * np.uint32(0x85EBCA6B)
-    x = x ^ (x >> np.uint32(13))
-    x = x * np.uint32(0xC2B2AE35)
-    return x ^ (x >> np.uint32(16))
-
-
-def _unmix32(x: jax.Array) -> jax.Array:
-    """The inverse of :func:`_mix32`: each step undone in reverse order."""
-    x = x ^ (x >> np.uint32(16))
-    x = x * np.uint32(0x7ED1B41D)  # 0xC2B2AE35 ** -1 mod 2**32
-    x = x ^ (x >> np.uint32(13)) ^ (x >> np.uint32(26))
-    x = x * np.uint32(0xA5CB9243)  # 0x85EBCA6B ** -1 mod 2**32
-    return x ^ (x >> np.uint32(16))
-
-
-def permutation(key: jax.Array, n: int) -> jax.Array:
-    """A uniformly shuffled ``0 .. n-1``, from one sort of ``n`` distinct uint32 values.
-
-    ``jax.random.permutation`` draws random sort keys and sorts them with the
-    indices as a payload; XLA's CPU sort of key-value pairs costs more than a
-    training step of a small model (about 280 us for 1,437 indices on 2
-    cores). Here the sort keys are a keyed bijection of the indices,
-    ``h(i) = mix(mix(i xor k1) xor k2)`` with ``mix`` MurmurHash3's 32-bit
-    finaliser and ``k1, k2`` the key's bits, so they are distinct (no ties,
-    no payload). One single-operand sort orders them, and ``h^-1`` turns the
-    sorted values back into indices: about 40 us for the same 1,437.
-
-    Args:
-      key: a ``jax.random`` key.
-      n: number of indices (a Python int, below ``2**31``).
-
-    Returns:
-      ``(n,)`` int32 holding each of ``0 .. n-1`` once. The same key gives the
-      same order on every backend. The tests check that every index is
-      equally likely at every position, and every ordered pair equally likely
-      to be adjacent (chi-squared tests over many keys).
-    """
-    n = _checks.positive_int(n, "n")
-    words = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)  # 2 words (threefry) or 4 (rbg)
-    k1, k2 = words[0], _mix32(words[1:].sum(dtype=jnp.uint32) ^ words[0])
-    hashed = _mix32(_mix32(jnp.arange(n, dtype=jnp.uint32) ^ k1) ^ k2)
-    return (_unmix32(_unmix32(jnp.sort(hashed)) ^ k2) ^ k1).astype(jnp.int32)
-
-
-def _check_model(model: Any) -> Layer:
-    if not isinstance(model, Layer):
-        raise TypeError(f"model must be a jaxnets Layer (e.g. serial(...)), got {type(model).__name__}")
-    return model
-
-
-def _check_optimizer(optimizer: Any) -> optax.GradientTransformation:
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError(f"optimizer must be an optax.GradientTransformation (with init and update), got {optimizer!r}")
-    return optimizer
-
-
-def _as_key(key: Any = None, seed: Any = None) -> jax.Array:
-    if key is not None:
-        if seed is not None:
-            raise ValueError("pass either key or seed, not both")
-        if not isinstance(key, jax.Array):
-            raise TypeError(f"key must be a jax.random key, got {type(key).__name__}")
-        return key
-    if seed is None:
-        seed = 0
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    return jax.random.key(int(seed))
+        ``optimizer.init(params)`` makes the optimizer state; the key (or
+        ``jax.random.key(seed)``, seed 0 by default) is kept for dropout and
+        shuffling. The params are used as they are (not copied).
+        """
+        _run.check_optimizer(optimizer)
+        _run.check_not_donated(params, "params")
+        return cls(params, optimizer.init(params), {} if model_state is None else model_state,
+                   jnp.zeros((), jnp.int32), _run.as_key(key, seed))
 
 
 def init_train_state(
@@ -174,39 +130,142 @@ def init_train_state(
 
     The key (or ``jax.random.key(seed)``, seed 0 by default) is split: one
     part initialises the params, the other is kept for dropout and shuffling.
+    To start from params one already has, use :meth:`TrainState.create`.
     """
-    model, optimizer = _check_model(model), _check_optimizer(optimizer)
-    init_key, train_key = jax.random.split(_as_key(key, seed))
+    model, optimizer = _run.check_model(model), _run.check_optimizer(optimizer)
+    init_key, train_key = jax.random.split(_run.as_key(key, seed))
     _, params, model_state = model.init_with_state(init_key, input_shape)
     return TrainState(params, optimizer.init(params), model_state, jnp.zeros((), jnp.int32), train_key)
 
 
-def _default_metrics(y: Any) -> dict:
-    return {"accuracy": accuracy} if np.issubdtype(np.dtype(y.dtype), np.integer) else {}
+def objective_from_loss(model: Layer, loss: Callable[[Any, Any], jax.Array], *, metrics: Metrics | None = None) -> Callable:
+    """The objective of the common case: ``(params, (x, y), key, model_state) -> (loss(model(x), y), aux)``.
+
+    The model runs in training mode with ``key``; ``aux`` holds the new
+    ``"model_state"`` and ``metrics`` (``name -> fn(outputs, y)``) of the
+    training-mode outputs. Outputs and targets may be pytrees.
+    """
+    model, loss = _run.check_model(model), _run.check_loss(loss)
+    metrics = resolve_metrics(metrics or {})
+
+    def objective(params, batch, key, model_state):
+        x, y = batch
+        outputs, new_state = model.apply_with_state(params, model_state, x, key=key, train=True)
+        return loss(outputs, y), {"model_state": new_state, **{name: fn(outputs, y) for name, fn in metrics.items()}}
+
+    return objective
 
 
-def _check_loss(loss: Any) -> Callable:
-    if not callable(loss):
-        raise TypeError(f"loss must be callable as loss(outputs, targets), got {loss!r}")
-    return loss
+def default_gradient(objective: Callable, params: Any, batch: Any, key: jax.Array, model_state: Any):
+    """``((loss, aux), grads)`` by ``jax.value_and_grad``: the gradient step of :func:`make_step` unless replaced.
+
+    A replacement has this signature (e.g.
+    :func:`jaxnets.per_example.dp_gradient`, clipped per-example gradients
+    with Gaussian noise). One marked ``per_example = True`` returns
+    per-example gradients (leaves ``(B, ...)``), for optimizers that take
+    them, such as ``optax.contrib.dpsgd``.
+    """
+    return jax.value_and_grad(objective, has_aux=True)(params, batch, key, model_state)
+
+
+_DPSGD_MSG = ("optimizer {name} expects per-example gradients (leaves with a leading batch axis), but this step "
+              "computes the batch gradient. Pass gradient=jaxnets.per_example.stacked_gradient to give it per-example "
+              "gradients, or train with any optimizer and gradient=jaxnets.per_example.dp_gradient(l2_norm_clip, "
+              "noise_multiplier)")
+
+
+def _check_gradient_fits(opt_state: Any, gradient: Callable) -> None:
+    """``optax.contrib.dpsgd`` (which takes per-example gradients) with a batch gradient fails here, not silently."""
+    nodes = jax.tree_util.tree_leaves(opt_state, is_leaf=lambda n: type(n).__name__ == "DifferentiallyPrivateAggregateState")
+    wants_per_example = any(type(n).__name__ == "DifferentiallyPrivateAggregateState" for n in nodes)
+    if wants_per_example != bool(getattr(gradient, "per_example", False)):
+        if wants_per_example:
+            raise TypeError(_DPSGD_MSG.format(name="optax.contrib.dpsgd"))
+        raise TypeError("gradient returns per-example gradients (per_example = True), which only an optimizer that "
+                        "aggregates them (optax.contrib.dpsgd) takes; use jaxnets.per_example.dp_gradient for any other")
+
+
+def make_step(
+    objective: Callable,
+    optimizer: optax.GradientTransformation,
+    *,
+    gradient: Callable | None = None,
+    transform: Callable | None = None,
+    jit: bool = True,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """The general training step ``(state, batch) -> (state, metrics)``.
+
+    ``k = fold_in(state.key, 2 state.step)``; with a ``transform``,
+    ``k_t, k = split(k)`` and ``batch = transform(k_t, batch)``; then
+    ``(loss, aux), grads = gradient(objective, params, batch, k,
+    model_state)``, ``optimizer.update``, ``optax.apply_updates``, ``step + 1``.
+
+    Args:
+      objective: ``(params, batch, key, model_state) -> loss`` or ``(loss,
+        aux)``: a scalar loss, and a dict of scalar metrics whose entry
+        ``"model_state"`` (if present) replaces the model's state.
+      optimizer: any ``optax.GradientTransformation``.
+      gradient: the gradient step (:func:`default_gradient` unless given).
+      transform: ``(key, batch) -> batch``, run on the device before the objective.
+      jit: return ``jax.jit(step, donate_argnums=0)`` (default), or the pure function.
+
+    Returns:
+      ``step(state, batch) -> (state, {"loss": ..., **aux metrics})``.
+    """
+    objective, optimizer = normalized_objective(objective), _run.check_optimizer(optimizer)
+    gradient = default_gradient if gradient is None else gradient
+    if not callable(gradient):
+        raise TypeError(f"gradient must be callable as gradient(objective, params, batch, key, model_state), got {gradient!r}")
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be callable as transform(key, batch) -> batch, got {transform!r}")
+
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        _check_gradient_fits(state.opt_state, gradient)
+        key = _run.model_key(state)
+        if transform is not None:
+            transform_key, key = jax.random.split(key)
+            batch = transform(transform_key, batch)
+        (value, aux), grads = gradient(objective, state.params, batch, key, state.model_state)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        model_state = aux.pop("model_state", state.model_state)
+        for name, metric in aux.items():
+            if jnp.shape(metric) != ():
+                raise ValueError(f"objective's aux[{name!r}] must be a scalar metric, got shape {jnp.shape(metric)}")
+        return TrainState(params, opt_state, model_state, state.step + 1, state.key), {"loss": value, **aux}
+
+    return _donating_jit(step) if jit else step
+
+
+def _donating_jit(fn: Callable) -> Callable:
+    """``jax.jit(fn, donate_argnums=0)`` whose donated state, if used again, gets a clear error, not XLA's."""
+    compiled = jax.jit(fn, donate_argnums=0)
+
+    @functools.wraps(fn)
+    def call(state, *args):
+        try:
+            return compiled(state, *args)
+        except (RuntimeError, ValueError) as error:  # free on the happy path: only a failed call looks
+            if _run.is_deleted(state):
+                raise ValueError(_run.DONATED_MSG.format(name="state")) from error
+            raise
+
+    call.lower = compiled.lower
+    return call
 
 
 def make_train_step(
     model: Layer,
-    loss: Callable[[jax.Array, jax.Array], jax.Array],
+    loss: Callable[[Any, Any], jax.Array],
     optimizer: optax.GradientTransformation,
     *,
     metrics: Metrics | None = None,
     jit: bool = True,
-) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
-    """The training step ``(state, x, y) -> (state, metrics)``.
+) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
+    """The training step of the common case, ``(state, x, y) -> (state, metrics)``.
 
-    Forward in training mode, loss, ``jax.value_and_grad``,
-    ``optimizer.update``, ``optax.apply_updates``, ``step + 1``; the key in
-    the state is passed through unchanged (the model gets
-    ``fold_in(key, 2 step)``). With the default ``metrics`` this is the
-    program a hand-written raw-JAX step compiles to
-    (``experiments/benchmarks/w1.py`` measures it).
+    :func:`make_step` of :func:`objective_from_loss`. With the default
+    ``metrics`` this is the program a hand-written raw-JAX step compiles to.
 
     Args:
       model: the network.
@@ -219,27 +278,12 @@ def make_train_step(
       jit: return ``jax.jit(step, donate_argnums=0)`` (default), or the pure
         function to compose into your own program.
     """
-    model, optimizer, loss = _check_model(model), _check_optimizer(optimizer), _check_loss(loss)
-    metrics = dict(metrics or {})
+    general = make_step(objective_from_loss(model, loss, metrics=metrics), optimizer, jit=False)
 
-    def step(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, dict]:
-        def objective(params):
-            outputs, model_state = model.apply_with_state(params, state.model_state, x, key=_model_key(state), train=True)
-            return loss(outputs, y), (outputs, model_state)
+    def step(state: TrainState, x: Any, y: Any) -> tuple[TrainState, dict]:
+        return general(state, (x, y))
 
-        (value, (outputs, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        logged = {"loss": value, **{name: fn(outputs, y) for name, fn in metrics.items()}}
-        return TrainState(params, opt_state, model_state, state.step + 1, state.key), logged
-
-    return jax.jit(step, donate_argnums=0) if jit else step
-
-
-def _steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:
-    if batch_size > num_examples:
-        raise ValueError(f"batch_size must be at most the number of examples ({num_examples}), got {batch_size}")
-    return num_examples // batch_size if drop_last else math.ceil(num_examples / batch_size)
+    return _donating_jit(step) if jit else step
 
 
 def epoch_indices(state: TrainState, num_examples: int, batch_size: int, *, drop_last: bool = False) -> jax.Array:
@@ -254,360 +298,410 @@ def epoch_indices(state: TrainState, num_examples: int, batch_size: int, *, drop
     """
     num_examples = _checks.positive_int(num_examples, "num_examples")
     batch_size = _checks.positive_int(batch_size, "batch_size")
-    steps = _steps_per_epoch(num_examples, batch_size, drop_last)
-    order = permutation(_shuffle_key(state), num_examples)
+    steps = _run.steps_per_epoch(num_examples, batch_size, drop_last)
+    order = permutation(_run.shuffle_key(state), num_examples)
     if steps * batch_size > num_examples:  # wrap around: complete the last batch from the start of the order
         order = jnp.concatenate([order, order[: steps * batch_size - num_examples]])
     return order[: steps * batch_size].reshape(steps, batch_size)  # (steps, batch)
 
 
+def _first_nonfinite(losses: jax.Array, params: Any) -> jax.Array:
+    """Index of the first step whose loss is NaN/Inf; the last step's if only the final params are; else -1."""
+    bad = ~jnp.isfinite(losses)
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(params) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    params_ok = jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves])) if leaves else jnp.bool_(True)
+    last = jnp.where(params_ok, -1, losses.shape[0] - 1)
+    return jnp.where(bad.any(), jnp.argmax(bad), last).astype(jnp.int32)
+
+
+def scan_epoch(
+    step: Callable[[TrainState, Any], tuple[TrainState, dict]],
+    *,
+    batch_size: int,
+    drop_last: bool = False,
+    check_finite: bool = True,
+    jit: bool = True,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """One epoch of a general step as one program: ``(state, data) -> (state, mean metrics)``.
+
+    ``data`` is a pytree whose leaves hold all examples on the device (leading
+    axis ``n``, fixed when the program is traced). The batches are
+    :func:`epoch_indices` of the incoming state; ``step`` (pure, from
+    :func:`make_step` with ``jit=False``) runs over them in a ``lax.scan``.
+
+    Returns:
+      The state after the epoch and the means of the step's metrics over the
+      epoch's steps; with ``check_finite``, also ``"nonfinite_step"``: -1 if
+      every loss and the final params are finite, else the index (in this
+      epoch) of the first step whose loss was not (the last step's when only
+      the final params are not).
+    """
+    batch_size = _checks.positive_int(batch_size, "batch_size")
+
+    def epoch(state: TrainState, data: Any) -> tuple[TrainState, dict]:
+        batches = epoch_indices(state, _run.leading(data), batch_size, drop_last=drop_last)
+        state, logged = jax.lax.scan(lambda s, idx: step(s, _run.take(data, idx)), state, batches)
+        means = jax.tree_util.tree_map(jnp.mean, logged)
+        if check_finite:
+            means["nonfinite_step"] = _first_nonfinite(logged["loss"], state.params)
+        return state, means
+
+    return _donating_jit(epoch) if jit else epoch
+
+
 def make_epoch(
     model: Layer,
-    loss: Callable[[jax.Array, jax.Array], jax.Array],
+    loss: Callable[[Any, Any], jax.Array],
     optimizer: optax.GradientTransformation,
     *,
     num_examples: int,
     batch_size: int,
     drop_last: bool = False,
     metrics: Metrics | None = None,
+    check_finite: bool = True,
     jit: bool = True,
-) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
-    """One epoch as one program: ``(state, x, y) -> (state, mean metrics)``.
+) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
+    """One epoch of the common case as one program: ``(state, x, y) -> (state, mean metrics)``.
 
-    ``x, y`` hold all ``num_examples`` examples on the device. The batches are
-    :func:`epoch_indices` of the incoming state, and the step of
-    :func:`make_train_step` runs over them in a ``lax.scan``; the returned
-    metrics are the means over the epoch's steps.
+    :func:`scan_epoch` of :func:`make_train_step`'s step on ``data = (x, y)``.
 
     Args:
-      num_examples: ``x.shape[0]`` (static: it fixes the number of steps).
+      num_examples: ``x.shape[0]`` (checked: it fixes the number of steps).
       batch_size, drop_last: see :func:`epoch_indices`.
       metrics, jit: as for :func:`make_train_step` (jitted with the state donated).
+      check_finite: add ``"nonfinite_step"`` to the metrics (see :func:`scan_epoch`).
     """
     num_examples = _checks.positive_int(num_examples, "num_examples")
     batch_size = _checks.positive_int(batch_size, "batch_size")
-    _steps_per_epoch(num_examples, batch_size, drop_last)
-    step = make_train_step(model, loss, optimizer, metrics=metrics, jit=False)
+    _run.steps_per_epoch(num_examples, batch_size, drop_last)
+    general = make_step(objective_from_loss(model, loss, metrics=metrics), optimizer, jit=False)
+    scanned = scan_epoch(general, batch_size=batch_size, drop_last=drop_last, check_finite=check_finite, jit=False)
 
-    def epoch(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, dict]:
-        if x.shape[0] != num_examples or y.shape[0] != num_examples:
+    def epoch(state: TrainState, x: Any, y: Any) -> tuple[TrainState, dict]:
+        if _run.leading(x) != num_examples or _run.leading(y) != num_examples:
             raise ValueError(f"this epoch was built for num_examples={num_examples}, got x {tuple(x.shape)} and y {tuple(y.shape)}")
-        batches = epoch_indices(state, num_examples, batch_size, drop_last=drop_last)
+        return scanned(state, (x, y))
 
-        def body(state, idx):
-            return step(state, jnp.take(x, idx, axis=0, mode="clip"), jnp.take(y, idx, axis=0, mode="clip"))
-
-        state, logged = jax.lax.scan(body, state, batches)
-        return state, jax.tree_util.tree_map(jnp.mean, logged)
-
-    return jax.jit(epoch, donate_argnums=0) if jit else epoch
+    return _donating_jit(epoch) if jit else epoch
 
 
-def _check_xy(data: Any, name: str) -> tuple[np.ndarray | jax.Array, np.ndarray | jax.Array]:
-    if hasattr(data, "x_train") and name == "train":
-        data = (data.x_train, data.y_train)
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"{name} must be a pair (x, y) of arrays or a Dataset, got {type(data).__name__}")
-    x, y = data
-    _checks.array_like(x, f"{name} x")
-    _checks.array_like(y, f"{name} y")
-    if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"{name} x and y must have the same number of examples, got x {tuple(x.shape)} and y {tuple(y.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} data is empty (0 examples)")
-    return x, y
-
-
-def _check_labels(y, out_shape, name: str) -> None:
-    if np.issubdtype(np.dtype(y.dtype), np.integer) and out_shape and out_shape[-1] != -1:
-        _checks.labels_in_range(y, out_shape[-1], f"{name} labels")
-
-
-def _batched_outputs(model: Layer, batch_size: int, params, model_state, x):
-    """Outputs of ``model`` on ``x`` in evaluation mode, as a ``lax.scan`` over fixed-size batches.
-
-    The last batch is padded with zeros and the padded rows are cut off the
-    result, so every example is counted exactly once.
-    """
-    n = x.shape[0]
-    steps = -(-n // batch_size)
-    pad = steps * batch_size - n
-    x_padded = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-    batches = x_padded.reshape((steps, batch_size) + x.shape[1:])  # (steps, batch, *features)
-
-    def body(_, xb):
-        return None, model.apply_with_state(params, model_state, xb, train=False)[0]
-
-    _, outs = jax.lax.scan(body, None, batches)
-    return outs.reshape((steps * batch_size,) + outs.shape[2:])[:n]  # drop the padding
-
-
-def predict(model: Layer, params: Any, x: Any, *, model_state: Any = None, batch_size: int = 1024) -> jax.Array:
-    """The model's outputs on ``x`` in evaluation mode, computed in batches of ``batch_size``."""
-    model = _check_model(model)
-    batch_size = _checks.positive_int(batch_size, "batch_size")
-    _checks.array_like(x, "x")
-    return _predict_program(model, min(batch_size, x.shape[0]))(params, model_state or {}, jnp.asarray(x))
-
-
-@functools.lru_cache(maxsize=64)
-def _predict_program(model: Layer, batch_size: int):
-    """One jitted program per (model, batch size), so repeated ``predict``/``evaluate`` calls never recompile."""
-    return jax.jit(functools.partial(_batched_outputs, model, batch_size))
-
-
-def _score(outputs, y, loss, metrics) -> dict:
-    return {"loss": loss(outputs, y), **{name: fn(outputs, y) for name, fn in metrics.items()}}
-
-
-def evaluate(
+def make_chunk(
     model: Layer,
-    params: Any,
-    data: Any,
-    loss: Callable[[jax.Array, jax.Array], jax.Array],
+    optimizer: optax.GradientTransformation,
     *,
-    model_state: Any = None,
+    loss: Callable | None = None,
+    objective: Callable | None = None,
+    eval_objective: Callable | None = None,
     metrics: Metrics | None = None,
-    batch_size: int = 1024,
-) -> dict[str, float]:
-    """Loss and metrics of a model on held-out data, in evaluation mode.
+    gradient: Callable | None = None,
+    transform: Callable | None = None,
+    batch_size: int = 64,
+    drop_last: bool = False,
+    eval_batch_size: int = 1024,
+    epochs_per_call: int = 1,
+    on_nonfinite: str = "raise",
+) -> Callable:
+    """The pure program :func:`fit` compiles: ``(state, count, data, test) -> (state, out)``.
 
-    Args:
-      data: a pair ``(x, y)``.
-      metrics: ``name -> fn(outputs, targets)``; default ``accuracy`` for
-        integer labels.
-
-    Returns:
-      ``{"loss": ..., "accuracy": ..., ...}`` as Python floats, computed over
-      all examples exactly (no example counted twice, none dropped).
+    It runs ``count <= epochs_per_call`` epochs (``count`` traced), each an
+    epoch of :func:`scan_epoch` followed by its evaluation passes, and
+    returns ``out["results"][name]`` (a row per epoch), ``out["nonfinite_step"]``
+    and ``out["done"]`` (``jaxnets._run.chunk_program``). With a ``loss``,
+    the passes compute the loss and ``metrics`` on the training data
+    (``train_<metric>``) and on ``test`` (``test_loss``, ``test_<metric>``)
+    in evaluation mode; with an ``objective``, the training metrics are the
+    means of ``aux`` over the epoch's steps and ``test`` is scored by
+    ``eval_objective`` (default: the objective) with an evaluation key.
+    :func:`jaxnets.population.fit_population` vmaps it.
     """
-    x, y = _check_xy(data, "data")
-    metrics = _default_metrics(y) if metrics is None else dict(metrics)
-    outputs = predict(model, params, x, model_state=model_state, batch_size=batch_size)
-    _check_labels(y, outputs.shape, "data")
-    return {k: float(v) for k, v in jax.device_get(_score(outputs, jnp.asarray(y), loss, metrics)).items()}
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the progress extra is not installed: print a line per epoch instead
-        return None
-    return tqdm(total=total, unit="epoch", dynamic_ncols=True)
-
-
-class _Run(NamedTuple):
-    """Checked inputs of a training run (shared by :func:`fit` and :func:`jaxnets.population.fit_population`)."""
-
-    data: tuple  # (x, y, x_test, y_test) as device arrays; the test pair is (None, None) without test data
-    input_shape: tuple
-    metrics: dict
-    epochs: int
-    batch_size: int
-    epochs_per_call: int
-
-
-def _check_run(model, loss, train, test, *, epochs, batch_size, epochs_per_call, drop_last, metrics) -> _Run:
-    """Everything but the optimizer, which :func:`fit` and ``fit_population`` accept in different forms."""
-    _check_model(model)
-    _check_loss(loss)
-    epochs = _checks.positive_int(epochs, "epochs")
-    batch_size = _checks.positive_int(batch_size, "batch_size")
     epochs_per_call = _checks.positive_int(epochs_per_call, "epochs_per_call")
-    if not isinstance(drop_last, bool):
-        raise TypeError(f"drop_last must be a bool, got {drop_last!r}")
-    if test is None and hasattr(train, "x_test"):
-        test = (train.x_test, train.y_test)
-    x, y = _check_xy(train, "train")
-    x_test = y_test = None
-    if test is not None:
-        x_test, y_test = _check_xy(test, "test")
-        if x_test.shape[1:] != x.shape[1:]:
-            raise ValueError(f"test x must have the feature shape of train x {tuple(x.shape[1:])}, got {tuple(x_test.shape[1:])}")
-    _steps_per_epoch(x.shape[0], batch_size, drop_last)
-    metrics = _default_metrics(y) if metrics is None else dict(metrics)
-    as_device = (lambda a: None if a is None else jnp.asarray(a))
-    return _Run((as_device(x), as_device(y), as_device(x_test), as_device(y_test)), (-1,) + tuple(x.shape[1:]),
-                metrics, epochs, batch_size, min(epochs_per_call, epochs))
+    if on_nonfinite not in ("raise", "warn", "ignore"):
+        raise ValueError(f"on_nonfinite must be 'raise', 'warn' or 'ignore', got {on_nonfinite!r}")
+    if loss is not None:
+        metrics = resolve_metrics(dict(metrics)) if metrics is not None else {}
+        objective = objective_from_loss(model, loss)
+    else:
+        objective = normalized_objective(objective)
+        eval_objective = objective if eval_objective is None else normalized_objective(eval_objective)
+    step = make_step(objective, optimizer, gradient=gradient, transform=transform, jit=False)
+    epoch = scan_epoch(step, batch_size=batch_size, drop_last=drop_last, check_finite=on_nonfinite != "ignore", jit=False)
+
+    def scores(state, x, y, which, prefix, skip_loss):
+        outputs = batched_outputs(model, min(eval_batch_size, _run.leading(x)), state.params, state.model_state, x,
+                                  _run.eval_key(state, which))
+        return {f"{prefix}_{k}": v for k, v in score(outputs, y, loss, metrics).items() if not (skip_loss and k == "loss")}
+
+    def one_epoch(state, data, test):
+        state, logged = epoch(state, data)
+        nonfinite = logged.pop("nonfinite_step", jnp.int32(-1))
+        results = {"train_loss": logged.pop("loss")}
+        if loss is not None:
+            if metrics:
+                results.update(scores(state, *data, 0, "train", True))
+            if test is not None:
+                results.update(scores(state, *test, 1, "test", False))
+        else:
+            results.update({f"train_{k}": v for k, v in logged.items()})
+            if test is not None:
+                means = objective_means(eval_objective, min(eval_batch_size, _run.leading(test)), state.params,
+                                        state.model_state, test, _run.eval_key(state, 1))
+                results.update({f"test_{k}": v for k, v in means.items()})
+        return state, results, nonfinite
+
+    def names(state, data, test):
+        if loss is not None:
+            found = ["train_loss"] + [f"train_{k}" for k in metrics]
+            return found + (["test_loss"] + [f"test_{k}" for k in metrics] if test is not None else [])
+        batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size,) + a.shape[1:], a.dtype), data)
+        aux = jax.eval_shape(objective, state.params, batch, _run.model_key(state), state.model_state)[1]
+        found = ["train_loss"] + [f"train_{k}" for k in aux if k != "model_state"]
+        if test is not None:
+            test_batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape[1:], a.dtype), test)
+            aux = jax.eval_shape(eval_objective, state.params, test_batch, _run.model_key(state), state.model_state)[1]
+            found += ["test_loss"] + [f"test_{k}" for k in aux if k != "model_state"]
+        return found
+
+    return _run.chunk_program(one_epoch, epochs_per_call, freeze_nonfinite=on_nonfinite == "raise", names=names)
 
 
-def _check_state_fits(optimizer: optax.GradientTransformation, state: TrainState) -> None:
-    """A state made by another optimizer fails here, printing both structures, not deep inside ``update``."""
-    expected = jax.tree_util.tree_structure(jax.eval_shape(optimizer.init, state.params))
-    got = jax.tree_util.tree_structure(state.opt_state)
-    if expected != got:
-        raise ValueError(f"state.opt_state does not fit this optimizer (was the state made with another one?): "
-                         f"the optimizer's state has structure {expected}, state.opt_state has {got}")
-
-
-def _check_targets(model: Layer, state: TrainState, run: _Run) -> None:
-    """Labels out of range for the model's outputs fail here, not as garbage losses."""
-    x, y, _, y_test = run.data
-    out_shape = jax.eval_shape(lambda p, s, xb: model.apply_with_state(p, s, xb)[0], state.params, state.model_state,
-                               jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype)).shape
-    _check_labels(y, out_shape, "train")
-    if y_test is not None:
-        _check_labels(y_test, out_shape, "test")
-
-
-def _chunk_program(model, loss, optimizer, run: _Run, *, drop_last: bool, eval_batch_size: int) -> Callable:
-    """The pure function ``(state, count, x, y, x_test, y_test) -> (state, results)`` that :func:`fit` compiles.
-
-    It runs ``count <= run.epochs_per_call`` epochs (``count`` is a traced
-    int32, so the last, shorter call reuses the program), each followed by
-    its evaluation passes, and returns ``results[name]`` with a leading axis
-    of length ``run.epochs_per_call`` whose first ``count`` rows are filled.
-    """
-    x0, _, x_test0, _ = run.data
-    epoch = make_epoch(model, loss, optimizer, num_examples=x0.shape[0], batch_size=run.batch_size,
-                       drop_last=drop_last, jit=False)
-
-    def scores(params, model_state, xs, ys, prefix, skip_loss):
-        outputs = _batched_outputs(model, min(eval_batch_size, xs.shape[0]), params, model_state, xs)
-        return {f"{prefix}_{k}": v for k, v in _score(outputs, ys, loss, run.metrics).items() if not (skip_loss and k == "loss")}
-
-    def one_epoch(state, x, y, x_test, y_test):
-        state, logged = epoch(state, x, y)
-        results = {"train_loss": logged["loss"], **scores(state.params, state.model_state, x, y, "train", True)}
-        if x_test is not None:
-            results.update(scores(state.params, state.model_state, x_test, y_test, "test", False))
-        return state, results
-
-    names = ["train_loss"] + [f"train_{k}" for k in run.metrics]
-    if x_test0 is not None:
-        names += ["test_loss"] + [f"test_{k}" for k in run.metrics]
-
-    def program(state, count, x, y, x_test, y_test):
-        dtype = jnp.result_type(float)  # float32, or float64 under jax_enable_x64
-        buffers = {k: jnp.zeros((run.epochs_per_call,), dtype) for k in names}
-
-        def body(i, carry):
-            state, buffers = carry
-            state, results = one_epoch(state, x, y, x_test, y_test)
-            for k, v in results.items():
-                if jnp.shape(v) != ():
-                    raise ValueError(f"{k[k.index('_') + 1:]} must return a scalar, got shape {jnp.shape(v)}")
-            return state, {k: buffers[k].at[i].set(jnp.asarray(results[k]).astype(dtype)) for k in names}
-
-        return jax.lax.fori_loop(0, count, body, (state, buffers))
-
-    return program
-
-
-def _drive(program, state, run: _Run, *, progress: bool, verbose: bool, describe: Callable[[dict], str]):
-    """Calls ``program`` until ``run.epochs`` epochs are done; yields ``(state, epoch, results, seconds)`` per epoch.
-
-    Results are read from the device once per call. ``seconds`` is the time
-    since the start at which the epoch's call returned (epochs of one call
-    share it).
-    """
-    bar = _progress(run.epochs, progress)
-    start = time.perf_counter()
-    done = 0
-    try:
-        while done < run.epochs:
-            count = min(run.epochs_per_call, run.epochs - done)
-            state, results = program(state, jnp.int32(count), *run.data)
-            results = jax.device_get(results)  # one host sync per call
-            seconds = time.perf_counter() - start
-            for i in range(count):
-                done += 1
-                row = {k: v[i] for k, v in results.items()}
-                line = describe(row)
-                if verbose or (progress and bar is None):
-                    print(f"epoch {done:3d}/{run.epochs} {line}", flush=True)
-                yield state, done, row, seconds
-            if bar is not None:
-                bar.set_postfix_str(line, refresh=False)
-                bar.update(count)
-    finally:
-        if bar is not None:
-            bar.close()
+@functools.lru_cache(maxsize=32)
+def _compiled_chunk(model, optimizer, options: tuple):
+    """One jitted program per configuration: a second ``fit`` with the same one compiles nothing."""
+    return jax.jit(make_chunk(model, optimizer, **dict(options)), donate_argnums=0)
 
 
 def fit(
     model: Layer,
-    loss: Callable[[jax.Array, jax.Array], jax.Array],
-    optimizer: optax.GradientTransformation,
-    train: Any,
+    loss: Callable[[Any, Any], jax.Array] | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    data: Any = None,
     *,
+    objective: Callable | None = None,
+    eval_objective: Callable | None = None,
     test: Any = None,
     epochs: int = 10,
     batch_size: int = 64,
     seed: int | None = None,
     key: jax.Array | None = None,
     state: TrainState | None = None,
+    input_shape: Sequence[int] | None = None,
     metrics: Metrics | None = None,
+    transform: Callable | None = None,
+    gradient: Callable | None = None,
     epochs_per_call: int = 1,
     drop_last: bool = False,
     eval_batch_size: int = 1024,
+    hooks: Callable | Sequence[Callable] = (),
+    history_file: str | None = None,
+    checkpoint_dir: Any = None,
+    checkpoint_every: int = 1,
+    checkpoint_keep: int = 3,
+    checkpoint_best: str | None = None,
+    on_nonfinite: str = "raise",
     progress: bool = True,
     verbose: bool = False,
+    **deprecated: Any,
 ) -> tuple[TrainState, dict[str, list[float]]]:
-    """Trains ``model`` on ``train`` with whole epochs, and their evaluation, compiled.
+    """Trains ``model`` on ``data`` with whole epochs, and their evaluation, compiled.
 
-    One program is compiled per call of ``fit`` (never per epoch): it runs up
-    to ``epochs_per_call`` epochs, each an on-device shuffle and a
-    ``lax.scan`` of the step (:func:`make_epoch`), followed by evaluation
-    passes over the training set and ``test`` in evaluation mode. Its
-    metrics stay on the device until the call returns.
+    One program runs up to ``epochs_per_call`` epochs, each an on-device
+    shuffle and a ``lax.scan`` of the step, followed by evaluation passes
+    (:func:`make_chunk`). It is compiled once per configuration and reused by
+    every later call with the same model, loss or objective, optimizer,
+    options and shapes (continuing from a returned state, a checkpoint loop).
 
     Args:
-      model: the network.
-      loss: ``loss(outputs, targets) -> scalar``.
+      model: the network (may be None with an ``objective`` and a ``state``,
+        e.g. a VAE's encoder and decoder in one params dict).
+      loss: ``loss(outputs, targets) -> scalar`` on pairs ``(x, y)`` (the
+        common case). Give either ``loss`` or ``objective``.
       optimizer: any ``optax.GradientTransformation``.
-      train: a :class:`jaxnets.data.Dataset` (its test split becomes ``test``
-        unless given), or a pair ``(x, y)``.
-      test: held-out pair ``(x, y)``, evaluated after every epoch.
-      epochs: number of passes over ``train``.
+      data: a :class:`jaxnets.data.Dataset` (its test split becomes ``test``
+        unless given), a pair ``(x, y)`` (arrays or pytrees), or, with an
+        ``objective``, any pytree of arrays with a common leading axis.
+      objective: instead of ``loss``, ``(params, batch, key, model_state) ->
+        (loss, aux)`` (see :func:`make_step`); its ``aux`` metrics are
+        logged as ``train_<name>`` (means over the epoch's steps).
+      eval_objective: scores ``test`` with an objective (default: ``objective``),
+        as means over the examples; it gets an evaluation key.
+      test: held-out data (a pair, a pytree or a Dataset), evaluated after every epoch.
+      epochs: number of passes over ``data`` (in total, when resuming).
       batch_size: examples per step.
       seed, key: where training starts; ``seed=0`` if neither is given.
       state: continue from this :class:`TrainState` instead of a fresh one
-        (it is copied, never consumed).
-      metrics: ``name -> fn(outputs, targets)`` for the evaluation passes;
-        default ``accuracy`` for integer labels.
-      epochs_per_call: epochs per host round-trip. ``1`` updates the progress
-        bar every epoch; more saves one dispatch and one device-to-host copy
-        per epoch (on an accelerator, where those dominate small models).
+        (it is copied, never consumed; it must fit the model and optimizer).
+      input_shape: the model's input shape (batch -1), needed for a fresh
+        state when ``data`` is not a pair whose ``x`` is an array.
+      metrics: ``name -> fn(outputs, targets)`` or a known name
+        (``"accuracy"``) for the evaluation passes; default ``accuracy`` for
+        integer labels. Only with ``loss``.
+      transform: ``(key, batch) -> batch`` applied to each training batch on the device.
+      gradient: replaces :func:`default_gradient`, e.g.
+        ``jaxnets.per_example.dp_gradient(l2_norm_clip, noise_multiplier)``.
+      epochs_per_call: epochs per host round-trip (hooks, history file,
+        checkpoints and the progress bar run between round-trips).
       drop_last: skip the examples that do not fill a last batch instead of
         completing it from the start of the epoch's order (module docstring).
       eval_batch_size: batch size of the evaluation passes.
+      hooks: callables ``hook(progress: Progress) -> bool | None`` run after
+        each round-trip, in order; one returning True stops training (e.g.
+        :func:`early_stopping`).
+      history_file: append one JSON line per epoch to this file, as it comes.
+      checkpoint_dir: save the whole state, the history and the configuration
+        there with orbax (``pip install 'jaxnets[checkpoint]'``), and resume
+        from the latest good checkpoint found there. Or a
+        :class:`jaxnets.checkpoint.Checkpoints` (e.g. with ``async_save=False``).
+      checkpoint_every: save after every this many epochs (and at the end),
+        in the background: a save that comes due while the previous one is
+        still being written replaces any older one waiting, so training never
+        waits for the disk (the last save is always written before ``fit``
+        returns).
+      checkpoint_keep: keep the last this many checkpoints...
+      checkpoint_best: ...and the best by this history name (``"test_loss"``).
+      on_nonfinite: ``"raise"`` (default): stop at the first epoch whose loss
+        or params are NaN/Inf and raise :class:`NonFiniteError` holding the
+        last finite state; ``"warn"``: warn and train on; ``"ignore"``: no check.
       progress: show a progress bar (needs ``tqdm``).
       verbose: also print one line per epoch.
 
     Returns:
       ``(state, history)``: the trained state, and per epoch lists
-      ``history["train_loss"]`` (mean over the epoch's training-mode steps),
-      ``history["train_<metric>"]`` and ``history["test_<...>"]`` (evaluation
-      mode, after the epoch), and ``history["time"]`` (seconds since ``fit``
-      began, when the epoch's results reached the host).
+      ``history["epoch"]``, ``history["train_loss"]`` (mean over the epoch's
+      training-mode steps), ``history["train_<metric>"]`` and
+      ``history["test_<...>"]``, and ``history["time"]`` (seconds since this
+      call of ``fit`` began, when the epoch's results reached the host).
 
     Raises:
-      TypeError, ValueError: on a wrong model, loss, optimizer, data,
-        hyperparameter or state, before anything is compiled.
+      TypeError, ValueError: on a wrong model, loss, optimizer, data (NaN/Inf
+        included), hyperparameter or state, before anything is compiled.
+      NonFiniteError: training diverged (with ``on_nonfinite="raise"``).
     """
-    _check_optimizer(optimizer)
-    run = _check_run(model, loss, train, test, epochs=epochs, batch_size=batch_size,
-                     epochs_per_call=epochs_per_call, drop_last=drop_last, metrics=metrics)
+    if "train" in deprecated:
+        warnings.warn("fit(train=...) is deprecated: the data argument is called data", DeprecationWarning, stacklevel=2)
+        data = deprecated.pop("train") if data is None else data
+    if deprecated:
+        raise TypeError(f"fit() got unexpected keyword arguments {sorted(deprecated)}")
+    if loss is not None or model is not None:  # an objective with a given state needs no model
+        _run.check_model(model)
+    if (loss is None) == (objective is None):
+        raise TypeError("fit needs exactly one of loss (loss(outputs, targets)) and objective "
+                        "(objective(params, batch, key, model_state)), got " + ("both" if loss is not None else "neither"))
+    if loss is not None:
+        _run.check_loss(loss)
+        if eval_objective is not None:
+            raise TypeError("eval_objective goes with objective; with a loss, metrics score the evaluation passes")
+    elif metrics is not None:
+        raise TypeError("metrics go with loss; an objective returns its metrics in aux")
+    if optimizer is None or data is None:
+        raise TypeError(f"fit needs an optimizer and data, got optimizer={optimizer!r} and data of type {type(data).__name__}")
+    _run.check_optimizer(optimizer)
+    hooks = [hooks] if callable(hooks) else list(hooks)
+    for hook in hooks:
+        if not callable(hook):
+            raise TypeError(f"hooks must be callables hook(progress) -> bool | None, got {hook!r}")
+    run = prepare_run(data, test, objective_mode=objective is not None, epochs=epochs, batch_size=batch_size,
+                      epochs_per_call=epochs_per_call, drop_last=drop_last)
+    metrics = resolve_metrics(metrics, run.data[1]) if loss is not None else None
     eval_batch_size = _checks.positive_int(eval_batch_size, "eval_batch_size")
+    checkpoint_every = _checks.positive_int(checkpoint_every, "checkpoint_every")
+    if input_shape is None and isinstance(run.data, tuple) and isinstance(run.data[0], jax.Array):
+        input_shape = (-1,) + tuple(run.data[0].shape[1:])
     if state is None:
-        state = init_train_state(model, optimizer, run.input_shape, key=key, seed=seed)
+        if input_shape is None or model is None:
+            raise TypeError("fit needs a model and input_shape, or a state, when data is not a pair (x, y) whose x is an array")
+        state = init_train_state(model, optimizer, input_shape, key=key, seed=seed)
     elif not isinstance(state, TrainState):
         raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
     else:
-        _check_state_fits(optimizer, state)
-        state = jax.tree_util.tree_map(jnp.copy, state)  # the program donates its input; keep the caller's
-    _check_targets(model, state, run)
-    program = jax.jit(_chunk_program(model, loss, optimizer, run, drop_last=drop_last, eval_batch_size=eval_batch_size),
-                      donate_argnums=0)
+        _run.check_not_donated(state, "state")
+        if loss is not None:
+            check_targets(model, state, run)  # data that does not fit the model fails first, with the layer's message
+        if input_shape is not None and model is not None:
+            check_state_for_model(model, state, input_shape)
+        _run.check_state_fits(optimizer, state)
+        state = jax.device_put(state, may_alias=False)  # a copy (compiles nothing): the program donates its input
+    _check_gradient_fits(jax.eval_shape(optimizer.init, state.params), default_gradient if gradient is None else gradient)
+    if loss is not None:
+        check_targets(model, state, run)
 
-    history: dict[str, list[float]] = {"epoch": []}
+    options = (("loss", loss), ("objective", objective), ("eval_objective", eval_objective),
+               ("metrics", tuple(metrics.items()) if metrics is not None else None), ("gradient", gradient),
+               ("transform", transform), ("batch_size", run.batch_size), ("drop_last", drop_last),
+               ("eval_batch_size", eval_batch_size), ("epochs_per_call", run.epochs_per_call),
+               ("on_nonfinite", on_nonfinite))
+    try:
+        program = _compiled_chunk(model, optimizer, options)
+    except TypeError:  # something unhashable in the configuration: build (and compile) it for this call only
+        program = jax.jit(make_chunk(model, optimizer, **dict(options)), donate_argnums=0)
+
+    history: dict[str, list] = {"epoch": []}
+    done = 0
+    checkpoints = None
+    if checkpoint_dir is not None:
+        from jaxnets import checkpoint  # orbax is imported only when checkpoints are asked for
+
+        checkpoints = checkpoint_dir if isinstance(checkpoint_dir, checkpoint.Checkpoints) else \
+            checkpoint.Checkpoints(checkpoint_dir, keep=checkpoint_keep, best=checkpoint_best)
+        config = {"model": repr(model), "optimizer": getattr(optimizer, "__name__", type(optimizer).__name__),
+                  "epochs": run.epochs, "batch_size": run.batch_size, "drop_last": drop_last,
+                  "epochs_per_call": run.epochs_per_call, "num_examples": run.num_examples,
+                  "key_impl": str(jax.random.key_impl(state.key))}
+        restored = checkpoints.restore(state)
+        if restored is not None:
+            state, history, _ = restored
+            done = len(history["epoch"])
+    saved_at, warned = done, False
     describe = (lambda row: " ".join(f"{k}={float(v):.4f}" for k, v in row.items()))
-    for state, epoch, row, seconds in _drive(program, state, run, progress=progress, verbose=verbose, describe=describe):
-        history["epoch"].append(epoch)
-        for k, v in row.items():
-            history.setdefault(k, []).append(float(v))
-        history.setdefault("time", []).append(seconds)
+    try:
+        for chunk in _run.drive(program, state, run, done=done, progress=progress, verbose=verbose, describe=describe):
+            state = chunk.state
+            bad = chunk.nonfinite[0] if chunk.nonfinite else None
+            rows = [(e, r) for e, r in chunk.rows if bad is None or on_nonfinite != "raise" or e < bad[0]]
+            for epoch, row in rows:
+                history["epoch"].append(epoch)
+                for k, v in row.items():
+                    history.setdefault(k, []).append(float(v))
+                history.setdefault("time", []).append(chunk.seconds)
+            if history_file is not None and rows:
+                _run.append_lines(history_file, [{"epoch": e, **{k: float(v) for k, v in r.items()}, "time": chunk.seconds}
+                                             for e, r in rows])
+            done = len(history["epoch"])
+            stop = bad is not None and on_nonfinite == "raise"
+            if bad is not None:
+                epoch, index = bad
+                global_step = int(state.step) + int(index) if on_nonfinite == "raise" else None
+                where = f"epoch {epoch}, step {global_step} (step {int(index)} of the epoch)" if global_step is not None \
+                    else f"epoch {epoch} (step {int(index)} of the epoch)"
+                message = f"training diverged: the loss or the params became NaN/Inf at {where}"
+            progress_info = Progress(done, run.epochs, {k: float(v) for k, v in rows[-1][1].items()} if rows else {},
+                                     history, state)
+            if not stop:
+                for hook in hooks:
+                    try:
+                        stop = bool(hook(progress_info)) or stop
+                    except Exception as error:
+                        if hasattr(error, "add_note"):
+                            error.add_note(f"raised by the hook {getattr(hook, '__name__', hook)!r} of fit, after epoch "
+                                           f"{done}; the state and history up to it are kept in the checkpoint, if any")
+                        if checkpoints is not None and done > saved_at:
+                            checkpoints.save(done, state, history, config)
+                        raise
+            if checkpoints is not None and done > saved_at and (
+                    done // checkpoint_every > saved_at // checkpoint_every or done >= run.epochs or stop):
+                checkpoints.save(done, state, history, config)
+                saved_at = done
+            if bad is not None:
+                if on_nonfinite == "raise":
+                    raise NonFiniteError(f"{message}; fit stopped and kept the last finite state (after epoch "
+                                         f"{epoch - 1}: error.state, error.history). To find the cause, {_run.LOCATE_ADVICE}. "
+                                         "Lower the learning rate, or pass on_nonfinite='warn' to train on",
+                                         epoch=epoch, step=global_step, state=state, history=history)
+                if not warned:
+                    warned = True
+                    warnings.warn(f"{message}; training goes on (on_nonfinite='warn')", RuntimeWarning, stacklevel=2)
+            if stop:
+                break
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
     return state, history

@@ -52,7 +52,8 @@ def test_gradient_report_quick(tmp_path):
 
 def test_w1_benchmark_quick(tmp_path):
     result = _load("experiments/benchmarks/w1.py", "w1").main(["--quick", "--out", str(tmp_path)])
-    assert len(result["rows"]) == 5 and result["rows"][0]["ratio_to_reference"] == 1.0
+    assert len(result["rows"]) == 6 and result["rows"][0]["ratio_to_reference"] == 1.0
+    assert "finiteness_check_cost" in result
     assert all(r["us_per_step"] > 0 for r in result["rows"])
     # The two steps are the same program up to the step counter: XLA counts the same work.
     costs = result["xla_cost"]
@@ -93,3 +94,11 @@ def test_sequence_benchmark_quick(tmp_path):
     assert all(r["ms_per_step"] > 0 for r in result["rows"]) and len(result["ratios"]) == 4
     assert result["attention_max_abs_difference"] <= 1e-5  # the two attention blocks compute the same function
     assert (tmp_path / "sequence.md").read_text().startswith("| workload |")
+
+
+def test_checkpointing_benchmark_quick(tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    result = _load("experiments/benchmarks/checkpointing.py", "checkpointing").main(["--quick", "--out", str(tmp_path)])
+    assert [r["contender"] for r in result["rows"]] == ["without checkpoints", "checkpoint every epoch"]
+    assert all(r["train_seconds"] > 0 and r["fit_seconds"] > 0 for r in result["rows"]) and "overhead" in result
+    assert (tmp_path / "checkpointing.md").read_text().startswith("| contender |")

@@ -57,3 +57,13 @@ def test_readme_python_example_runs():
     namespace = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)
     assert namespace["history"]["test_accuracy"][-1] >= 0.97
+
+
+def test_readme_engine_example_runs():
+    """The open engine's example (every Python block after the first runs too, in order)."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert len(blocks) >= 2
+    namespace = {}
+    for i, block in enumerate(blocks[1:], start=1):
+        exec(compile(block, f"README.md[block {i}]", "exec"), namespace)
+    assert namespace["history"]["test_loss"][-1] < 0.3 and "train_penalty" in namespace["history"]

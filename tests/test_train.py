@@ -221,19 +221,19 @@ def test_fit_errors(digits):
         jaxnets.fit(model, CE, opt, (x, y), epochs=-1, progress=False)
     with pytest.raises(ValueError, match=r"batch_size must be at most the number of examples \(1437\), got 5000"):
         jaxnets.fit(model, CE, opt, (x, y), batch_size=5000, progress=False)
-    with pytest.raises(ValueError, match=r"train x and y must have the same number of examples, got x \(1437, 64\) and y \(1436,\)"):
+    with pytest.raises(ValueError, match=r"data x and y must have the same number of examples, got x \(1437, 64\) and y \(1436,\)"):
         jaxnets.fit(model, CE, opt, (x, y[:-1]), progress=False)
-    with pytest.raises(ValueError, match=r"train data is empty \(0 examples\)"):
+    with pytest.raises(ValueError, match=r"data is empty \(0 examples\)"):
         jaxnets.fit(model, CE, opt, (x[:0], y[:0]), progress=False)
-    with pytest.raises(ValueError, match=r"train labels must lie in \[0, 10\) for 10 classes, got values in \[0, 12\]"):
+    with pytest.raises(ValueError, match=r"data labels must lie in \[0, 10\) for 10 classes, got values in \[0, 12\]"):
         jaxnets.fit(model, CE, opt, (x, np.where(y == 9, 12, y)), progress=False)
-    with pytest.raises(ValueError, match=r"test x must have the feature shape of train x \(64,\), got \(63,\)"):
+    with pytest.raises(ValueError, match=r"test x must have the feature shape of data x \(64,\), got \(63,\)"):
         jaxnets.fit(model, CE, opt, (x, y), test=(x[:, :63], y), progress=False)
     with pytest.raises(TypeError, match="optimizer must be an optax.GradientTransformation"):
         jaxnets.fit(model, CE, 0.01, (x, y), progress=False)
     with pytest.raises(TypeError, match="model must be a jaxnets Layer"):
         jaxnets.fit(lambda p, x: x, CE, opt, (x, y), progress=False)
-    with pytest.raises(TypeError, match=r"train must be a pair \(x, y\) of arrays or a Dataset, got ndarray"):
+    with pytest.raises(TypeError, match=r"data must be a pair \(x, y\) of arrays or a jaxnets.data.Dataset, got ndarray"):
         jaxnets.fit(model, CE, opt, x, progress=False)
     with pytest.raises(ValueError, match="epochs_per_call must be a positive integer, got 0"):
         jaxnets.fit(model, CE, opt, (x, y), epochs_per_call=0, progress=False)

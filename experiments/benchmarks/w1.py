@@ -12,7 +12,9 @@ Contenders, timed in one process, interleaved over ``--rounds`` rounds
 * jaxnets step in the same loop: ``jaxnets.make_train_step``;
 * raw JAX fused epoch: a hand-written ``lax.scan`` over batches gathered by a
   ``jax.random.permutation`` of the data (one call per epoch; the same key each call);
-* jaxnets fused epoch: ``jaxnets.make_epoch`` (one call per epoch);
+* jaxnets fused epoch: ``jaxnets.make_epoch`` (one call per epoch), with its
+  finiteness check (the default);
+* the same without the check (``check_finite=False``): the check's cost;
 * jaxnets, 10 fused epochs per call: ``make_epoch`` in a ``fori_loop``, the
   mechanism of ``fit(epochs_per_call=10)`` without its evaluation passes.
 
@@ -66,6 +68,8 @@ def main(argv=None) -> dict:
     step = train.make_train_step(model, ce, optimizer)
     epoch_fn = train.make_epoch(model, ce, optimizer, num_examples=n, batch_size=batch, jit=False)
     epoch = jax.jit(epoch_fn, donate_argnums=0)
+    unchecked = jax.jit(train.make_epoch(model, ce, optimizer, num_examples=n, batch_size=batch, check_finite=False,
+                                         jit=False), donate_argnums=0)
     ten_epochs = jax.jit(lambda s, xs, ys: jax.lax.fori_loop(0, 10, lambda i, s: epoch_fn(s, xs, ys)[0], s),
                          donate_argnums=0)
 
@@ -82,6 +86,7 @@ def main(argv=None) -> dict:
         "raw fused": W.looped(raw_epoch, (raw_fused_params, optimizer.init(raw_fused_params)), (jax.random.key(1),),
                               epochs_per_round),
         "jaxnets fused": W.looped(epoch, (fresh_state(),), (xs, ys), epochs_per_round),
+        "jaxnets unchecked": W.looped(unchecked, (fresh_state(),), (xs, ys), epochs_per_round),
         "jaxnets ten": W.looped(ten, (fresh_state(),), (xs, ys), 1),
     }
 
@@ -90,6 +95,7 @@ def main(argv=None) -> dict:
         "jaxnets step, Python loop": (runs["jaxnets loop"], loop_steps),
         "raw JAX fused epoch": (runs["raw fused"], loop_steps),
         "jaxnets fused epoch (make_epoch)": (runs["jaxnets fused"], loop_steps),
+        "jaxnets fused epoch, no finiteness check": (runs["jaxnets unchecked"], loop_steps),
         "jaxnets, 10 fused epochs per call": (runs["jaxnets ten"], 10 * steps_per_epoch),
     }
     medians = interleaved_medians({name: run for name, (run, _) in contenders.items()}, rounds, 1)
@@ -100,7 +106,14 @@ def main(argv=None) -> dict:
     probe = fresh_state()  # (lowering reads only shapes; the trained buffers were donated)
     costs = {"raw JAX step": cost(raw_step.lower(W.raw_params(probe.params), optimizer.init(W.raw_params(probe.params)), x, y).compile()),
              "jaxnets step": cost(step.lower(probe, x, y).compile())}
-    result = {"benchmark": "w1", "workload": "MLP 64-128-128-10, digits, batch 64, Adam 1e-3",
+    epoch_costs = {"checked": cost(epoch.lower(probe, xs, ys).compile()),
+                   "unchecked": cost(unchecked.lower(probe, xs, ys).compile())}
+    # XLA counts a loop body once, so the check's extra work is compared with the epoch's steps counted out.
+    costs["fused epoch extra for the finiteness check"] = {
+        k: (epoch_costs["checked"][k] - epoch_costs["unchecked"][k]) / (steps_per_epoch * costs["jaxnets step"][k])
+        for k in ("flops", "bytes")}
+    check_cost = (per_step["jaxnets fused epoch (make_epoch)"] / per_step["jaxnets fused epoch, no finiteness check"]) - 1
+    result = {"benchmark": "w1", "finiteness_check_cost": check_cost, "workload": "MLP 64-128-128-10, digits, batch 64, Adam 1e-3",
               **W.environment(),
               "rounds": rounds, "epochs_per_round": epochs_per_round, "steps_per_epoch": steps_per_epoch,
               "quick": args.quick, "rows": rows, "xla_cost": costs}
@@ -108,7 +121,9 @@ def main(argv=None) -> dict:
                           ("ratio to reference", "ratio_to_reference", ".3f")])
     text += (f"\n\nXLA cost analysis per step: raw {costs['raw JAX step']['flops']:.0f} flops, "
              f"{costs['raw JAX step']['bytes']:.0f} bytes; jaxnets {costs['jaxnets step']['flops']:.0f} flops, "
-             f"{costs['jaxnets step']['bytes']:.0f} bytes.")
+             f"{costs['jaxnets step']['bytes']:.0f} bytes.\n\nFiniteness check: {100 * check_cost:+.2f}% of a fused epoch's time "
+             f"(XLA: {100 * costs['fused epoch extra for the finiteness check']['flops']:+.3f}% flops, "
+             f"{100 * costs['fused epoch extra for the finiteness check']['bytes']:+.3f}% bytes).")
     print(f"W1 on {result['device']}: {rounds} rounds, median per step")
     print(text)
     write_results(args.out, "w1", result, text)

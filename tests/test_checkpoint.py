@@ -1,0 +1,160 @@
+"""Checkpoints: resume is exact, the last few and the best are kept, another run's checkpoint is refused, a corrupt
+one is skipped, a SIGKILL at any moment (during a save too) loses nothing; params in safetensors."""
+
+import json
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+pytest.importorskip("orbax.checkpoint")
+pytest.importorskip("safetensors")
+
+import jaxnets  # noqa: E402
+import jaxnets.layers as L  # noqa: E402
+from jaxnets import checkpoint, data, losses  # noqa: E402
+
+CE = losses.softmax_cross_entropy_with_integer_labels
+STANDARD_PROMOTION_REASON = "optax.adam mixes its int32 count with floats"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_digits()
+
+
+def model():
+    return L.serial(L.Dense(32), L.Relu(), L.Dropout(0.2), L.Dense(10))
+
+
+def assert_same_run(a, ha, b, hb):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, (a.params, a.opt_state, a.step), (b.params, b.opt_state, b.step))
+    np.testing.assert_array_equal(jax.random.key_data(a.key), jax.random.key_data(b.key))
+    assert {k: v for k, v in ha.items() if k != "time"} == {k: v for k, v in hb.items() if k != "time"}
+
+
+def test_resume_is_bitwise_the_uninterrupted_run(digits, tmp_path):
+    opt = optax.adam(1e-3)
+    straight, h_straight = jaxnets.fit(model(), CE, opt, digits, epochs=5, seed=1, progress=False)
+    jaxnets.fit(model(), CE, opt, digits, epochs=2, seed=1, checkpoint_dir=str(tmp_path), progress=False)
+    resumed, h_resumed = jaxnets.fit(model(), CE, opt, digits, epochs=5, seed=1, checkpoint_dir=str(tmp_path),
+                                     epochs_per_call=2, progress=False)
+    assert_same_run(straight, h_straight, resumed, h_resumed)
+    done, h_done = jaxnets.fit(model(), CE, opt, digits, epochs=5, seed=1, checkpoint_dir=str(tmp_path), progress=False)
+    assert_same_run(straight, h_straight, done, h_done)  # nothing left to do: the checkpoint is returned
+
+
+def test_keeps_the_last_few_and_the_best(digits, tmp_path):
+    folder = checkpoint.Checkpoints(str(tmp_path), keep=2, best="test_loss", async_save=False)  # every epoch written
+    _, history = jaxnets.fit(model(), CE, optax.adam(0.05), digits, epochs=7, checkpoint_dir=folder, progress=False)
+    best = int(np.argmin(history["test_loss"])) + 1
+    kept = sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit())
+    assert kept == sorted({6, 7, best}), (kept, best, history["test_loss"])
+
+
+def test_another_models_checkpoint_is_refused_and_left_alone(digits, tmp_path):
+    jaxnets.fit(model(), CE, optax.adam(1e-3), digits, epochs=1, checkpoint_dir=str(tmp_path), progress=False)
+    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    other = L.serial(L.Dense(16), L.Relu(), L.Dense(10))
+    with pytest.raises(ValueError, match=r"holds another model's or optimizer's state \(nothing was overwritten\)"
+                                         r":\n  opt_state/0/mu/dense_0/b: this run has \[\[16\], 'float32'\], the checkpoint \[\[32\], 'float32'\]"):
+        jaxnets.fit(other, CE, optax.adam(1e-3), digits, epochs=2, checkpoint_dir=str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match=r"(?s)another model.s or optimizer.s state.*opt_state/0/mu/dense_0/b: this run has nothing, the checkpoint"):
+        jaxnets.fit(model(), CE, optax.sgd(0.1), digits, epochs=2, checkpoint_dir=str(tmp_path), progress=False)
+    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_corrupt_checkpoint_is_skipped_with_a_warning_naming_it(digits, tmp_path):
+    opt = optax.adam(1e-3)
+    straight, h_straight = jaxnets.fit(model(), CE, opt, digits, epochs=3, progress=False)
+    jaxnets.fit(model(), CE, opt, digits, epochs=2, checkpoint_dir=str(tmp_path), progress=False)
+    for path in (tmp_path / "2").rglob("*"):  # truncate every file of the latest checkpoint
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[: 7])
+    with pytest.warns(RuntimeWarning, match=r"unreadable checkpoint\(s\) skipped:\n.*/2: .*\nresuming from .*/1"):
+        resumed, h_resumed = jaxnets.fit(model(), CE, opt, digits, epochs=3, checkpoint_dir=str(tmp_path), progress=False)
+    assert_same_run(straight, h_straight, resumed, h_resumed)
+
+
+def test_safetensors_round_trip_and_errors(digits, tmp_path, key):
+    from safetensors.numpy import load_file
+
+    net = model()
+    _, params = net.init(key, digits.input_shape)
+    path = str(tmp_path / "params.safetensors")
+    checkpoint.save_params(path, params)
+    assert sorted(load_file(path)) == ["dense_0/b", "dense_0/w", "dense_1/b", "dense_1/w"]  # names any tool reads
+    like = jax.eval_shape(lambda k: net.init(k, digits.input_shape)[1], key)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.load_params(path, like), params)
+    assert [p.name for p in tmp_path.iterdir()] == ["params.safetensors"]  # no temporary file left behind
+    wider = L.serial(L.Dense(48), L.Relu(), L.Dropout(0.2), L.Dense(10))
+    with pytest.raises(ValueError, match=r"does not fit the params:\n  dense_0/b: expected shape \(48,\), the file has \(32,\)"):
+        checkpoint.load_params(path, jax.eval_shape(lambda k: wider.init(k, digits.input_shape)[1], key))
+    deeper = {**params, "dense_2": {"w": np.zeros((10, 3), np.float32)}}
+    with pytest.raises(ValueError, match=r"dense_2/w: missing from the file \(expected shape \(10, 3\)\)"):
+        checkpoint.load_params(path, deeper)
+    with pytest.raises(ValueError, match=r"dense_1/w: in the file \(shape \(32, 10\)\) but not in the params"):
+        checkpoint.load_params(path, {"dense_0": params["dense_0"], "dense_1": {"b": params["dense_1"]["b"]}})
+
+
+def test_background_saves_never_make_training_wait_and_the_newest_is_written(digits, tmp_path):
+    folder = checkpoint.Checkpoints(str(tmp_path), keep=50)
+    state, history = jaxnets.fit(model(), CE, optax.adam(1e-3), digits, epochs=12, checkpoint_dir=folder, progress=False)
+    saved = folder.epochs()
+    assert saved[-1] == 12 and sorted(saved + folder.skipped) == list(range(1, 13))  # each epoch saved or superseded
+    restored, restored_history, _ = checkpoint.Checkpoints(str(tmp_path)).restore(state)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, restored.params, state.params)
+    assert restored_history == history
+
+
+def _child(ckpt, out, kill, *, timeout=300):
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "checkpoint_child.py"), str(ckpt), str(out), kill],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _like():
+    """A fresh state of the child's run (the structure a restore needs)."""
+    return jaxnets.init_train_state(L.serial(L.Dense(32), L.Relu(), L.Dropout(0.2), L.Dense(10)), optax.adam(1e-3), (-1, 64))
+
+
+def _finish(ckpt, out):
+    proc = _child(ckpt, out, "none")
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    leaves = np.load(out / "result.npz")
+    return [leaves[k] for k in sorted(leaves.files, key=lambda k: int(k.split("_")[1]))], json.loads((out / "history.json").read_text())
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_resume_is_bitwise_the_uninterrupted_run(tmp_path):
+    reference = _finish(tmp_path / "ref_ckpt", tmp_path / "ref")
+    kills = ["epoch:4", "save:3", "random"]  # after an epoch, during a save, at a random moment
+    for kill in kills:
+        ckpt, out = tmp_path / f"{kill}_ckpt".replace(":", "_"), tmp_path / kill.replace(":", "_")
+        proc = _child(ckpt, out, kill)
+        if kill == "random":  # a moment chosen at random after training has begun
+            for line in proc.stdout:
+                if line.startswith("epoch   2/"):
+                    break
+            time.sleep(random.Random(0).uniform(0.0, 0.5))
+            proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=300)
+        assert proc.returncode == -signal.SIGKILL, kill
+        if kill.startswith("save"):  # the previous checkpoint is readable, whatever state the killed save is in
+            previous = int(kill.split(":")[1]) - 1
+            restored = checkpoint.Checkpoints(str(ckpt)).restore(_like(), epoch=previous)
+            assert restored[1]["epoch"] == list(range(1, previous + 1))
+        leaves, history = _finish(ckpt, out)
+        assert history == reference[1], kill
+        for a, b in zip(leaves, reference[0]):
+            np.testing.assert_array_equal(a, b, err_msg=kill)
+        leftovers = [p.name for p in ckpt.iterdir() if "tmp" in p.name]
+        assert leftovers == [], (kill, leftovers)
