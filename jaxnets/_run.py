@@ -25,7 +25,8 @@ from jaxnets import _checks
 from jaxnets.layers import Layer
 
 #: The divergence error's advice; one constant, so the locator's name can change in one place.
-LOCATE_ADVICE = "run jaxnets.debug.locate_nonfinite(model, params, batch) to find the first layer that produced it"
+LOCATE_ADVICE = ("run jaxnets.debug.locate_nonfinite(model, params, x, y, loss=loss, state=model_state) on a batch, with the "
+                 "params of the last finite state (error.state), to name the first layer whose output or gradient is not finite")
 
 #: What a donated (consumed) state's error says; raised by :func:`check_not_donated`.
 DONATED_MSG = ("{name} was donated to a previous call (its buffers now belong to the state that call returned) and "

@@ -68,3 +68,23 @@ def test_bad_arguments():
         debug.locate_nonfinite(lambda x: x, {}, jnp.ones(2))
     with pytest.raises(ValueError, match=r"loss needs the targets: pass y="):
         debug.locate_nonfinite(L.Dense(2), {}, jnp.ones((1, 2)), loss=CE)
+
+
+def test_fit_divergence_then_the_locator_names_the_layer():
+    """fit stops at the first non-finite epoch and keeps the last finite state; the locator, run on that
+    state as the error advises, names the layer that makes the NaN."""
+    import optax
+
+    import jaxnets
+    from jaxnets import data
+
+    digits = data.load_digits()
+    # log of a ReLU's output: -inf wherever a unit is off, NaN in the gradients from the first step
+    model = L.serial(L.Dense(16), L.Relu(), L.Lambda(jnp.log, name="log"), L.Dense(10))
+    with pytest.raises(jaxnets.NonFiniteError, match="locate_nonfinite") as info:
+        jaxnets.fit(model, CE, optax.sgd(0.1), digits, epochs=3, batch_size=64, seed=0, progress=False, verbose=False)
+    state = info.value.state
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree_util.tree_leaves(state.params))
+    x, y = jnp.asarray(digits.x_train[:64]), jnp.asarray(digits.y_train[:64])
+    report = debug.locate_nonfinite(model, state.params, x, y, loss=CE, state=state.model_state)
+    assert (report.first.path, report.first.what) == ("log_0", "output")

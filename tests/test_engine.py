@@ -329,4 +329,4 @@ def test_per_example_labels_out_of_range(digits, key):
 
 
 def test_locator_advice_is_one_constant():
-    assert _run.LOCATE_ADVICE.startswith("run jaxnets.debug.locate_nonfinite(model, params, batch)")
+    assert _run.LOCATE_ADVICE.startswith("run jaxnets.debug.locate_nonfinite(model, params, x, y, loss=loss, state=model_state)")
