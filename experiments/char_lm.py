@@ -43,17 +43,17 @@ class Config:
     # data
     test_fraction: float = 0.1
     length: int = 64  # characters per window
-    stride: int = 16  # training windows start every `stride` characters
+    stride: int = 8  # training windows start every `stride` characters
     alpha: float = 0.1  # the bigram's add-alpha smoothing
     # models
-    width: int = 96
+    width: int = 64
     heads: int = 4
     layers: int = 2
     lstm_hidden: int = 192
     # optimisation
-    learning_rate: float = 3e-3
+    learning_rate: float = 5e-3
     batch_size: int = 64
-    epochs: int = 8
+    epochs: int = 6
     # sampling
     sample_chars: int = 300
     temperature: float = 0.8

@@ -153,6 +153,7 @@ def test_attention_rule_matches_jax_vjp(name, dtype, key):
     assert _rule_vs_vjp(make(), make_x(jax.random.key(7)), diff, key, dtype) <= TOLERANCE[dtype]
 
 
+@pytest.mark.slow  # finite differences: many forward passes in float64
 def test_attention_passes_finite_differences():
     layer = L.MultiHeadAttention(2, cross=True, out_features=5)
     report = gradcheck.check_layer(layer, ((2, 4, 8), (2, 6, 3)))
@@ -252,6 +253,7 @@ def test_bptt_rule_matches_jax_vjp(kind, variant, dtype, key):
     assert err <= TOLERANCE[dtype]
 
 
+@pytest.mark.slow  # finite differences: many forward passes in float64
 @pytest.mark.parametrize("kind", sorted(RECURRENT))
 def test_bptt_passes_finite_differences(kind):
     report = gradcheck.check_layer(RECURRENT[kind](return_sequences=False, initial_state="learned"), (2, 6, 3))

@@ -245,10 +245,10 @@ def _recurrent(cell: _Cell, spec: str, hidden: int, return_sequences: bool, init
             y = jnp.swapaxes(hs, 0, 1).reshape(tuple(lead) + (t_len, hidden))
         else:
             y = hs[-1].reshape(tuple(lead) + (hidden,))
-        return y, {"xs": xs, "saved": saved, "carry0": carry0}
+        return y, {"xs": xs, "saved": saved}
 
     def backward(params, tape, y_bar):
-        xs, saved, carry0 = tape["xs"], tape["saved"], tape["carry0"]
+        xs, saved = tape["xs"], tape["saved"]
         t_len, b_size, d = xs.shape
         lead = y_bar.shape[:-2] if return_sequences else y_bar.shape[:-1]
         if return_sequences:
@@ -327,7 +327,7 @@ def SimpleRNN(hidden: int, *, return_sequences: bool = True, initial_state: str 
     gradients; ``experiments/adding_problem.py`` shows it).
 
     Params: ``{"wx": (D, H), "wh": (H, H), "b": (H,)}`` (+ ``"h0"`` if learned).
-    """ + _ARGS_DOC
+    """
     hidden, truncate, w_init, recurrent_init, spec = _options("SimpleRNN", hidden, return_sequences, initial_state,
                                                               truncate, w_init, recurrent_init)
     return _recurrent(_CELLS["rnn"], spec, hidden, return_sequences, initial_state, truncate, w_init, recurrent_init, None)
@@ -356,7 +356,7 @@ def LSTM(hidden: int, *, return_sequences: bool = True, initial_state: str = "ze
     Params: ``{"wx": (D, 4H), "wh": (H, 4H), "b": (4H,)}`` in gate order i, f, g, o
     (+ ``"h0"``, ``"c0"`` if learned). With ``initial_state="input"`` the
     input is ``(x, h0, c0)``.
-    """ + _ARGS_DOC
+    """
     hidden, truncate, w_init, recurrent_init, spec = _options("LSTM", hidden, return_sequences, initial_state,
                                                               truncate, w_init, recurrent_init)
     forget_bias = float(forget_bias)
@@ -384,8 +384,13 @@ def GRU(hidden: int, *, return_sequences: bool = True, initial_state: str = "zer
 
     Params: ``{"wx": (D, 3H), "wh": (H, 3H), "bx": (3H,), "bh": (3H,)}`` in gate
     order r, u, n (+ ``"h0"`` if learned).
-    """ + _ARGS_DOC
+    """
     hidden, truncate, w_init, recurrent_init, spec = _options("GRU", hidden, return_sequences, initial_state,
                                                               truncate, w_init, recurrent_init)
     return _recurrent(_CELLS["gru"], spec, hidden, return_sequences, initial_state, truncate, w_init, recurrent_init,
                       None)
+
+
+for _layer in (SimpleRNN, LSTM, GRU):
+    _layer.__doc__ += _ARGS_DOC
+del _layer
