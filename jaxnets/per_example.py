@@ -9,7 +9,7 @@ norms for importance sampling. :func:`grads` computes them as
 and XLA batches the ``B`` backward passes into the same matrix products, each
 with an extra batch dimension.
 
-Example (one step of DP-SGD without the noise; ``docs/lessons/04`` trains with it)::
+Example (one step of DP-SGD without the noise; ``docs/lessons/11_the_training_engine.md`` trains with it)::
 
     g = per_example.grads(model, loss, params, x, y)       # leaves (B, *param_shape)
     g = per_example.clip(g, max_norm=1.0)                  # each example's global norm <= 1
