@@ -19,6 +19,7 @@ extensions = [
     "sphinx.ext.napoleon",  # Google-style Args/Returns/Raises sections
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "sphinx_togglebutton",  # folds the lessons' solutions (admonitions with :class: dropdown)
 ]
 
 source_suffix = {".md": "markdown"}

@@ -146,8 +146,9 @@ def fit_population(
     """Trains every member of a population at once; one program, vmapped over members.
 
     Args:
-      model, loss, data, test, epochs, batch_size, metrics, epochs_per_call,
-        drop_last, eval_batch_size, progress, verbose: as for :func:`jaxnets.fit`.
+      model: as for :func:`jaxnets.fit`, as are ``loss``, ``data``, ``test``,
+        ``epochs``, ``batch_size``, ``metrics``, ``epochs_per_call``,
+        ``drop_last``, ``eval_batch_size``, ``progress`` and ``verbose``.
       optimizer: an ``optax.GradientTransformation`` when ``members`` holds
         only seeds; otherwise a factory taking the hyperparameters as keyword
         arguments (``optax.adam``, ``jaxnets.optim.adamw``, or a

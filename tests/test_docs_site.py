@@ -20,5 +20,5 @@ def test_site_builds_without_warnings(tmp_path):
     assert result.returncode == 0, f"sphinx failed:\n{result.stdout}\n{result.stderr}"
     api = (out / "api" / "layers.html").read_text()
     assert "define_layer" in api and "Dense" in api, "the API reference lacks the layers' docstrings"
-    for page in ("index.html", "guides/custom_layers.html", "lessons/03_backprop_by_hand.html"):
+    for page in ("index.html", "guides/custom_layers.html", "lessons/06_backprop_by_hand.html"):
         assert (out / page).stat().st_size > 5000, f"{page} is nearly empty"

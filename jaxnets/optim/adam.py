@@ -156,11 +156,12 @@ def adamw(
     rescaled by ``v`` (that is what "decoupled" means; Adam with an L2
     penalty in the loss would rescale it).
 
+    The arguments other than ``mask`` are those of :func:`adam`.
+
     Args:
       mask: a pytree of bools with the structure of params (or a prefix of
         it), or a callable ``params -> such a tree``: weight decay applies
         where it is True. Typically excludes biases and norm scales.
-      Other arguments as in :func:`adam`.
 
     Same as ``optax.adamw``. PyTorch's ``AdamW`` multiplies the decay by the
     learning rate in the same way, but its default ``weight_decay`` is 1e-2.
