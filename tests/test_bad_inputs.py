@@ -500,6 +500,42 @@ _CONSTRUCTOR_CASES = {
                           r"sin_0: Sin\(\) has no hand-derived backward rule", "sin_0")],
     "count_params": [Case("not a pytree of arrays", lambda: L.count_params({"w": "abc"}), TypeError, r"params leaves must be arrays, got str at w", "params")],
 }
+_MHA = L.MultiHeadAttention(2, mask_input=True)
+_CONSTRUCTOR_CASES.update({
+    "MultiHeadAttention": [
+        Case("heads not dividing the width", lambda: L.MultiHeadAttention(3).init(K, (-1, 5, 8)), ValueError,
+             r"num_heads=3 does not divide the model width 8", "num_heads"),
+        Case("a mask that does not broadcast", lambda: _MHA.apply(_MHA.init(K, ((-1, 5, 8), (-1, 1, 5, 4)))[1],
+                                                                  (jnp.ones((2, 5, 8)), jnp.ones((2, 1, 5, 4), bool))), ValueError,
+             r"mask of shape \(2, 1, 5, 4\) does not broadcast to the attention scores", "mask"),
+        Case("an empty sequence", lambda: L.MultiHeadAttention(2).apply(L.MultiHeadAttention(2).init(K, (-1, 5, 8))[1], jnp.ones((2, 0, 8))),
+             ValueError, r"sequences must not be empty, got x of shape \(2, 0, 8\)", "x")],
+    "dot_product_attention": [
+        Case("q without heads", lambda: L.dot_product_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 4))), ValueError,
+             r"q must have shape \(\.\.\., length, heads, head_dim\), got \(3, 4\)", "q"),
+        Case("a mask that does not broadcast", lambda: L.dot_product_attention(jnp.ones((1, 3, 1, 4)), jnp.ones((1, 5, 1, 4)),
+                                                                               jnp.ones((1, 5, 1, 4)), jnp.ones((1, 1, 3, 4), bool)),
+             ValueError, r"mask of shape \(1, 1, 3, 4\) does not broadcast", "mask")],
+    "causal_mask": [Case("zero queries", lambda: L.causal_mask(0), ValueError, r"num_queries must be a positive integer, got 0", "num_queries")],
+    "padding_mask": [Case("a float array", lambda: L.padding_mask(jnp.ones(3)), TypeError, r"valid must be a boolean array", "valid")],
+    "SimpleRNN": [Case("zero hidden units", lambda: L.SimpleRNN(0), ValueError, r"hidden must be a positive integer, got 0", "hidden")],
+    "LSTM": [Case("an unknown initial state", lambda: L.LSTM(4, initial_state="random"), ValueError,
+                  r"initial_state must be one of \('zeros', 'learned', 'input'\), got 'random'", "initial_state"),
+             Case("an initial state of the wrong shape", lambda: (lambda m: m.apply(m.init(K, ((-1, 5, 3), (-1, 4), (-1, 4)))[1],
+                                                                                  (jnp.ones((2, 5, 3)), jnp.ones((2, 3)), jnp.ones((2, 4)))))(
+                 L.LSTM(4, initial_state="input")), ValueError, r"h0 must have shape \(2, 4\) .*got \(2, 3\)", "h0")],
+    "GRU": [Case("zero truncation", lambda: L.GRU(4, truncate=0), ValueError, r"truncate must be a positive integer, got 0", "truncate")],
+    "SequencePool": [Case("an unknown mode", lambda: L.SequencePool("max"), ValueError, r"mode must be one of \('mean', 'last'\), got 'max'", "mode")],
+    "PositionalEmbedding": [Case("a sequence longer than max_length", lambda: L.PositionalEmbedding(4).init(K, (-1, 5, 3)), ValueError,
+                                 r"sequences of length 5 are longer than max_length=4", "max_length")],
+    "SinusoidalEncoding": [Case("an input without positions", lambda: L.SinusoidalEncoding().apply({}, jnp.ones(3)), ValueError,
+                                r"expects input of rank >= 2, got x of shape \(3,\)", "x")],
+    "RotaryEmbedding": [Case("an odd width", lambda: L.RotaryEmbedding().init(K, (-1, 5, 3)), ValueError, r"the last axis must be even", "input_shape")],
+    "rotary_embedding": [Case("an odd width", lambda: L.rotary_embedding(jnp.ones((1, 5, 3))), ValueError, r"the last axis must be even", "x")],
+    "sinusoidal_encoding": [Case("a negative length", lambda: L.sinusoidal_encoding(-1, 4), ValueError, r"length must be a positive integer, got -1", "length")],
+    "TransformerBlock": [Case("heads not dividing the width", lambda: L.TransformerBlock(6, 4).init(K, (-1, 5, 6)), ValueError,
+                              r"num_heads=4 does not divide features=6", "num_heads")],
+})
 for _name, _items in _CONSTRUCTOR_CASES.items():
     cases(f"jaxnets.layers.{_name}", *_items)
 cases("jaxnets.layers.Dense", *_method_cases("Dense", lambda: L.Dense(3), (-1, 4)))

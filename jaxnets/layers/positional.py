@@ -87,6 +87,9 @@ def sinusoidal_encoding(length: int, features: int, *, base: float = 10000.0, dt
     Computed in float64 with NumPy (a constant), then cast to ``dtype``. An odd
     ``features`` drops the last cosine.
     """
+    length = _checks.positive_int(length, "length")
+    features = _checks.positive_int(features, "features")
+    base = _checks.positive_float(base, "base")
     t = np.arange(length, dtype=np.float64)[:, None]
     inv = base ** (-np.arange(0, features, 2, dtype=np.float64) / features)  # (ceil(D/2),)
     pe = np.zeros((length, features + features % 2))
@@ -121,6 +124,9 @@ def SinusoidalEncoding(*, base: float = 10000.0) -> Layer:
 
 def _rotary_angles(length: int, features: int, base: float, dtype):
     """``cos``, ``sin`` (length, features / 2) of the angles ``t theta_i``, ``theta_i = base^(-2i/D)``."""
+    length = _checks.positive_int(length, "length")
+    features = _checks.positive_int(features, "features")
+    base = _checks.positive_float(base, "base")
     t = np.arange(length, dtype=np.float64)[:, None]
     angles = t * base ** (-np.arange(0, features, 2, dtype=np.float64) / features)
     return jnp.asarray(np.cos(angles), dtype), jnp.asarray(np.sin(angles), dtype)
