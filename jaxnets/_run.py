@@ -446,6 +446,15 @@ def early_stopping(metric: str = "test_loss", *, patience: int = 5, mode: str | 
     return hook
 
 
+def first_nonfinite(losses: jax.Array, params: Any) -> jax.Array:
+    """Index of the first step whose loss is NaN/Inf; the last step's if only the final params are; else -1."""
+    bad = ~jnp.isfinite(losses)
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(params) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    params_ok = jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves])) if leaves else jnp.bool_(True)
+    last = jnp.where(params_ok, -1, losses.shape[0] - 1)
+    return jnp.where(bad.any(), jnp.argmax(bad), last).astype(jnp.int32)
+
+
 class NonFiniteError(ValueError):
     """Training diverged: a loss or the params became NaN/Inf. Carries what was learned before.
 

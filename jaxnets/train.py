@@ -305,15 +305,6 @@ def epoch_indices(state: TrainState, num_examples: int, batch_size: int, *, drop
     return order[: steps * batch_size].reshape(steps, batch_size)  # (steps, batch)
 
 
-def _first_nonfinite(losses: jax.Array, params: Any) -> jax.Array:
-    """Index of the first step whose loss is NaN/Inf; the last step's if only the final params are; else -1."""
-    bad = ~jnp.isfinite(losses)
-    leaves = [leaf for leaf in jax.tree_util.tree_leaves(params) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-    params_ok = jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves])) if leaves else jnp.bool_(True)
-    last = jnp.where(params_ok, -1, losses.shape[0] - 1)
-    return jnp.where(bad.any(), jnp.argmax(bad), last).astype(jnp.int32)
-
-
 def scan_epoch(
     step: Callable[[TrainState, Any], tuple[TrainState, dict]],
     *,
@@ -343,7 +334,7 @@ def scan_epoch(
         state, logged = jax.lax.scan(lambda s, idx: step(s, _run.take(data, idx)), state, batches)
         means = jax.tree_util.tree_map(jnp.mean, logged)
         if check_finite:
-            means["nonfinite_step"] = _first_nonfinite(logged["loss"], state.params)
+            means["nonfinite_step"] = _run.first_nonfinite(logged["loss"], state.params)
         return state, means
 
     return _donating_jit(epoch) if jit else epoch

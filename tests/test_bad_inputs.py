@@ -14,7 +14,6 @@ function, as below).
 
 from __future__ import annotations
 
-import gzip
 import importlib
 import inspect
 import os

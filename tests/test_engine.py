@@ -247,7 +247,7 @@ def test_divergence_stops_keeps_the_last_finite_state_and_names_epoch_and_step(r
     x, y = regression(rng)
     opt = optax.sgd(3.0)  # far too large for this quadratic: the loss grows to Inf, then NaN
     with pytest.raises(jaxnets.NonFiniteError, match=r"NaN/Inf at epoch (\d+), step (\d+) \(step (\d+) of the epoch\)"
-                       r".*jaxnets.debug.locate_nonfinite\(model, params, batch\)") as info:
+                       r".*jaxnets.debug.locate_nonfinite\(model, params, x, y, loss=loss, state=model_state\)") as info:
         jaxnets.fit(L.Dense(1), losses.mean_squared_error, opt, (x, y), epochs=50, batch_size=32, progress=False)
     error = info.value
     assert error.epoch >= 2 and error.history["epoch"] == list(range(1, error.epoch))

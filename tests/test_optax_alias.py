@@ -21,7 +21,6 @@ import contextlib
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 
