@@ -32,6 +32,17 @@ def parse_config(config_cls, description: str, argv=None):
     return config_cls(**vars(parser.parse_args(argv)))
 
 
+def require_positive(config, *names: str, allow_zero: tuple = ()) -> None:
+    """Each named config field must be a number > 0 (>= 0 for those in ``allow_zero``); else a ValueError naming it."""
+    for name in names + tuple(allow_zero):
+        value = getattr(config, name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        ok = ok and (value >= 0 if name in allow_zero else value > 0)
+        if not ok:
+            bound = ">= 0" if name in allow_zero else "> 0"
+            raise ValueError(f"--{name.replace('_', '-')} must be a number {bound}, got {value!r}")
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
     """Write JSON through a temporary file and a rename: never a half-written file."""
     folder = os.path.dirname(os.path.abspath(path))

@@ -16,7 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_config, run_classifier  # noqa: E402
+from _common import parse_config, require_positive, run_classifier  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -41,10 +41,8 @@ def build(config: Config):
     import optax
 
     import jaxnets.layers as L
-    from jaxnets import _checks
-
-    _checks.positive_float(config.learning_rate, "learning_rate")
-    c = _checks.positive_int(config.channels, "channels")
+    require_positive(config, "learning_rate", "channels")
+    c = config.channels
     model = L.serial(
         L.Conv2D(c, 3), L.Relu(),             # (b, 8, 8, c)
         L.Conv2D(2 * c, 3), L.Relu(),         # (b, 8, 8, 2c)

@@ -16,7 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_config, run_classifier  # noqa: E402
+from _common import parse_config, require_positive, run_classifier  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -38,13 +38,7 @@ class Config:
 
 
 def check(config: Config) -> None:
-    from jaxnets import _checks
-
-    _checks.positive_float(config.learning_rate, "learning_rate")
-    _checks.positive_float(config.weight_decay, "weight_decay", allow_zero=True)
-    _checks.positive_int(config.batch_size, "batch_size")
-    _checks.positive_int(config.epochs, "epochs")
-    _checks.positive_int(config.hidden, "hidden")
+    require_positive(config, "learning_rate", "batch_size", "epochs", "hidden", allow_zero=("weight_decay",))
 
 
 def build(config: Config):

@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_config, run_folder, run_record, write_json_atomic  # noqa: E402
+from _common import parse_config, require_positive, run_folder, run_record, write_json_atomic  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -63,11 +63,9 @@ def main(argv=None) -> dict:
 
     import jaxnets
     from _privacy import epsilon
-    from jaxnets import _checks, data, losses, per_example
+    from jaxnets import data, losses, per_example
 
-    _checks.positive_float(config.l2_norm_clip, "l2_norm_clip")
-    _checks.positive_float(config.noise_multiplier, "noise_multiplier")
-    _checks.positive_int(config.epochs, "epochs")
+    require_positive(config, "l2_norm_clip", "noise_multiplier", "epochs")
     digits = data.load_digits(as_images=True)
     n = digits.x_train.shape[0]
     steps_per_epoch = n // config.batch_size

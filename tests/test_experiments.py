@@ -47,10 +47,12 @@ def test_cnn_experiment_learns(tmp_path):
 
 def test_experiment_rejects_bad_hyperparameters(tmp_path):
     main = load("digits_mlp").main
-    with pytest.raises(ValueError, match="learning_rate must be finite and > 0, got -0.1"):
+    with pytest.raises(ValueError, match=r"--learning-rate must be a number > 0, got -0.1"):
         main(["--out", str(tmp_path), "--learning-rate", "-0.1"])
-    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"--batch-size must be a number > 0, got 0"):
         main(["--out", str(tmp_path), "--batch-size", "0"])
+    with pytest.raises(ValueError, match=r"--weight-decay must be a number >= 0, got -1.0"):
+        main(["--out", str(tmp_path), "--weight-decay", "-1"])
 
 
 @pytest.mark.slow
