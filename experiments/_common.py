@@ -114,14 +114,29 @@ def run_record(config) -> dict:
     }
 
 
-def plot_history(history: dict, path: str, title: str) -> bool:
-    """Loss and accuracy curves per epoch as a PNG; False if matplotlib is missing."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display), or None when matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def save_figure(plt, fig, path: str) -> None:
+    """Lay out, write as a 120-dpi PNG, and close (so long runs do not accumulate figures)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_history(history: dict, path: str, title: str) -> bool:
+    """Loss and accuracy curves per epoch as a PNG; False if matplotlib is missing."""
+    plt = pyplot()
+    if plt is None:
         return False
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = history["epoch"]

@@ -33,7 +33,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_config, run_record, write_json_atomic  # noqa: E402
+from _common import parse_config, pyplot, run_record, save_figure, write_json_atomic  # noqa: E402
 
 BASELINE_MSE = 1.0 / 6.0
 
@@ -128,12 +128,8 @@ def main(argv=None) -> dict:
 
     os.makedirs(config.out, exist_ok=True)
     plotted = False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is not None:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name in cells:
             ax.plot(lengths, [results[name][str(t)]["test_mse"] for t in lengths], marker="o", label=name)
@@ -141,9 +137,7 @@ def main(argv=None) -> dict:
         ax.set(xlabel="sequence length T", ylabel="held-out MSE", yscale="log", xscale="log", title="the adding problem")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(config.out, "mse_by_length.png"), dpi=120)
-        plt.close(fig)
+        save_figure(plt, fig, os.path.join(config.out, "mse_by_length.png"))
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
         for ax, when in zip(axes, ("initial", "trained")):
             for name, by in norms.items():
@@ -154,12 +148,8 @@ def main(argv=None) -> dict:
             ax.legend()
         axes[0].set_ylabel("||dL/dx_t|| / ||dL/dx_T||")
         fig.suptitle(f"gradients through time (T={max(lengths)}, hand-derived BPTT)")
-        fig.tight_layout()
-        fig.savefig(os.path.join(config.out, "gradient_norms.png"), dpi=120)
-        plt.close(fig)
+        save_figure(plt, fig, os.path.join(config.out, "gradient_norms.png"))
         plotted = True
-    except ImportError:
-        pass
     record = {**run_record(config), "baseline_mse": BASELINE_MSE, "results": results, "gradient_norms": norms,
               "first_over_last_gradient_norm": decay, "plotted": plotted, "wall_seconds": time.perf_counter() - t_start}
     write_json_atomic(os.path.join(config.out, "metrics.json"), record)

@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_config, run_record, write_json_atomic  # noqa: E402
+from _common import parse_config, pyplot, run_record, save_figure, write_json_atomic  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -95,24 +95,16 @@ def main(argv=None) -> dict:
 
     os.makedirs(config.out, exist_ok=True)
     plotted = False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is not None:
         fig, ax = plt.subplots(figsize=(6, 4))
         for task, acc in curves.items():
             ax.plot(range(1, len(acc) + 1), acc, marker="o", label=f"{task} (per position)")
         ax.set(xlabel="epoch", ylabel="held-out accuracy", title=f"Transformer on digit sequences of {config.length}")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(config.out, "accuracy.png"), dpi=120)
-        plt.close(fig)
+        save_figure(plt, fig, os.path.join(config.out, "accuracy.png"))
         plotted = True
-    except ImportError:
-        pass
     record = {**run_record(config), "results": results, "test_accuracy_by_epoch": curves, "plotted": plotted,
               "wall_seconds": time.perf_counter() - t_start}
     write_json_atomic(os.path.join(config.out, "metrics.json"), record)

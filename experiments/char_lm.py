@@ -33,7 +33,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_config, run_record, write_json_atomic  # noqa: E402
+from _common import parse_config, pyplot, run_record, save_figure, write_json_atomic  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,12 +172,8 @@ def main(argv=None) -> dict:
 
     os.makedirs(config.out, exist_ok=True)
     plotted = False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is not None:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, bits in histories.items():
             ax.plot(range(1, len(bits) + 1), bits, marker="o", label=name)
@@ -185,12 +181,8 @@ def main(argv=None) -> dict:
         ax.set(xlabel="epoch", ylabel="held-out bits per character", title="character LM on the jaxnets docs")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(config.out, "bits_per_char.png"), dpi=120)
-        plt.close(fig)
+        save_figure(plt, fig, os.path.join(config.out, "bits_per_char.png"))
         plotted = True
-    except ImportError:
-        pass
     digest = hashlib.sha256(text.encode()).hexdigest()
     record = {**run_record(config), "corpus": {"files": paths, "characters": len(text), "sha256": digest, "vocabulary": vocab},
               "results": results, "test_bits_per_char_by_epoch": histories, "plotted": plotted,

@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_config, require_positive, run_folder, run_record, write_json_atomic  # noqa: E402
+from _common import parse_config, pyplot, require_positive, run_folder, run_record, save_figure, write_json_atomic  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -101,12 +101,8 @@ def main(argv=None) -> dict:
 
 
 def plot(result: dict, path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, (ax_eps, ax_epoch) = plt.subplots(1, 2, figsize=(10, 4))
     ax_eps.plot(result["epsilon"], result["history"]["test_accuracy"], marker=".")
@@ -118,9 +114,7 @@ def plot(result: dict, path: str) -> bool:
     for ax in (ax_eps, ax_epoch):
         ax.grid(alpha=0.3)
     ax_epoch.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 

@@ -29,7 +29,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_config, run_folder, run_record, write_json_atomic  # noqa: E402
+from _common import parse_config, pyplot, run_folder, run_record, save_figure, write_json_atomic  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -126,12 +126,8 @@ def main(argv=None) -> dict:
 def plot(history: dict, samples, path: str) -> bool:
     import numpy as np
 
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, (ax_elbo, ax_img) = plt.subplots(1, 2, figsize=(10, 4.5))
     ax_elbo.plot(history["epoch"], [-v for v in history["train_loss"]], label="train (binarised afresh each batch)")
@@ -143,9 +139,7 @@ def plot(history: dict, samples, path: str) -> bool:
     grid = tiles.transpose(0, 2, 1, 3).reshape(100, 100)  # 10x10 tiles of 10x10
     ax_img.imshow(grid, cmap="gray")
     ax_img.set(title="decoded samples from the prior (means)", xticks=[], yticks=[])
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 

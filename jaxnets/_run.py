@@ -101,15 +101,7 @@ def shapes_by_path(tree: Any) -> dict[str, tuple]:
 
 def path_name(path) -> str:
     """A pytree path as ``dense_0/w`` (dict keys, sequence indices and attribute names joined by ``/``)."""
-    parts = []
-    for entry in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def compare_trees(expected: Any, got: Any, what: str) -> None:

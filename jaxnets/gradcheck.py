@@ -136,15 +136,7 @@ class GradReport:
 
 
 def _path(key_path) -> str:
-    parts = []
-    for k in key_path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts) if parts else "(root)"
+    return jax.tree_util.keystr(key_path, simple=True, separator="/") or "(root)"
 
 
 def _leaves_by_path(tree) -> dict:
