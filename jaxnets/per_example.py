@@ -182,6 +182,7 @@ def dp_gradient(l2_norm_clip: float, noise_multiplier: float) -> Callable:
         return (values.mean(), {**aux, "model_state": model_state}), jax.tree_util.tree_unflatten(tree, noisy)
 
     gradient.__name__ = f"dp_gradient(l2_norm_clip={l2_norm_clip}, noise_multiplier={noise_multiplier})"
+    gradient.linear_in_loss = False  # clipping and noise: a scaled loss (precision.loss_scaling) would change the result
     return gradient
 
 

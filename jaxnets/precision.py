@@ -19,22 +19,50 @@ gradient is cast back to the params' dtype (float32), so ``backprop`` and
 ``hand_gradients`` train on the same mixed precision as autodiff.
 
 Names: ``"float32"`` (no casting), ``"bfloat16"`` and ``"float16"`` (compute
-in that dtype, params and output float32). float16's range is small: train
-it with loss scaling (:func:`dynamic_loss_scale`).
+in that dtype, params and output float32).
+
+Loss scaling. float16's smallest normal number is 6.1e-5 (subnormals reach
+6e-8), and the cotangents deep in a network are often smaller: they flush to
+zero, and those layers stop learning. Multiplying the loss by ``S`` multiplies
+every cotangent by ``S`` (the chain rule is linear in the output cotangent),
+which lifts them into range; the float32 gradients of the master weights are
+divided by ``S`` again before the optimizer sees them. :func:`loss_scaling`
+wraps any optax optimizer so that the step does this (``S`` lives in the
+optimizer state, :class:`LossScaleState`):
+
+* ``"dynamic"``: start at ``S = 2**15``; a step whose gradients are not all
+  finite (the scaled cotangents overflowed) is *skipped* (params and the
+  inner optimizer state unchanged) and halves ``S``; after
+  ``growth_interval`` finite steps in a row ``S`` doubles. Powers of two make
+  the scaling exact.
+* a number (static): a fixed ``S``; overflowing steps are skipped too.
+* ``None``: no scaling (bfloat16 has float32's range and needs none).
+
+Skipped steps are counted (``LossScaleState.skipped``; ``fit`` logs
+``history["skipped_steps"]`` per epoch and ``history["loss_scale"]``). A
+skipped step is not a divergence: its loss and the params stay finite, so
+``fit``'s non-finite guard does not stop; a model that really diverges shows
+a non-finite loss and is caught as before. ``fit(precision="float16")`` turns
+on the policy and dynamic scaling together. Without scaling, ``fit`` first
+compares one batch's float16 gradients with float32 ones and warns, naming
+the layers whose gradients underflowed to zero (:func:`underflowing_layers`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 from jaxnets.layers import Layer
 from jaxnets.layers.core import casting
 
-__all__ = ["Policy", "POLICIES", "get_policy", "with_policy", "cast_floating"]
+__all__ = ["Policy", "POLICIES", "get_policy", "with_policy", "cast_floating", "LossScaleState", "loss_scaling",
+           "loss_scale_of", "scaled_objective", "underflowing_layers"]
 
 _FLOAT_NAMES = ("float32", "bfloat16", "float16", "float64")
 
@@ -191,3 +219,203 @@ def with_policy(model: Layer, policy: str | Policy = "bfloat16", *,
 
     spec = f"with_policy({model.spec}, {policy.name!r})"
     return Layer(model.name, spec, model.init_fn, forward_fn, backward_fn, model.children)
+
+
+# --- loss scaling ---------------------------------------------------------------------------------------------------
+
+
+class LossScaleState(NamedTuple):
+    """The state of :func:`loss_scaling`: the scale, its counters and the wrapped optimizer's state.
+
+    Attributes:
+      scale: ``S``, a float32 scalar: the step differentiates ``S * loss``.
+      good_steps: finite steps in a row since ``S`` last changed (int32).
+      skipped: steps skipped so far because their gradients were not all finite (int32).
+      inner_state: the wrapped optimizer's state, untouched by skipped steps.
+    """
+
+    scale: jax.Array
+    good_steps: jax.Array
+    skipped: jax.Array
+    inner_state: Any
+
+
+def _positive(value: Any, name: str, *, above_one: bool = False, below_one: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not (np.isfinite(value) and value > 0) or (above_one and value <= 1) or (below_one and value >= 1):
+        want = "> 1" if above_one else "in (0, 1)" if below_one else "positive and finite"
+        raise ValueError(f"{name} must be {want}, got {value!r}")
+    return value
+
+
+def loss_scaling(
+    optimizer: optax.GradientTransformation,
+    scale: str | float | None = "dynamic",
+    *,
+    init_scale: float = 2.0 ** 15,
+    growth_interval: int = 2000,
+    growth_factor: float = 2.0,
+    backoff_factor: float = 0.5,
+    min_scale: float = 1.0,
+    max_scale: float = 2.0 ** 24,
+) -> optax.GradientTransformation:
+    """``optimizer`` behind a loss scale: it takes the gradients of ``S * loss`` and steps on those of ``loss``.
+
+    ``update(g_S, state)`` computes ``g = g_S / S`` in the gradients' dtype
+    (float32 master weights: exact, ``S`` is a power of two), and if every
+    entry of ``g`` is finite, the wrapped optimizer's update; otherwise zero
+    updates and the wrapped state unchanged (a *skipped* step, counted in
+    ``state.skipped``). The scale then moves (``"dynamic"``): halved
+    (``backoff_factor``, not below ``min_scale``) after a skipped step,
+    doubled (``growth_factor``, not above ``max_scale``) after
+    ``growth_interval`` finite steps in a row. These are the defaults of
+    PyTorch's ``GradScaler``, whose schedule this is.
+
+    :func:`jaxnets.train.make_step` (and so ``fit``) sees a
+    :class:`LossScaleState` at the top of the optimizer state and scales the
+    objective by it; in a loop of your own, differentiate
+    :func:`scaled_objective` with :func:`loss_scale_of` the state's scale.
+    The wrapper must be the outermost transformation (wrap ``optax.chain(...)``,
+    not one link of it): everything inside sees unscaled gradients.
+
+    Args:
+      optimizer: any ``optax.GradientTransformation``.
+      scale: ``"dynamic"``, a positive number (a static scale; overflowing
+        steps are still skipped and counted), or None (``optimizer`` itself
+        is returned: no scaling).
+      init_scale: the first ``S`` of a dynamic scale.
+      growth_interval, growth_factor, backoff_factor, min_scale, max_scale: the dynamic schedule.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is a :class:`LossScaleState`.
+
+    Raises:
+      TypeError, ValueError: an optimizer that is not a GradientTransformation,
+        an unknown ``scale``, or a schedule value out of range.
+    """
+    if scale is None:
+        return optimizer
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation (init, update), got {type(optimizer).__name__}")
+    if isinstance(scale, str):
+        if scale != "dynamic":
+            raise ValueError(f"scale must be 'dynamic', a positive number (static) or None, got {scale!r}")
+        dynamic = True
+        init_scale = _positive(init_scale, "init_scale")
+    else:
+        dynamic = False
+        init_scale = _positive(scale, "scale")
+    if isinstance(growth_interval, bool) or not isinstance(growth_interval, (int, np.integer)) or growth_interval < 1:
+        raise ValueError(f"growth_interval must be a positive int, got {growth_interval!r}")
+    growth_factor = _positive(growth_factor, "growth_factor", above_one=True)
+    backoff_factor = _positive(backoff_factor, "backoff_factor", below_one=True)
+    min_scale, max_scale = _positive(min_scale, "min_scale"), _positive(max_scale, "max_scale")
+    if dynamic and not min_scale <= init_scale <= max_scale:
+        raise ValueError(f"init_scale must lie in [min_scale, max_scale] = [{min_scale}, {max_scale}], got {init_scale}")
+
+    def init(params):
+        return LossScaleState(jnp.float32(init_scale), jnp.int32(0), jnp.int32(0), optimizer.init(params))
+
+    def update(grads, state, params=None, **extra):
+        if not isinstance(state, LossScaleState):
+            raise TypeError(f"loss_scaling's update needs its own LossScaleState, got {type(state).__name__}: "
+                            "the state was made by another optimizer")
+        inverse = 1.0 / state.scale
+        grads = jax.tree_util.tree_map(
+            lambda g: g * inverse.astype(g.dtype) if jnp.issubdtype(jnp.result_type(g), jnp.inexact) else g, grads)
+        leaves = [jnp.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads)
+                  if jnp.issubdtype(jnp.result_type(g), jnp.inexact)]
+        finite = jnp.stack(leaves).all() if leaves else jnp.bool_(True)
+        updates, inner = optimizer.update(grads, state.inner_state, params, **extra)
+        updates = jax.tree_util.tree_map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
+        inner = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), inner, state.inner_state)
+        good = state.good_steps + 1
+        if dynamic:
+            grow = good >= growth_interval
+            new_scale = jnp.where(finite, jnp.where(grow, jnp.minimum(state.scale * growth_factor, max_scale), state.scale),
+                                  jnp.maximum(state.scale * backoff_factor, min_scale))
+            good = jnp.where(finite & ~grow, good, 0)
+        else:
+            new_scale, good = state.scale, jnp.where(finite, good, 0)
+        skipped = state.skipped + (~finite).astype(jnp.int32)
+        return updates, LossScaleState(new_scale.astype(jnp.float32), good.astype(jnp.int32), skipped, inner)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def loss_scale_of(opt_state: Any) -> jax.Array | None:
+    """The loss scale ``S`` when ``opt_state`` is :func:`loss_scaling`'s, else None.
+
+    Raises:
+      TypeError: a :class:`LossScaleState` nested inside another optimizer's
+        state (the wrapper must be outermost: the links before it would see
+        scaled gradients).
+    """
+    if isinstance(opt_state, LossScaleState):
+        return opt_state.scale
+    nested = jax.tree_util.tree_leaves(opt_state, is_leaf=lambda n: isinstance(n, LossScaleState))
+    if any(isinstance(n, LossScaleState) for n in nested):
+        raise TypeError("loss_scaling must wrap the whole optimizer (the outermost transformation): here it is one "
+                        "link of a chain, so the links before it would see scaled gradients. Use "
+                        "precision.loss_scaling(optax.chain(...)) instead")
+    return None
+
+
+def scaled_objective(objective: Callable, scale: Any) -> Callable:
+    """``objective`` with its loss multiplied by ``scale`` in float32 (``aux`` untouched).
+
+    ``objective`` returns ``loss`` or ``(loss, aux)``; so does the result.
+    Differentiating it gives ``scale`` times the gradients, computed with
+    cotangents ``scale`` times larger (out of float16's underflow range).
+    """
+
+    def scaled(*args, **kwargs):
+        out = objective(*args, **kwargs)
+        if isinstance(out, tuple):
+            return (jnp.asarray(out[0], jnp.float32) * scale,) + tuple(out[1:])
+        return jnp.asarray(out, jnp.float32) * scale
+
+    return scaled
+
+
+def underflowing_layers(model: Layer, loss: Callable, params: Any, x: Any, y: Any, *, policy: str | Policy = "float16",
+                        state: Any = None, key: jax.Array | None = None, threshold: float = 0.5) -> dict[str, float]:
+    """The layers whose gradients underflow to zero under ``policy`` without loss scaling.
+
+    Differentiates ``loss(model(x), y)`` once in float32 and once under
+    ``policy`` (the same float32 params) and counts, per params leaf, the
+    entries whose float32 gradient is nonzero but whose reduced-precision one
+    is exactly zero.
+
+    Returns:
+      ``{params path: fraction}`` for the leaves where that fraction is at
+      least ``threshold`` (e.g. ``{"dense_0/w": 0.97}``), in params order.
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a jaxnets Layer, got {type(model).__name__}")
+    threshold = float(threshold)
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
+    low = with_policy(model, policy)
+    if state is None:
+        state = model.init_with_state(jax.random.key(0), (-1,) + tuple(jnp.shape(x)[1:]))[2]
+
+    def grads(m):
+        def f(p):
+            out, _ = m.apply_with_state(p, state, x, key=key, train=key is not None)
+            return jnp.asarray(loss(cast_floating(out, jnp.float32), y), jnp.float32)
+
+        return jax.jit(jax.grad(f))(params)
+
+    full, reduced = grads(model), grads(low)
+    found = {}
+    for (path, g32), g in zip(jax.tree_util.tree_leaves_with_path(full), jax.tree_util.tree_leaves(reduced)):
+        nonzero = np.asarray(g32) != 0
+        if nonzero.sum() == 0:
+            continue
+        fraction = float(np.mean(np.asarray(g)[nonzero] == 0))
+        if fraction >= threshold:
+            found[jax.tree_util.keystr(path, simple=True, separator="/")] = fraction
+    return found

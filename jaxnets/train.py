@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxnets import _checks, _run
+from jaxnets import precision as precision_module
 from jaxnets._run import (NonFiniteError, Progress, check_state_for_model, check_targets, early_stopping, permutation,
                           prepare_run)
 from jaxnets.evaluation import (batched_outputs, evaluate, normalized_objective, objective_means, predict, resolve_metrics,
@@ -209,6 +210,13 @@ def make_step(
       transform: ``(key, batch) -> batch``, run on the device before the objective.
       jit: return ``jax.jit(step, donate_argnums=0)`` (default), or the pure function.
 
+    Loss scaling: when ``state.opt_state`` is a
+    :class:`jaxnets.precision.LossScaleState` (the optimizer is
+    ``precision.loss_scaling(optimizer)``), the step differentiates ``S *
+    loss`` (the optimizer unscales the gradients, and skips the update when
+    they overflowed) and adds ``"skipped_steps"`` (0 or 1) and ``"loss_scale"``
+    to the metrics; ``"loss"`` is the unscaled loss.
+
     Returns:
       ``step(state, batch) -> (state, {"loss": ..., **aux metrics})``.
     """
@@ -221,18 +229,32 @@ def make_step(
 
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
         _check_gradient_fits(state.opt_state, gradient)
+        scale = precision_module.loss_scale_of(state.opt_state)
         key = _run.model_key(state)
         if transform is not None:
             transform_key, key = jax.random.split(key)
             batch = transform(transform_key, batch)
-        (value, aux), grads = gradient(objective, state.params, batch, key, state.model_state)
+        if scale is None:
+            (value, aux), grads = gradient(objective, state.params, batch, key, state.model_state)
+        else:  # the optimizer (precision.loss_scaling) unscales the gradients and skips the step if they overflowed
+            if not getattr(gradient, "linear_in_loss", True):
+                raise TypeError(f"gradient {getattr(gradient, '__name__', gradient)} is not linear in the loss (it "
+                                "clips or adds noise), so it cannot differentiate a scaled loss: train it without "
+                                "loss scaling (loss_scale=None; bfloat16 needs none)")
+            (value, aux), grads = gradient(precision_module.scaled_objective(objective, scale), state.params, batch, key,
+                                           state.model_state)
+            value = value / scale
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         model_state = aux.pop("model_state", state.model_state)
         for name, metric in aux.items():
             if jnp.shape(metric) != ():
                 raise ValueError(f"objective's aux[{name!r}] must be a scalar metric, got shape {jnp.shape(metric)}")
-        return TrainState(params, opt_state, model_state, state.step + 1, state.key), {"loss": value, **aux}
+        metrics = {"loss": value, **aux}
+        if scale is not None:  # counted per epoch by scan_epoch (SCALE_METRICS)
+            metrics["skipped_steps"] = (opt_state.skipped - state.opt_state.skipped).astype(value.dtype)
+            metrics["loss_scale"] = opt_state.scale
+        return TrainState(params, opt_state, model_state, state.step + 1, state.key), metrics
 
     return _donating_jit(step) if jit else step
 
@@ -305,6 +327,11 @@ def epoch_indices(state: TrainState, num_examples: int, batch_size: int, *, drop
     return order[: steps * batch_size].reshape(steps, batch_size)  # (steps, batch)
 
 
+# Loss-scaling metrics of a step (precision.loss_scaling) and how an epoch reduces them: the skipped steps are
+# counted, the scale is the one the epoch ends with. Every other metric is the mean over the epoch's steps.
+SCALE_METRICS = {"skipped_steps": jnp.sum, "loss_scale": lambda v: v[-1]}
+
+
 def scan_epoch(
     step: Callable[[TrainState, Any], tuple[TrainState, dict]],
     *,
@@ -332,7 +359,7 @@ def scan_epoch(
     def epoch(state: TrainState, data: Any) -> tuple[TrainState, dict]:
         batches = epoch_indices(state, _run.leading(data), batch_size, drop_last=drop_last)
         state, logged = jax.lax.scan(lambda s, idx: step(s, _run.take(data, idx)), state, batches)
-        means = jax.tree_util.tree_map(jnp.mean, logged)
+        means = {k: SCALE_METRICS.get(k, jnp.mean)(v) for k, v in logged.items()}
         if check_finite:
             means["nonfinite_step"] = _run.first_nonfinite(logged["loss"], state.params)
         return state, means
@@ -425,7 +452,7 @@ def make_chunk(
     def one_epoch(state, data, test):
         state, logged = epoch(state, data)
         nonfinite = logged.pop("nonfinite_step", jnp.int32(-1))
-        results = {"train_loss": logged.pop("loss")}
+        results = {"train_loss": logged.pop("loss"), **{k: logged.pop(k) for k in SCALE_METRICS if k in logged}}
         if loss is not None:
             if metrics:
                 results.update(scores(state, *data, 0, "train", True))
@@ -440,12 +467,13 @@ def make_chunk(
         return state, results, nonfinite
 
     def names(state, data, test):
+        scaled = list(SCALE_METRICS) if precision_module.loss_scale_of(state.opt_state) is not None else []
         if loss is not None:
-            found = ["train_loss"] + [f"train_{k}" for k in metrics]
+            found = ["train_loss"] + scaled + [f"train_{k}" for k in metrics]
             return found + (["test_loss"] + [f"test_{k}" for k in metrics] if test is not None else [])
         batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size,) + a.shape[1:], a.dtype), data)
         aux = jax.eval_shape(objective, state.params, batch, _run.model_key(state), state.model_state)[1]
-        found = ["train_loss"] + [f"train_{k}" for k in aux if k != "model_state"]
+        found = ["train_loss"] + scaled + [f"train_{k}" for k in aux if k != "model_state"]
         if test is not None:
             test_batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape[1:], a.dtype), test)
             aux = jax.eval_shape(eval_objective, state.params, test_batch, _run.model_key(state), state.model_state)[1]
@@ -459,6 +487,61 @@ def make_chunk(
 def _compiled_chunk(model, optimizer, options: tuple):
     """One jitted program per configuration: a second ``fit`` with the same one compiles nothing."""
     return jax.jit(make_chunk(model, optimizer, **dict(options)), donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=32)
+def _policy_model(model: Layer, policy: Any) -> Layer:
+    """``with_policy(model, policy)``, the same object for the same pair: a second ``fit`` compiles nothing."""
+    return precision_module.with_policy(model, policy)
+
+
+@functools.lru_cache(maxsize=32)
+def _scaled_optimizer(optimizer: optax.GradientTransformation, scale: Any) -> optax.GradientTransformation:
+    return precision_module.loss_scaling(optimizer, scale)
+
+
+def _with_precision(model, optimizer, precision, loss_scale, loss_mode: bool):
+    """``fit``'s ``precision=`` and ``loss_scale=``: the model under its policy and the optimizer behind its scale."""
+    policy = None
+    if precision is not None:
+        policy = precision_module.get_policy(precision)
+        if not loss_mode:
+            raise TypeError("precision= goes with loss; with an objective, run the model under "
+                            "jaxnets.precision.with_policy(model, ...) inside it (loss_scale= still applies)")
+        model = _policy_model(model, policy)
+    if isinstance(loss_scale, str) and loss_scale == "auto":
+        loss_scale = "dynamic" if policy is not None and policy.compute_dtype == jnp.float16 else None
+    elif loss_scale is not None and not isinstance(loss_scale, str) and (
+            isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float))):
+        raise TypeError(f"loss_scale must be 'auto', 'dynamic', a positive number or None, got {loss_scale!r}")
+    if loss_scale is not None:
+        if precision_module.loss_scale_of(jax.eval_shape(optimizer.init, {"w": jnp.zeros(1)})) is not None:
+            raise ValueError("optimizer is already wrapped in precision.loss_scaling: pass loss_scale=None to fit, "
+                             "or the plain optimizer")
+        try:
+            optimizer = _scaled_optimizer(optimizer, loss_scale)
+        except TypeError:  # unhashable optimizer: wrap it for this call only
+            optimizer = precision_module.loss_scaling(optimizer, loss_scale)
+    return model, optimizer, policy
+
+
+def _warn_underflow(model: Layer, policy: Any, loss: Callable, state: TrainState, run) -> None:
+    """float16 without loss scaling: one batch's gradients against float32's; warn naming the layers that underflow."""
+    x, y = run.data if isinstance(run.data, tuple) else (None, None)
+    if not isinstance(x, jax.Array) or not isinstance(y, jax.Array):
+        return
+    batch = min(run.batch_size, run.num_examples)
+    found = precision_module.underflowing_layers(model, loss, state.params, x[:batch], y[:batch], state=state.model_state,
+                                                 policy=policy)
+    if found:
+        layers: dict[str, list[str]] = {}
+        for path, fraction in found.items():
+            layer, _, leaf = path.rpartition("/")
+            layers.setdefault(layer or leaf, []).append(f"{leaf} {fraction:.0%}" if layer else f"{fraction:.0%}")
+        listed = ", ".join(f"{layer} ({', '.join(parts)})" for layer, parts in layers.items())
+        warnings.warn(f"float16 without loss scaling: on the first batch the gradients of {listed} underflow to zero "
+                      "(percent of the entries float32 gives nonzero), so those layers learn little or nothing; train with "
+                      "loss_scale='dynamic' (the default for float16)", RuntimeWarning, stacklevel=3)
 
 
 def fit(
@@ -479,6 +562,8 @@ def fit(
     metrics: Metrics | None = None,
     transform: Callable | None = None,
     gradient: Callable | None = None,
+    precision: str | Any | None = None,
+    loss_scale: str | float | None = "auto",
     epochs_per_call: int = 1,
     drop_last: bool = False,
     eval_batch_size: int = 1024,
@@ -529,6 +614,19 @@ def fit(
       transform: ``(key, batch) -> batch`` applied to each training batch on the device.
       gradient: replaces :func:`default_gradient`, e.g.
         ``jaxnets.per_example.dp_gradient(l2_norm_clip, noise_multiplier)``.
+      precision: train in mixed precision: ``"bfloat16"``, ``"float16"`` or a
+        :class:`jaxnets.precision.Policy` (the model runs under
+        :func:`jaxnets.precision.with_policy`: float32 master weights, each
+        layer computing in the reduced dtype, normalisation, softmax and the
+        loss in float32). Only with ``loss`` (an objective applies the
+        policy itself, and takes ``loss_scale``).
+      loss_scale: ``"auto"`` (dynamic for float16, none otherwise),
+        ``"dynamic"``, a number (static) or None: the optimizer is wrapped in
+        :func:`jaxnets.precision.loss_scaling`; ``history["skipped_steps"]``
+        counts the steps skipped for overflow and ``history["loss_scale"]``
+        is the scale at the end of each epoch. float16 without scaling first
+        checks one batch and warns naming the layers whose gradients
+        underflow to zero.
       epochs_per_call: epochs per host round-trip (hooks, history file,
         checkpoints and the progress bar run between round-trips).
       drop_last: skip the examples that do not fill a last batch instead of
@@ -586,6 +684,8 @@ def fit(
     if optimizer is None or data is None:
         raise TypeError(f"fit needs an optimizer and data, got optimizer={optimizer!r} and data of type {type(data).__name__}")
     _run.check_optimizer(optimizer)
+    base_model = model
+    model, optimizer, policy = _with_precision(model, optimizer, precision, loss_scale, loss is not None)
     hooks = [hooks] if callable(hooks) else list(hooks)
     for hook in hooks:
         if not callable(hook):
@@ -609,11 +709,20 @@ def fit(
             check_targets(model, state, run)  # data that does not fit the model fails first, with the layer's message
         if input_shape is not None and model is not None:
             check_state_for_model(model, state, input_shape)
+        if (precision_module.loss_scale_of(jax.eval_shape(optimizer.init, state.params)) is None) != (
+                precision_module.loss_scale_of(state.opt_state) is None):
+            raise ValueError("state.opt_state was made " + ("without" if precision_module.loss_scale_of(state.opt_state)
+                             is None else "with") + " loss scaling, but this fit " + ("scales" if precision_module.
+                             loss_scale_of(state.opt_state) is None else "does not scale") + " the loss (precision="
+                             f"{precision!r}, loss_scale={loss_scale!r}): pass the loss_scale the state was trained "
+                             "with, or start from a fresh state")
         _run.check_state_fits(optimizer, state)
         state = jax.device_put(state, may_alias=False)  # a copy (compiles nothing): the program donates its input
     _check_gradient_fits(jax.eval_shape(optimizer.init, state.params), default_gradient if gradient is None else gradient)
     if loss is not None:
         check_targets(model, state, run)
+    if policy is not None and policy.compute_dtype == jnp.float16 and precision_module.loss_scale_of(state.opt_state) is None:
+        _warn_underflow(base_model, policy, loss, state, run)
 
     options = (("loss", loss), ("objective", objective), ("eval_objective", eval_objective),
                ("metrics", tuple(metrics.items()) if metrics is not None else None), ("gradient", gradient),

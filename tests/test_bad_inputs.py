@@ -22,6 +22,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxnets.layers as L
@@ -569,6 +570,33 @@ cases("jaxnets.precision.with_policy",
       Case("params already in bfloat16", lambda: precision.with_policy(L.Dense(2), "bfloat16").apply(
           precision.cast_floating(L.Dense(2).init(K, (-1, 3))[1], jnp.bfloat16), jnp.ones((1, 3))), ValueError,
            r"keeps params in float32 \(master weights\), but params b is bfloat16", "params"))
+cases("jaxnets.precision.loss_scaling",
+      Case("an unknown scale", lambda: precision.loss_scaling(optim.sgd(0.1), "fast"), ValueError,
+           r"scale must be 'dynamic', a positive number \(static\) or None, got 'fast'", "scale"),
+      Case("a negative static scale", lambda: precision.loss_scaling(optim.sgd(0.1), -2.0), ValueError,
+           r"scale must be positive and finite, got -2.0", "scale"),
+      Case("growth that shrinks", lambda: precision.loss_scaling(optim.sgd(0.1), growth_factor=0.5), ValueError,
+           r"growth_factor must be > 1, got 0.5", "growth_factor"),
+      Case("a zero growth interval", lambda: precision.loss_scaling(optim.sgd(0.1), growth_interval=0), ValueError,
+           r"growth_interval must be a positive int, got 0", "growth_interval"),
+      Case("init outside the range", lambda: precision.loss_scaling(optim.sgd(0.1), init_scale=2.0 ** 30), ValueError,
+           r"init_scale must lie in \[min_scale, max_scale\]", "init_scale"),
+      Case("not an optimizer", lambda: precision.loss_scaling(jnp.tanh), TypeError,
+           r"optimizer must be an optax.GradientTransformation", "optimizer"),
+      Case("another optimizer's state", lambda: precision.loss_scaling(optim.sgd(0.1)).update(
+          {"w": jnp.ones(2)}, optim.sgd(0.1).init({"w": jnp.ones(2)})), TypeError,
+           r"loss_scaling's update needs its own LossScaleState", "state"))
+cases("jaxnets.precision.loss_scale_of",
+      Case("a scale nested in a chain", lambda: precision.loss_scale_of(optax.chain(
+          precision.loss_scaling(optim.sgd(0.1)), optim.sgd(0.1)).init({"w": jnp.ones(2)})), TypeError,
+           r"loss_scaling must wrap the whole optimizer", "optimizer"))
+cases("jaxnets.precision.underflowing_layers",
+      Case("not a layer", lambda: precision.underflowing_layers(jnp.tanh, None, {}, jnp.ones((1, 2)), jnp.ones(1)), TypeError,
+           r"model must be a jaxnets Layer", "model"),
+      Case("a threshold above one", lambda: precision.underflowing_layers(L.Dense(2), None, {}, jnp.ones((1, 2)), jnp.ones(1),
+                                                                          threshold=2.0), ValueError,
+           r"threshold must lie in \(0, 1\], got 2.0", "threshold"))
+EXEMPT["jaxnets.precision.scaled_objective"] = "wraps any callable; the scale is traced (a number or an array), so nothing to check before the call"
 cases("jaxnets.precision.cast_floating",
       Case("a dtype that is no dtype", lambda: precision.cast_floating({"w": jnp.ones(2)}, "fast"), TypeError, r"dtype must be a dtype", "dtype"))
 cases("jaxnets.gradcheck.check_grads",

@@ -110,3 +110,145 @@ def test_every_layer_rule_in_bfloat16_is_within_the_derived_tolerance(case):
     report = gradcheck.check_layer(case.make(), shape, dtypes=("bfloat16",), finite_differences=False,
                                    train=case.modes[-1])
     assert report.passed, f"{case.name}:\n{report}"
+
+
+# --- loss scaling ---------------------------------------------------------------------------------------------------
+
+from jaxnets import data as jdata, optim, per_example, train  # noqa: E402
+
+
+def _grads(value):
+    return {"w": jnp.full((3,), value, jnp.float32), "b": jnp.float32(value)}
+
+
+def test_dynamic_loss_scale_follows_its_schedule_and_skips_overflowing_steps():
+    inner = optim.sgd(0.5, momentum=0.9)
+    scaled = precision.loss_scaling(inner, "dynamic", init_scale=8.0, growth_interval=2, min_scale=2.0, max_scale=32.0)
+    params = _grads(1.0)
+    state, plain = scaled.init(params), inner.init(params)
+    # finite, finite (grow), inf (skip, halve), nan (skip, halve), inf (skip, at min), finite, finite (grow)...
+    sequence = [1.0, 2.0, np.inf, np.nan, np.inf, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    scale, good, skipped, scales = 8.0, 0, 0, []
+    for g in sequence:
+        updates, state = scaled.update(jax.tree_util.tree_map(lambda a: a * state.scale, _grads(g)), state, params)
+        if np.isfinite(g):
+            want, plain = inner.update(_grads(g), plain, params)
+            for u, w in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(want)):
+                np.testing.assert_array_equal(u, w)  # S a power of two: unscaling is exact
+            good += 1
+            if good >= 2:
+                scale, good = min(scale * 2, 32.0), 0
+        else:
+            assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree_util.tree_leaves(updates))
+            scale, good, skipped = max(scale / 2, 2.0), 0, skipped + 1
+        scales.append(float(state.scale))
+        assert (float(state.scale), int(state.good_steps), int(state.skipped)) == (scale, good, skipped)
+        for a, b in zip(jax.tree_util.tree_leaves(state.inner_state), jax.tree_util.tree_leaves(plain)):
+            np.testing.assert_array_equal(a, b)  # a skipped step leaves the momentum as it was
+    assert scales == [8.0, 16.0, 8.0, 4.0, 2.0, 2.0, 4.0, 4.0, 8.0, 8.0, 16.0]
+
+
+def test_static_loss_scale_keeps_its_scale_and_counts_skips():
+    scaled = precision.loss_scaling(optim.sgd(0.1), 128.0)
+    params = _grads(1.0)
+    state = scaled.init(params)
+    for g in (1.0, np.inf, 2.0):
+        _, state = scaled.update(jax.tree_util.tree_map(lambda a: a * 128.0, _grads(g)), state, params)
+    assert (float(state.scale), int(state.skipped)) == (128.0, 1)
+    assert precision.loss_scaling(optim.sgd(0.1), None) is not scaled  # None: the optimizer itself
+    opt = optim.sgd(0.1)
+    assert precision.loss_scaling(opt, None) is opt
+
+
+@pytest.mark.standard_promotion("optax's adamw mixes its int32 count with floats")
+def test_a_scaled_step_equals_the_unscaled_step_for_any_optax_optimizer(key):
+    """float32 compute, S = 2**15: scaling the loss and unscaling the gradients is exact, so every step is equal."""
+    model = L.serial(L.Dense(16), L.Relu(), L.Dropout(0.1), L.Dense(4))
+    objective = train.objective_from_loss(model, CE)
+    x, y = jax.random.normal(key, (32, 6)), jnp.arange(32) % 4
+    for optimizer in (optax.adamw(1e-2), optax.chain(optax.clip_by_global_norm(0.5), optax.sgd(0.1, momentum=0.9))):
+        plain = train.init_train_state(model, optimizer, (-1, 6), seed=1)
+        scaled_opt = precision.loss_scaling(optimizer)
+        scaled = train.TrainState.create(jax.tree_util.tree_map(jnp.copy, plain.params), scaled_opt, key=jnp.copy(plain.key))
+        step, scaled_step = train.make_step(objective, optimizer), train.make_step(objective, scaled_opt)
+        for _ in range(5):
+            plain, m = step(plain, (x, y))
+            scaled, ms = scaled_step(scaled, (x, y))
+            np.testing.assert_allclose(ms["loss"], m["loss"], rtol=1e-6)
+            assert (float(ms["skipped_steps"]), float(ms["loss_scale"])) == (0.0, 2.0 ** 15)
+        for a, b in zip(jax.tree_util.tree_leaves(scaled.params), jax.tree_util.tree_leaves(plain.params)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+import optax  # noqa: E402
+
+SMALL_DIGITS = jdata.load_digits()
+
+
+def test_float16_fit_with_dynamic_scaling_counts_its_skips_and_is_no_divergence():
+    """A scale of 2**24 overflows float16's cotangents: those steps are skipped and counted, the scale halves, and
+    fit's non-finite guard (on_nonfinite='raise') does not stop: the loss and params stayed finite."""
+    model = L.serial(L.Dense(32), L.Relu(), L.Dense(10))
+    opt = precision.loss_scaling(optim.adam(1e-3), "dynamic", init_scale=2.0 ** 24, max_scale=2.0 ** 24)
+    state, history = train.fit(model, CE, opt, SMALL_DIGITS, epochs=3, batch_size=64, seed=0, precision="float16",
+                               loss_scale=None, progress=False)
+    skipped = history["skipped_steps"]
+    assert skipped[0] >= 1 and skipped == [float(int(s)) for s in skipped]
+    assert int(state.opt_state.skipped) == sum(skipped)
+    assert history["loss_scale"][0] == 2.0 ** 24 / 2 ** skipped[0]  # halved once per skipped step, none grown yet
+    assert history["test_accuracy"][-1] > history["test_accuracy"][0] + 0.1  # it learns
+
+
+def test_float16_fit_defaults_to_dynamic_scaling_and_matches_float32_closely():
+    model = L.serial(L.Dense(32), L.Relu(), L.Dense(10))
+    s32, h32 = train.fit(model, CE, optim.adam(1e-3), SMALL_DIGITS, epochs=3, seed=0, progress=False)
+    s16, h16 = train.fit(model, CE, optim.adam(1e-3), SMALL_DIGITS, epochs=3, seed=0, precision="float16", progress=False)
+    assert isinstance(s16.opt_state, precision.LossScaleState) and h16["skipped_steps"] == [0.0, 0.0, 0.0]
+    assert h16["loss_scale"] == [2.0 ** 15] * 3
+    w32, w16 = s32.params["dense_0"]["w"], s16.params["dense_0"]["w"]
+    assert w16.dtype == jnp.float32 and 0 < float(jnp.abs(w16 - w32).max()) < 0.05
+    assert abs(h16["test_accuracy"][-1] - h32["test_accuracy"][-1]) < 0.05
+    _, hb = train.fit(model, CE, optim.adam(1e-3), SMALL_DIGITS, epochs=3, seed=0, precision="bfloat16", progress=False)
+    assert "skipped_steps" not in hb  # bfloat16 has float32's range: no scaling by default
+
+
+def test_float16_without_scaling_warns_naming_the_layers_whose_gradients_underflow():
+    model = L.serial(L.Dense(16), L.Relu(), L.Dense(10))
+    tiny = lambda outputs, y: CE(outputs, y) * 1e-6  # noqa: E731  cotangents ~1e-8: below float16's subnormals
+    with pytest.warns(RuntimeWarning, match=r"gradients of dense_0 \(b 100%, w 100%\), dense_1 \(b 100%, w 100%\) "
+                                            r"underflow to zero"):
+        train.fit(model, tiny, optim.adam(1e-3), SMALL_DIGITS, epochs=1, seed=0, precision="float16", loss_scale=None,
+                  progress=False)
+    x, y = SMALL_DIGITS.x_train[:64], SMALL_DIGITS.y_train[:64]
+    _, params = model.init(jax.random.key(0), (-1, 64))
+    assert precision.underflowing_layers(model, CE, params, x, y) == {}  # a normal loss does not underflow
+    found = precision.underflowing_layers(model, tiny, params, x, y)
+    assert set(found) == {"dense_0/w", "dense_0/b", "dense_1/w", "dense_1/b"}
+
+
+def test_loss_scaling_errors_name_what_is_wrong(key):
+    model = L.serial(L.Dense(4), L.Dense(3))
+    objective = train.objective_from_loss(model, CE)
+    nested = optax.chain(precision.loss_scaling(optim.sgd(0.1)), optim.sgd(0.1))
+    state = train.init_train_state(model, nested, (-1, 2), seed=0)
+    with pytest.raises(TypeError, match="loss_scaling must wrap the whole optimizer"):
+        train.make_step(objective, nested)(state, (jnp.ones((2, 2)), jnp.array([0, 1])))
+    scaled = precision.loss_scaling(optim.sgd(0.1))
+    state = train.init_train_state(model, scaled, (-1, 2), seed=0)
+    with pytest.raises(TypeError, match=r"dp_gradient\(l2_norm_clip=1.0, noise_multiplier=1.0\) is not linear in the loss"):
+        train.make_step(objective, scaled, gradient=per_example.dp_gradient(1.0, 1.0))(state, (jnp.ones((2, 2)), jnp.array([0, 1])))
+    fresh = train.init_train_state(model, optim.sgd(0.1), (-1, 2), seed=0)
+    pair = (np.ones((8, 2), np.float32), np.arange(8) % 3)
+    with pytest.raises(ValueError, match=r"state.opt_state was made without loss scaling, but this fit scales the loss"):
+        train.fit(model, CE, optim.sgd(0.1), pair, state=fresh, precision="float16", epochs=1, batch_size=4, progress=False)
+    with pytest.raises(TypeError, match="precision= goes with loss"):
+        train.fit(model, optimizer=optim.sgd(0.1), data=pair, objective=lambda p, b, k, s: 0.0, state=fresh,
+                  precision="bfloat16", epochs=1, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match="optimizer is already wrapped in precision.loss_scaling"):
+        train.fit(model, CE, scaled, pair, precision="float16", epochs=1, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"scale must be 'dynamic', a positive number \(static\) or None, got 'fast'"):
+        precision.loss_scaling(optim.sgd(0.1), "fast")
+    with pytest.raises(ValueError, match=r"backoff_factor must be in \(0, 1\), got 2.0"):
+        precision.loss_scaling(optim.sgd(0.1), backoff_factor=2.0)
+    with pytest.raises(TypeError, match="loss_scale must be 'auto', 'dynamic', a positive number or None"):
+        train.fit(model, CE, optim.sgd(0.1), pair, loss_scale=[2.0], epochs=1, batch_size=4, progress=False)

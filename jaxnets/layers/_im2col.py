@@ -17,6 +17,8 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnets.layers._util import batch_matmul_t
+
 __all__ = ["same_pads", "transpose_pads", "patches", "patches_adjoint", "crop", "conv_im2col", "conv_im2col_backward"]
 
 
@@ -114,7 +116,7 @@ def conv_im2col_backward(x, w, strides, pads, y_bar):
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     cols = jnp.concatenate(patches(xp, kernel, strides), axis=-1)
     rows = cols.reshape(-1, cols.shape[-1])  # (batch * prod(out), prod(k) * in)
-    w_bar = (rows.T @ y_bar.reshape(-1, y_bar.shape[-1])).reshape(w.shape)
+    w_bar = batch_matmul_t(rows, y_bar.reshape(-1, y_bar.shape[-1])).reshape(w.shape)  # float32 sum for 16-bit dtypes
     cols_bar = y_bar @ w.reshape(-1, w.shape[-1]).T  # (batch, *out, prod(k) * in)
     pieces = jnp.split(cols_bar, math.prod(kernel), axis=-1)
     x_bar = crop(patches_adjoint(pieces, xp.shape, kernel, strides), pads)

@@ -15,8 +15,31 @@ Shape = tuple  # ints, -1 for an unknown size (the batch)
 
 
 def sum_leading(a: jax.Array, keep: int = 1) -> jax.Array:
-    """Sum over all axes but the last ``keep``: the batch (and spatial) axes."""
-    return jnp.sum(a, axis=tuple(range(a.ndim - keep)))
+    """Sum over all axes but the last ``keep``: the batch (and spatial) axes (float32 for 16-bit dtypes)."""
+    return jnp.sum(a, axis=tuple(range(a.ndim - keep)), dtype=accumulation_dtype(a.dtype))
+
+
+def accumulation_dtype(dtype: Any) -> Any:
+    """float32 for bfloat16 and float16, else ``dtype``: the dtype a rule sums a params gradient over the batch in.
+
+    A params gradient adds up one term per example (``X^T Y_bar`` sums over
+    rows); in 8 or 11 bits of mantissa the sum of thousands of terms loses
+    most of its digits, so the rules accumulate in float32 and return float32
+    (under a :mod:`jaxnets.precision` policy the master weights are float32 anyway).
+    """
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) else dtype
+
+
+def batch_matmul_t(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a^T b`` accumulated in :func:`accumulation_dtype` (the rows, a batch, are summed over)."""
+    acc = accumulation_dtype(jnp.result_type(a, b))
+    return jnp.matmul(a.T, b, preferred_element_type=acc)
+
+
+def batch_sum(a: jax.Array, axis: Any = 0) -> jax.Array:
+    """``sum(a, axis)`` accumulated in :func:`accumulation_dtype`."""
+    return jnp.sum(a, axis=axis, dtype=accumulation_dtype(a.dtype))
 
 
 def has_leaves(tree: Any) -> bool:

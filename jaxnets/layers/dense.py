@@ -78,9 +78,9 @@ def Dense(
         w = _util.entry(params, "w", "params", spec)
         rows_x = x.reshape(-1, x.shape[-1])  # (rows, in)
         rows_y = y_bar.reshape(-1, y_bar.shape[-1])  # (rows, out)
-        grads = {"w": rows_x.T @ rows_y}
+        grads = {"w": _util.batch_matmul_t(rows_x, rows_y)}  # summed over rows in float32 for 16-bit dtypes
         if use_bias:
-            grads["b"] = jnp.sum(rows_y, axis=0)
+            grads["b"] = _util.batch_sum(rows_y, axis=0)
         return grads, y_bar @ w.T
 
     return core.build_stateless("dense", spec, init, apply, backward)
@@ -129,6 +129,7 @@ def Embedding(num_embeddings: int, features: int, *, embedding_init: inits.Initi
         del key, train
         table = _util.entry(params, "table", "params", spec)
         rows = y_bar.reshape(-1, table.shape[-1])  # (number of ids, features)
-        return {"table": jnp.zeros_like(table).at[ids.reshape(-1)].add(rows, mode="drop")}, None
+        acc = _util.accumulation_dtype(rows.dtype)  # a row used by many ids adds many terms: float32 for 16-bit dtypes
+        return {"table": jnp.zeros(table.shape, acc).at[ids.reshape(-1)].add(rows.astype(acc), mode="drop")}, None
 
     return core.build_stateless("embedding", spec, init, apply, backward)

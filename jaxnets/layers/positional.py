@@ -76,7 +76,7 @@ def PositionalEmbedding(max_length: int, *, embedding_init: inits.Initializer | 
         del key, train
         table = _util.entry(params, "table", "params", spec)
         used = _util.sum_leading(y_bar, keep=2)  # (T, D)
-        return {"table": jnp.zeros_like(table).at[: x.shape[-2]].set(used)}, y_bar
+        return {"table": jnp.zeros(table.shape, used.dtype).at[: x.shape[-2]].set(used)}, y_bar
 
     return core.build_stateless("positional_embedding", spec, init, apply, backward)
 
