@@ -500,7 +500,8 @@ class _Reader:
         last = first + rows.shape[0] - 1
         if stream.check_finite:
             for path, leaf in jax.tree_util.tree_flatten_with_path(host)[0]:
-                if np.issubdtype(leaf.dtype, np.inexact) and not np.isfinite(leaf).all():
+                # one pass without a temporary: a sum is finite unless a value is not (or it overflows, then look closer)
+                if np.issubdtype(leaf.dtype, np.inexact) and not np.isfinite(leaf.sum()) and not np.isfinite(leaf).all():
                     at = np.argwhere(~np.isfinite(leaf))[0]
                     record = int(rows[at[0], at[1]]) if leaf.ndim >= 2 else -1
                     raise ValueError(f"data record {record} holds a non-finite value (NaN or Inf) at "
