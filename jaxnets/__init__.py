@@ -15,11 +15,12 @@ Modules, from the bottom up:
 * :mod:`jaxnets.population`: many models (seeds, hyperparameters) trained at once under ``vmap``
 * :mod:`jaxnets.per_example`: per-example gradients and clipping
 * :mod:`jaxnets.data`: the embedded digits, synthetic sets, local files
+* :mod:`jaxnets.streaming`: training from host arrays, memory-mapped files or grain sources, in prefetched chunks
 * :mod:`jaxnets.porting`: params trained with stax or flax.linen, loaded into jaxnets models
 """
 
 from jaxnets import (activations, backprop, data, evaluation, gradcheck, initializers, layers, losses, optim,
-                     per_example, population, porting, train)
+                     per_example, population, porting, streaming, train)
 from jaxnets.layers import Layer, count_params, define_layer, parallel, residual, serial
 from jaxnets.population import fit_population
 from jaxnets.train import (NonFiniteError, Progress, TrainState, early_stopping, evaluate, fit, init_train_state, make_epoch,
@@ -41,6 +42,7 @@ __all__ = [
     "population",
     "per_example",
     "porting",
+    "streaming",
     "Layer",
     "define_layer",
     "serial",

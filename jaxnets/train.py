@@ -594,7 +594,10 @@ def fit(
       optimizer: any ``optax.GradientTransformation``.
       data: a :class:`jaxnets.data.Dataset` (its test split becomes ``test``
         unless given), a pair ``(x, y)`` (arrays or pytrees), or, with an
-        ``objective``, any pytree of arrays with a common leading axis.
+        ``objective``, any pytree of arrays with a common leading axis. Or a
+        :class:`jaxnets.streaming.Stream` of host arrays, memory-mapped files
+        or a grain source, trained in prefetched chunks of scanned steps in
+        the same order as in memory (for data beyond device memory).
       objective: instead of ``loss``, ``(params, batch, key, model_state) ->
         (loss, aux)`` (see :func:`make_step`); its ``aux`` metrics are
         logged as ``train_<name>`` (means over the epoch's steps).
@@ -690,8 +693,15 @@ def fit(
     for hook in hooks:
         if not callable(hook):
             raise TypeError(f"hooks must be callables hook(progress) -> bool | None, got {hook!r}")
-    run = prepare_run(data, test, objective_mode=objective is not None, epochs=epochs, batch_size=batch_size,
-                      epochs_per_call=epochs_per_call, drop_last=drop_last)
+    from jaxnets import streaming  # data beyond device memory: host chunks, each one scanned program (jaxnets.streaming)
+
+    stream = data if isinstance(data, streaming.Stream) else None
+    if stream is not None:
+        run = stream.prepare_run(test, objective_mode=objective is not None, epochs=epochs, batch_size=batch_size,
+                                 epochs_per_call=epochs_per_call, drop_last=drop_last)
+    else:
+        run = prepare_run(data, test, objective_mode=objective is not None, epochs=epochs, batch_size=batch_size,
+                          epochs_per_call=epochs_per_call, drop_last=drop_last)
     metrics = resolve_metrics(metrics, run.data[1]) if loss is not None else None
     eval_batch_size = _checks.positive_int(eval_batch_size, "eval_batch_size")
     checkpoint_every = _checks.positive_int(checkpoint_every, "checkpoint_every")
@@ -729,10 +739,13 @@ def fit(
                ("transform", transform), ("batch_size", run.batch_size), ("drop_last", drop_last),
                ("eval_batch_size", eval_batch_size), ("epochs_per_call", run.epochs_per_call),
                ("on_nonfinite", on_nonfinite))
-    try:
-        program = _compiled_chunk(model, optimizer, options)
-    except TypeError:  # something unhashable in the configuration: build (and compile) it for this call only
-        program = jax.jit(make_chunk(model, optimizer, **dict(options)), donate_argnums=0)
+    if stream is not None:
+        program = stream.program(model, optimizer, run, options)
+    else:
+        try:
+            program = _compiled_chunk(model, optimizer, options)
+        except TypeError:  # something unhashable in the configuration: build (and compile) it for this call only
+            program = jax.jit(make_chunk(model, optimizer, **dict(options)), donate_argnums=0)
 
     history: dict[str, list] = {"epoch": []}
     done = 0
@@ -746,9 +759,13 @@ def fit(
                   "epochs": run.epochs, "batch_size": run.batch_size, "drop_last": drop_last,
                   "epochs_per_call": run.epochs_per_call, "num_examples": run.num_examples,
                   "key_impl": str(jax.random.key_impl(state.key))}
+        if stream is not None:
+            config["stream"] = stream.describe()  # the input position is the state's step; this says which input
         restored = checkpoints.restore(state)
         if restored is not None:
-            state, history, _ = restored
+            state, history, saved = restored
+            if stream is not None:
+                stream.check_resume(saved)
             done = len(history["epoch"])
     saved_at, warned = done, False
     describe = (lambda row: " ".join(f"{k}={float(v):.4f}" for k, v in row.items()))

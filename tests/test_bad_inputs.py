@@ -26,7 +26,8 @@ import optax
 import pytest
 
 import jaxnets.layers as L
-from jaxnets import _checks, activations, backprop, data, debug, gradcheck, initializers, losses, optim, porting, precision
+from jaxnets import (_checks, activations, backprop, data, debug, gradcheck, initializers, losses, optim, porting, precision,
+                     streaming)
 
 
 class Case(NamedTuple):
@@ -41,7 +42,8 @@ class Case(NamedTuple):
 
 # Modules whose public functions (those in ``__all__``) must each have cases here or a reason in EXEMPT.
 MODULES = ["jaxnets.optim", "jaxnets.data", "jaxnets.activations", "jaxnets.losses", "jaxnets.initializers", "jaxnets._checks",
-           "jaxnets.layers", "jaxnets.gradcheck", "jaxnets.backprop", "jaxnets.debug", "jaxnets.porting", "jaxnets.precision"]
+           "jaxnets.layers", "jaxnets.gradcheck", "jaxnets.backprop", "jaxnets.debug", "jaxnets.porting", "jaxnets.precision",
+           "jaxnets.streaming"]
 
 # "module.name" -> why it has no bad-input case.
 EXEMPT: dict[str, str] = {}
@@ -630,6 +632,27 @@ cases("jaxnets.porting.from_flax",
       Case("a module left over", lambda: porting.from_flax(L.serial(L.Dense(3)), {"params": {"Dense_0": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)},
                                                                                          "Dense_1": {"kernel": jnp.ones((3, 2))}}}, (2, 4)),
            ValueError, r"no layer of the model takes: \['Dense_1'\]", "Dense_1"))
+
+cases("jaxnets.streaming.from_arrays",
+      Case("no arrays", lambda: streaming.from_arrays(), TypeError, r"from_arrays needs arrays", "from_arrays"),
+      Case("a jax.Array", lambda: streaming.from_arrays(jnp.ones((4, 2)), np.ones(4)), TypeError,
+           r"data\[0\] must be a NumPy array in host memory or a memory-mapped file .* got a jax.Array", "data"),
+      Case("a list", lambda: streaming.from_arrays([[1.0, 2.0]], np.ones(1)), TypeError,
+           r"data\[0\]\[0\]\[0\] must be a NumPy array \(np.ndarray, np.memmap, np.load\(path, mmap_mode='r'\)\), got float", "data"),
+      Case("0 examples", lambda: streaming.from_arrays(np.ones((0, 2)), np.ones(0)), ValueError, r"data is empty \(0 examples\)", "data"),
+      Case("lengths differ", lambda: streaming.from_arrays(np.ones((4, 2)), np.ones(3)), ValueError,
+           r"data arrays must have the same number of examples", "data"),
+      Case("strings", lambda: streaming.from_arrays(np.array(["a", "b"]), np.ones(2)), TypeError, r"data\[0\] must hold numbers", "data"),
+      Case("steps_per_chunk 0", lambda: streaming.from_arrays(np.ones((4, 2)), np.ones(4), steps_per_chunk=0), ValueError,
+           r"steps_per_chunk must be a positive int", "steps_per_chunk"),
+      Case("sharding not a Sharding", lambda: streaming.from_arrays(np.ones((4, 2)), np.ones(4), sharding="data"), TypeError,
+           r"sharding must be a jax.sharding.Sharding of the \(steps, batch, ...\) chunk", "sharding"))
+cases("jaxnets.streaming.from_source",
+      Case("no __getitem__", lambda: streaming.from_source(iter([(1.0, 2)])), TypeError,
+           r"source must be a random-access data source with __len__ and __getitem__", "source"),
+      Case("0 records", lambda: streaming.from_source([]), ValueError, r"source is empty \(0 records\)", "source"),
+      Case("records of strings", lambda: streaming.from_source([{"text": "hi"}]), TypeError,
+           r"source records must be pytrees of arrays or numbers, but record 0 holds str 'hi' at field text", "source"))
 
 
 # ---------------------------------------------------------------------------

@@ -102,3 +102,12 @@ def test_checkpointing_benchmark_quick(tmp_path):
     assert [r["contender"] for r in result["rows"]] == ["without checkpoints", "checkpoint every epoch"]
     assert all(r["train_seconds"] > 0 and r["fit_seconds"] > 0 for r in result["rows"]) and "overhead" in result
     assert (tmp_path / "checkpointing.md").read_text().startswith("| contender |")
+
+
+def test_streaming_benchmark_quick(tmp_path):
+    result = _load("experiments/benchmarks/streaming.py", "streaming_benchmark").main(["--quick", "--out", str(tmp_path),
+                                                                                     "--dir", str(tmp_path)])
+    assert [r["contender"] for r in result["rows"]] == ["in memory", "streamed"]
+    assert result["ratio"] > 0 and result["file_bytes"] == 4096 * (784 + 1) * 4
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("jaxnets-streaming-")] == []  # the files are removed
+    assert (tmp_path / "streaming.md").read_text().startswith("| contender |")
