@@ -209,3 +209,16 @@ def test_main_job_in_bfloat16_and_float16_reaches_the_float32_accuracy():
              for p in (None, "bfloat16", "float16")}
     assert final[None] > 0.96
     assert abs(final["bfloat16"] - final[None]) <= 0.005 and abs(final["float16"] - final[None]) <= 0.005
+
+
+def test_scaling_model_counts_the_bytes_of_each_model(tmp_path):
+    result = load("scaling_model").main(["--devices", "2,8", "--out", str(tmp_path)])
+    w2 = [r for r in result["rows"] if r["model"].startswith("W2")]
+    assert [r["devices"] for r in w2] == [2, 8]
+    params = 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10
+    assert w2[0]["params"] == params
+    # ring all-reduce: 2 (N-1)/N of the gradient bytes each way, at 100 GB/s
+    assert np.isclose(w2[1]["allreduce_s[ICI/NVLink 100 GB/s][float32]"], 2 * 7 / 8 * params * 4 / 100e9)
+    # XLA's flops count at least the six products of forward and backward: 2 * batch * (in * out) each
+    assert w2[0]["flops_per_step_per_device"] >= 3 * 2 * 512 * (784 * 1024 + 1024 * 1024 + 1024 * 10) * (2 / 3)
+    assert (tmp_path / "scaling_model.md").exists()
