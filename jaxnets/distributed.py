@@ -140,6 +140,11 @@ def fsdp_spec(shape: Sequence[int], size: int, axis: str = "data") -> PartitionS
     Returns:
       A ``PartitionSpec`` with ``axis`` at the split position, or ``P()``.
     """
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__") or \
+            not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise TypeError(f"shape must be a sequence of non-negative ints, got {shape!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive int (the number of devices along the axis), got {size!r}")
     shape = tuple(int(d) for d in shape)
     if len(shape) < 2 or size <= 1:
         return PartitionSpec()
@@ -214,6 +219,14 @@ def shard(tree: Any, shardings: Any) -> Any:
     A copy: the input is never consumed. Every process must pass the same
     values (the same seed builds the same initial state everywhere).
     """
+    want = jax.tree_util.tree_structure(tree)
+    got = jax.tree_util.tree_structure(shardings, is_leaf=lambda n: isinstance(n, jax.sharding.Sharding))
+    if want != got:
+        raise ValueError(f"shardings must have the structure of tree (one sharding per leaf, e.g. from state_shardings):\n"
+                         f"  tree: {want}\n  shardings: {got}")
+    bad = [s for s in jax.tree_util.tree_leaves(shardings) if not isinstance(s, jax.sharding.Sharding)]
+    if bad:
+        raise TypeError(f"shardings must hold jax.sharding.Sharding leaves (NamedSharding), got {type(bad[0]).__name__}")
     return jax.tree_util.tree_map(_put, tree, shardings)
 
 

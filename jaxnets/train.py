@@ -457,7 +457,15 @@ def make_chunk(
             found += ["test_loss"] + [f"test_{k}" for k in aux if k != "model_state"]
         return found
 
-    return _run.chunk_program(one_epoch, epochs_per_call, freeze_nonfinite=on_nonfinite == "raise", names=names)
+    program = _run.chunk_program(one_epoch, epochs_per_call, freeze_nonfinite=on_nonfinite == "raise", names=names)
+    if placement is None:
+        return program
+
+    def placed_program(state, count, data, test):  # the state leaves in the sharding it came in with
+        state, out = program(state, count, data, test)
+        return placement.constrain_state(state), out
+
+    return placed_program
 
 
 def _placed_step(step: Callable, placement: Any) -> Callable:
