@@ -149,3 +149,66 @@ def test_bad_meshes_and_batch_sizes_are_refused_before_any_device_work(digits, t
     with pytest.raises(TypeError, match=r"param_sharding='fsdp' needs a mesh"):
         jaxnets.fit(mlp(), CE, optax.adam(1e-3), train, param_sharding="fsdp", **kwargs)
     assert not history.exists() and not (tmp_path / "ckpt").exists()
+
+
+# --- processes -----------------------------------------------------------------------------------------------------
+
+
+def script(*args, devices=None, **popen):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return subprocess.Popen([sys.executable, str(ROOT / "experiments" / "distributed_digits.py"), "--no-progress", *map(str, args)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def finish(process, timeout=300):
+    out, _ = process.communicate(timeout=timeout)
+    return process.returncode, out
+
+
+def params(folder, index=0):
+    with np.load(folder / f"params_{index}.npz") as f:
+        return {k: f[k] for k in f}
+
+
+@pytest.mark.slow
+def test_two_processes_agree_bitwise_resume_exactly_and_refuse_a_count_mismatch(tmp_path):
+    two, one = tmp_path / "two", tmp_path / "one"
+    straight = script("--launch", 2, "--devices-per-process", 2, "--out", two)
+    reference = script("--out", one, devices=4)  # one process, 4 devices: the same mesh size
+    (code, out), (code_ref, out_ref) = finish(straight), finish(reference)
+    assert code == 0 and code_ref == 0, out[-3000:] + out_ref[-3000:]
+    assert "2 process(es), 4 devices" in out and out.count("epoch   1/3") == 1  # only process 0 speaks
+    assert len((two / "history.jsonl").read_text().splitlines()) == 3  # ... and writes the history, once
+    p0, p1, ref = params(two, 0), params(two, 1), params(one, 0)
+    for k in ref:
+        np.testing.assert_array_equal(p0[k], p1[k])
+        assert np.max(np.abs(p0[k] - ref[k])) <= RTOL * np.max(np.abs(ref[k])), k
+    # killed after epoch 2 (its checkpoint not yet written), then resumed from epoch 1's: bitwise the straight run
+    killed, ckpt = tmp_path / "killed", tmp_path / "ckpt"
+    code, out = finish(script("--launch", 2, "--devices-per-process", 2, "--out", killed, "--checkpoint-dir", ckpt,
+                              "--kill-after-epoch", 2))
+    assert code != 0 and sorted(p.name for p in ckpt.iterdir() if p.name.isdigit()) == ["1"], out[-3000:]
+    code, out = finish(script("--launch", 2, "--devices-per-process", 2, "--out", killed, "--checkpoint-dir", ckpt))
+    assert code == 0, out[-3000:]
+    for index in (0, 1):
+        for k, v in params(killed, index).items():
+            np.testing.assert_array_equal(v, p0[k])
+    history = json.loads((two / "metrics.json").read_text())["history"]
+    resumed = json.loads((killed / "metrics.json").read_text())["history"]
+    assert {k: v for k, v in resumed.items() if k != "time"} == {k: v for k, v in history.items() if k != "time"}
+    # a process started with another process count: both refuse, naming the two counts, and write nothing
+    port = __import__("socket").socket()
+    port.bind(("localhost", 0))
+    address = f"localhost:{port.getsockname()[1]}"
+    port.close()
+    bad = tmp_path / "bad"
+    coordinator = script("--coordinator", address, "--num-processes", 2, "--process-id", 0, "--out", bad, "--timeout", 20, devices=2)
+    worker = script("--coordinator", address, "--num-processes", 3, "--process-id", 1, "--out", bad, "--timeout", 20, devices=2)
+    (code0, out0), (code1, out1) = finish(coordinator, 120), finish(worker, 120)
+    assert code0 != 0 and code1 != 0
+    assert ("ValueError: num_processes=2 in the coordinator (process 0), but process 1 was started with num_processes=3"
+            in out0), out0[-2000:]
+    assert "ValueError: num_processes=3 in process 1, but the coordinator (process 0) was started with num_processes=2" in out1
+    assert not bad.exists()
