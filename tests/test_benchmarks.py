@@ -102,3 +102,11 @@ def test_checkpointing_benchmark_quick(tmp_path):
     assert [r["contender"] for r in result["rows"]] == ["without checkpoints", "checkpoint every epoch"]
     assert all(r["train_seconds"] > 0 and r["fit_seconds"] > 0 for r in result["rows"]) and "overhead" in result
     assert (tmp_path / "checkpointing.md").read_text().startswith("| contender |")
+
+
+def test_w2_parallel_benchmark_quick(tmp_path):
+    # in this process JAX has one device: the script's one-device and 1-device-mesh contenders (the 2-device figure
+    # is its own process's, as the README's command runs it)
+    result = _load("experiments/benchmarks/w2_parallel.py", "w2_parallel").main(["--quick", "--devices", "1", "--out", str(tmp_path)])
+    assert [r["contender"] for r in result["rows"]] == ["jaxnets step, one device", "jaxnets step, data parallel on 1 devices"]
+    assert result["throughput_ratio"] > 0 and json.loads((tmp_path / "w2_parallel.json").read_text())["rows"] == result["rows"]
