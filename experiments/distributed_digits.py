@@ -131,7 +131,10 @@ def main(argv=None) -> dict | None:
                                  checkpoint_dir=config.checkpoint_dir or None, progress=config.progress, verbose=True)
     seconds = time.perf_counter() - t0
     leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
-    host = {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(leaf) for p, leaf in leaves}
+    from jax.experimental import multihost_utils  # FSDP leaves span processes: gather them (every process calls it)
+
+    host = {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+            for p, leaf in leaves}
     np.savez(os.path.join(config.out, f"params_{jax.process_index()}.npz"), **host)
     result = {"config": dataclasses.asdict(config), "command": [sys.executable, *sys.argv],
               "processes": jax.process_count(), "devices": len(jax.devices()), "seconds": seconds,
