@@ -108,5 +108,6 @@ def test_w2_parallel_benchmark_quick(tmp_path):
     # in this process JAX has one device: the script's one-device and 1-device-mesh contenders (the 2-device figure
     # is its own process's, as the README's command runs it)
     result = _load("experiments/benchmarks/w2_parallel.py", "w2_parallel").main(["--quick", "--devices", "1", "--out", str(tmp_path)])
-    assert [r["contender"] for r in result["rows"]] == ["jaxnets step, one device", "jaxnets step, data parallel on 1 devices"]
+    assert [r["contender"] for r in result["rows"]] == ["jaxnets step, one device", "jaxnets step, data parallel on 1 devices",
+                                                        "jaxnets step, data parallel on 1 devices, FSDP state"]
     assert result["throughput_ratio"] > 0 and json.loads((tmp_path / "w2_parallel.json").read_text())["rows"] == result["rows"]

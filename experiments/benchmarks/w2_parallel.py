@@ -15,6 +15,9 @@ over data-parallel step time (above 1: the split is faster).
 
 On a CPU machine the devices are forced host devices
 (``--xla_force_host_platform_device_count``), set here before JAX starts;
+a third contender splits the params and Adam's state too (FSDP: each device
+updates its half, XLA all-gathers the weights and reduce-scatters the
+gradients instead of all-reducing them);
 they share the machine's cores, so on 2 cores 2 devices can at best match
 one device that already uses both cores for its products: the figure
 measures the cost of the split and the all-reduce. Writes
@@ -71,17 +74,20 @@ def main(argv=None) -> dict:
     mesh = distributed.data_mesh(jax.devices()[:args.devices])
     placed = distributed.shard(state, distributed.state_shardings(state, mesh))
     xs, ys = distributed.shard_batch((x, y), mesh)
-    state = jax.tree_util.tree_map(jnp.copy, state)  # shard copied; keep a state of our own for the one-device loop
+    sharded = distributed.shard(state, distributed.state_shardings(state, mesh, "fsdp"))
     medians = interleaved_medians({"one": W.looped(step, (state,), (x1, y1), steps),
-                                   "parallel": W.looped(step, (placed,), (xs, ys), steps)}, rounds, steps)
+                                   "parallel": W.looped(step, (placed,), (xs, ys), steps),
+                                   "fsdp": W.looped(step, (sharded,), (xs, ys), steps)}, rounds, steps)
     ratio = medians["one"] / medians["parallel"]
-    rows = [{"contender": "jaxnets step, one device", "ms_per_step": medians["one"] * 1e3, "examples_per_s": batch / medians["one"],
-             "throughput_ratio": 1.0},
-            {"contender": f"jaxnets step, data parallel on {args.devices} devices", "ms_per_step": medians["parallel"] * 1e3,
-             "examples_per_s": batch / medians["parallel"], "throughput_ratio": ratio}]
+    rows = [{"contender": label, "ms_per_step": medians[name] * 1e3, "examples_per_s": batch / medians[name],
+             "throughput_ratio": medians["one"] / medians[name]}
+            for label, name in (("jaxnets step, one device", "one"),
+                                (f"jaxnets step, data parallel on {args.devices} devices", "parallel"),
+                                (f"jaxnets step, data parallel on {args.devices} devices, FSDP state", "fsdp"))]
     result = {"benchmark": "w2_parallel", "workload": f"MLP {'-'.join(map(str, sizes))}, random data, batch {batch}, Adam 1e-3",
               **W.environment(), "devices": args.devices, "cpus": os.cpu_count(), "rounds": rounds, "steps_per_round": steps,
-              "quick": args.quick, "rows": rows, "throughput_ratio": ratio}
+              "quick": args.quick, "rows": rows, "throughput_ratio": ratio,
+              "throughput_ratio_fsdp": medians["one"] / medians["fsdp"]}
     text = W.table(rows, [("contender", "contender", ""), ("ms per step", "ms_per_step", ".3f"),
                           ("examples/s", "examples_per_s", ".0f"), ("throughput ratio to one device", "throughput_ratio", ".3f")])
     print(f"W2 data parallel on {args.devices} of {len(jax.devices())} {jax.default_backend()} devices ({os.cpu_count()} cores): "
