@@ -127,6 +127,22 @@ def sharded(out):
                                        for k in h_one if k.startswith(("train_", "test_")))
     result["population_devices"] = len(jax.tree_util.tree_leaves(spread.params)[0].sharding.device_set)
     result["population_spec"] = str(jax.tree_util.tree_leaves(spread.params)[0].sharding.spec)
+    # the population's compiled program, as fit_population builds it: no collective at all
+    opt = optax.adam(1e-3)
+    keys = jnp.stack([jax.random.key(s) for s in range(32)])
+    state = jax.vmap(lambda k: jaxnets.init_train_state(small, opt, (-1, 64), key=k))(keys)
+    place = distributed.placement(devices, members=32)
+    chunk = jaxnets.train.make_chunk(small, opt, loss=CE, metrics=(("accuracy", "accuracy"),), batch_size=64, on_nonfinite="warn")
+    program = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, None),
+                               out_axes=(0, {"results": 1, "nonfinite_step": 1, "done": 0})), donate_argnums=0)
+    text = program.lower(place.state(state), jnp.int32(1), place.data(train), place.data(test)).compile().as_text()
+    result["hlo_population"] = collectives(text)
+    # the FSDP step on 8 devices: what XLA inserts for the sharded weights
+    fsdp_state = jaxnets.init_train_state(model, opt, (-1, 64), seed=0)
+    fsdp_state = distributed.shard(fsdp_state, distributed.state_shardings(fsdp_state, devices, "fsdp"))
+    step = jaxnets.make_step(jaxnets.train.objective_from_loss(model, CE), opt)
+    text = step.lower(fsdp_state, distributed.shard_batch((train[0][:64], train[1][:64]), devices)).compile().as_text()
+    result["hlo_fsdp"] = collectives(text)
     refused, folder = {}, os.path.join(out, "refused")
     os.makedirs(folder)
     for name, call in (("batch", lambda: jaxnets.fit(model, CE, optax.adam(1e-3), train, batch_size=60, mesh=devices, progress=False,

@@ -29,6 +29,11 @@ STANDARD_PROMOTION_REASON = "optax.adam mixes its int32 count with floats"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: float32 reduction order: a sum split over devices adds in another order (the issue's bound).
 RTOL = 1e-5
+#: The FSDP step of the test's MLP (64-256-64-10, batch 64 over 8 devices): XLA's choice, pinned so a change shows.
+#: The partitioner gathers what is smaller per product (8 examples per device make activations cheap to gather),
+#: so no reduce-scatter appears: the gradients of sharded weights come back through two all-reduces, one a
+#: tuple with the replicated leaves' gradients and the loss.
+HLO_FSDP = {"all-reduce": 2, "all-gather": 3, "reduce-scatter": 0, "collective-permute": 0, "all-to-all": 0}
 
 
 def run_child(script, *args, devices=8, timeout=400):
@@ -84,6 +89,9 @@ def test_fsdp_equals_replicated_and_a_population_spreads_over_devices(tmp_path):
     assert sharded["0"] == 4 * (64 * 256 + 256 * 64 + 64 * 10) * 3 // 8 + whole
     assert result["population_devices"] == 8 and result["population_spec"] == "P('data',)"
     assert result["population_params"] <= RTOL and result["population_history"] <= RTOL, result
+    assert result["hlo_population"] == {"all-reduce": 0, "all-gather": 0, "reduce-scatter": 0, "collective-permute": 0,
+                                        "all-to-all": 0}  # members never talk
+    assert result["hlo_fsdp"] == HLO_FSDP, result["hlo_fsdp"]
     refused = result["refused"]  # on 8 devices, before any device work, nothing written
     assert refused["batch"] == ("ValueError: batch_size must be divisible by the 8 devices of mesh axis 'data' (each takes "
                                 "an equal slice of every batch), got 60")

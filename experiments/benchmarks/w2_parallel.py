@@ -69,12 +69,15 @@ def main(argv=None) -> dict:
     model = W.jaxnets_model(sizes)
     step = train.make_train_step(model, losses.softmax_cross_entropy_with_integer_labels, optimizer)
     one_device = jax.devices()[0]
-    state = jax.device_put(train.init_train_state(model, optimizer, (-1, sizes[0]), seed=0), one_device)
+    def fresh():  # the same values for each contender, in buffers of its own (each loop donates its state)
+        return train.init_train_state(model, optimizer, (-1, sizes[0]), seed=0)
+
+    state = jax.device_put(fresh(), one_device)
     x1, y1 = jax.device_put((x, y), one_device)
     mesh = distributed.data_mesh(jax.devices()[:args.devices])
-    placed = distributed.shard(state, distributed.state_shardings(state, mesh))
+    placed = distributed.shard(fresh(), distributed.state_shardings(fresh(), mesh))
     xs, ys = distributed.shard_batch((x, y), mesh)
-    sharded = distributed.shard(state, distributed.state_shardings(state, mesh, "fsdp"))
+    sharded = distributed.shard(fresh(), distributed.state_shardings(fresh(), mesh, "fsdp"))
     medians = interleaved_medians({"one": W.looped(step, (state,), (x1, y1), steps),
                                    "parallel": W.looped(step, (placed,), (xs, ys), steps),
                                    "fsdp": W.looped(step, (sharded,), (xs, ys), steps)}, rounds, steps)
