@@ -16,8 +16,10 @@ over data-parallel step time (above 1: the split is faster).
 On a CPU machine the devices are forced host devices
 (``--xla_force_host_platform_device_count``), set here before JAX starts;
 a third contender splits the params and Adam's state too (FSDP: each device
-updates its half, XLA all-gathers the weights and reduce-scatters the
-gradients instead of all-reducing them);
+updates its half of every matrix; on jax 0.10.2 the partitioner then keeps
+the weights where they are and moves activations instead, 4 all-gathers,
+2 all-reduces and an all-to-all per step, the activations being the
+smaller at batch 512);
 they share the machine's cores, so on 2 cores 2 devices can at best match
 one device that already uses both cores for its products: the figure
 measures the cost of the split and the all-reduce. Writes
