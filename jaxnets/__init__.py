@@ -13,13 +13,14 @@ Modules, from the bottom up:
 * :mod:`jaxnets.evaluation`: ``predict`` and ``evaluate`` (pytree outputs, random evaluation)
 * :mod:`jaxnets.checkpoint`: orbax checkpoints of whole runs; params in safetensors (the ``checkpoint`` extra)
 * :mod:`jaxnets.population`: many models (seeds, hyperparameters) trained at once under ``vmap``
+* :mod:`jaxnets.distributed`: meshes, shardings, processes (data parallel ``fit``, FSDP, ``jax.distributed``)
 * :mod:`jaxnets.per_example`: per-example gradients and clipping
 * :mod:`jaxnets.data`: the embedded digits, synthetic sets, local files
 * :mod:`jaxnets.streaming`: training from host arrays, memory-mapped files or grain sources, in prefetched chunks
 * :mod:`jaxnets.porting`: params trained with stax or flax.linen, loaded into jaxnets models
 """
 
-from jaxnets import (activations, backprop, data, evaluation, gradcheck, initializers, layers, losses, optim,
+from jaxnets import (activations, backprop, data, distributed, evaluation, gradcheck, initializers, layers, losses, optim,
                      per_example, population, porting, streaming, train)
 from jaxnets.layers import Layer, count_params, define_layer, parallel, residual, serial
 from jaxnets.population import fit_population
@@ -32,6 +33,7 @@ __all__ = [
     "activations",
     "backprop",
     "data",
+    "distributed",
     "gradcheck",
     "initializers",
     "layers",

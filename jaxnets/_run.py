@@ -482,8 +482,12 @@ def _split_data(data: Any, test: Any, objective_mode: bool):
 
 
 def prepare_run(data: Any, test: Any, *, objective_mode: bool, epochs: int, batch_size: int, epochs_per_call: int,
-                drop_last: bool) -> Run:
-    """Checked data and schedule of a run, data moved to the device (shared by ``fit`` and ``fit_population``)."""
+                drop_last: bool, place: Callable | None = None) -> Run:
+    """Checked data and schedule of a run, data moved to the device (shared by ``fit`` and ``fit_population``).
+
+    ``place(tree) -> tree`` puts the data elsewhere than the default device
+    (``jaxnets.distributed.Placement.data``: replicated over a mesh).
+    """
     epochs = _checks.positive_int(epochs, "epochs")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     epochs_per_call = _checks.positive_int(epochs_per_call, "epochs_per_call")
@@ -491,7 +495,7 @@ def prepare_run(data: Any, test: Any, *, objective_mode: bool, epochs: int, batc
         raise TypeError(f"drop_last must be a bool, got {drop_last!r}")
     data, test, n = _split_data(data, test, objective_mode)
     steps_per_epoch(n, batch_size, drop_last)
-    device = functools.partial(jax.tree_util.tree_map, jnp.asarray)
+    device = functools.partial(jax.tree_util.tree_map, jnp.asarray) if place is None else place
     return Run(device(data), None if test is None else device(test), n, epochs, batch_size, min(epochs_per_call, epochs))
 
 

@@ -61,7 +61,19 @@ def _to_host(state: TrainState) -> dict:
 
 
 def _copy_to_host(tree: Any) -> Any:
-    return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), tree)
+    """NumPy copies of every leaf's global value; a leaf split across processes (FSDP) is gathered first.
+
+    Every process calls it at the same point (the gather is a collective), and
+    every process then holds the whole state, as it does on one machine.
+    """
+    def host(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
+            from jax.experimental import multihost_utils
+
+            return np.array(multihost_utils.process_allgather(a, tiled=True), copy=True)
+        return np.array(a, copy=True)
+
+    return jax.tree_util.tree_map(host, tree)
 
 
 class Checkpoints:
@@ -80,6 +92,10 @@ class Checkpoints:
         and the latest checkpoint is at most one write old. ``wait`` and
         ``close`` block until the newest state given is on disk. With
         ``async_save=False`` every save is written before ``save`` returns.
+        Across processes (``jax.process_count() > 1``) saves are always
+        written before ``save`` returns: every process takes part in each
+        orbax save, and a background writer that drops superseded saves
+        could drop different ones in different processes.
     """
 
     def __init__(self, directory: str, *, keep: int = 3, best: str | None = None, best_mode: str | None = None,
@@ -104,7 +120,7 @@ class Checkpoints:
             enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True)  # asynchrony: our own thread
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(self.directory, options=options)
-        self.async_save = bool(async_save)
+        self.async_save = bool(async_save) and jax.process_count() == 1
         self._cond = threading.Condition()
         self._pending = None  # the newest save not yet started
         self._busy = False

@@ -141,6 +141,8 @@ def fit_population(
     eval_batch_size: int = 1024,
     progress: bool = True,
     verbose: bool = False,
+    mesh: Any = None,
+    data_axis: str = "data",
     **deprecated: Any,
 ) -> tuple[train.TrainState, dict[str, Any]]:
     """Trains every member of a population at once; one program, vmapped over members.
@@ -164,6 +166,12 @@ def fit_population(
         ``members`` must not hold ``"seed"``; the hyperparameters in
         ``members`` replace those in the state, as population-based training
         does when it perturbs the members it copies.
+      mesh: spread the members over a ``jax.sharding.Mesh`` (or a list of
+        devices): the member axis of the state split over ``data_axis``
+        (the member count must be divisible by its size), the data
+        replicated; members never communicate, so each device trains its
+        share alone (:mod:`jaxnets.distributed`).
+      data_axis: the mesh axis the members are split over.
 
     Returns:
       ``(state, history)``: a :class:`jaxnets.TrainState` whose leaves have a
@@ -197,8 +205,15 @@ def fit_population(
         seeds, hyperparams = _check_members(members)
     _run.check_model(model)
     _run.check_loss(loss)
+    placement = None
+    if mesh is not None:  # members over devices (jaxnets.distributed): checked before any device work
+        from jaxnets import distributed
+
+        placement = distributed.placement(mesh, axis=data_axis, members=len(seeds))
+        progress, verbose = (progress, verbose) if distributed.is_main_process() else (False, False)
     run = _run.prepare_run(data, test, objective_mode=False, epochs=epochs, batch_size=batch_size,
-                           epochs_per_call=epochs_per_call, drop_last=drop_last)
+                           epochs_per_call=epochs_per_call, drop_last=drop_last,
+                           place=None if placement is None else placement.data)
     metrics = resolve_metrics(metrics, run.data[1])
     eval_batch_size = _checks.positive_int(eval_batch_size, "eval_batch_size")
     _check_hyperparams(hyperparams)
@@ -214,6 +229,8 @@ def fit_population(
         state = jax.jit(jax.vmap(init))(keys, {k: jnp.asarray(v) for k, v in hyperparams.items()})
     else:
         state = _continued(state, shared, hyperparams, len(seeds))
+    if placement is not None:
+        state = placement.state(state)
     one = member(state, 0)
     _run.check_state_for_model(model, one, (-1,) + tuple(run.data[0].shape[1:]))
     _run.check_targets(model, one, run)

@@ -52,6 +52,8 @@ Example::
 
 from __future__ import annotations
 
+import copy
+
 import functools
 import math
 import queue
@@ -237,6 +239,19 @@ class Stream:
 
     # --- what fit calls --------------------------------------------------------------------------------------------
 
+    def placed(self, placement: Any) -> "Stream":
+        """This stream for ``fit(mesh=...)``: chunks split over the placement's data axis (``P(None, axis)``).
+
+        A stream given its own ``sharding`` keeps it. The copy shares
+        ``timings`` with this stream, so the caller's object still counts.
+        """
+        if placement.members:
+            raise TypeError("a Stream trains one model; fit_population takes arrays in memory")
+        placed = copy.copy(self)
+        if placed.sharding is None:
+            placed.sharding = jax.sharding.NamedSharding(placement.mesh, jax.sharding.PartitionSpec(None, placement.axis))
+        return placed
+
     def prepare_run(self, test: Any, *, objective_mode: bool, epochs: int, batch_size: int, epochs_per_call: int,
                     drop_last: bool) -> _run.Run:
         """The run of :func:`jaxnets.fit` on this stream, checked before anything runs on the device.
@@ -380,6 +395,13 @@ def _parts(model, optimizer, options: tuple) -> _Parts:
         eval_objective = objective if opts["eval_objective"] is None else normalized_objective(opts["eval_objective"])
     step = make_step(objective, optimizer, gradient=opts["gradient"], transform=opts["transform"], jit=False)
     eval_batch_size = opts["eval_batch_size"]
+    placement = opts.get("placement")
+    if placement is not None:  # fit(mesh=...): each batch split over the data axis, the state kept in its sharding
+        unplaced = step
+
+        def step(state, batch):
+            state, logged = unplaced(state, placement.constrain_batch(batch))
+            return placement.constrain_state(state), logged
 
     def chunk(state, batches):
         return jax.lax.scan(step, state, batches)

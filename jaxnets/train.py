@@ -418,6 +418,7 @@ def make_chunk(
     eval_batch_size: int = 1024,
     epochs_per_call: int = 1,
     on_nonfinite: str = "raise",
+    placement: Any = None,
 ) -> Callable:
     """The pure program :func:`fit` compiles: ``(state, count, data, test) -> (state, out)``.
 
@@ -430,7 +431,9 @@ def make_chunk(
     in evaluation mode; with an ``objective``, the training metrics are the
     means of ``aux`` over the epoch's steps and ``test`` is scored by
     ``eval_objective`` (default: the objective) with an evaluation key.
-    :func:`jaxnets.population.fit_population` vmaps it.
+    :func:`jaxnets.population.fit_population` vmaps it. With a
+    ``placement`` (:func:`jaxnets.distributed.placement`), each gathered
+    batch is constrained to the data sharding and the state to its own.
     """
     epochs_per_call = _checks.positive_int(epochs_per_call, "epochs_per_call")
     if on_nonfinite not in ("raise", "warn", "ignore"):
@@ -442,6 +445,8 @@ def make_chunk(
         objective = normalized_objective(objective)
         eval_objective = objective if eval_objective is None else normalized_objective(eval_objective)
     step = make_step(objective, optimizer, gradient=gradient, transform=transform, jit=False)
+    if placement is not None:  # data parallel: each gathered batch split over the mesh (jaxnets.distributed)
+        step = _placed_step(step, placement)
     epoch = scan_epoch(step, batch_size=batch_size, drop_last=drop_last, check_finite=on_nonfinite != "ignore", jit=False)
 
     def scores(state, x, y, which, prefix, skip_loss):
@@ -480,7 +485,25 @@ def make_chunk(
             found += ["test_loss"] + [f"test_{k}" for k in aux if k != "model_state"]
         return found
 
-    return _run.chunk_program(one_epoch, epochs_per_call, freeze_nonfinite=on_nonfinite == "raise", names=names)
+    program = _run.chunk_program(one_epoch, epochs_per_call, freeze_nonfinite=on_nonfinite == "raise", names=names)
+    if placement is None:
+        return program
+
+    def placed_program(state, count, data, test):  # the state leaves in the sharding it came in with
+        state, out = program(state, count, data, test)
+        return placement.constrain_state(state), out
+
+    return placed_program
+
+
+def _placed_step(step: Callable, placement: Any) -> Callable:
+    """``step`` on a batch constrained to the placement's data sharding, returning the state in its sharding."""
+
+    def placed(state, batch):
+        state, metrics = step(state, placement.constrain_batch(batch))
+        return placement.constrain_state(state), metrics
+
+    return placed
 
 
 @functools.lru_cache(maxsize=32)
@@ -574,6 +597,9 @@ def fit(
     checkpoint_keep: int = 3,
     checkpoint_best: str | None = None,
     on_nonfinite: str = "raise",
+    mesh: Any = None,
+    data_axis: str = "data",
+    param_sharding: Any = "replicated",
     progress: bool = True,
     verbose: bool = False,
     **deprecated: Any,
@@ -653,6 +679,16 @@ def fit(
       on_nonfinite: ``"raise"`` (default): stop at the first epoch whose loss
         or params are NaN/Inf and raise :class:`NonFiniteError` holding the
         last finite state; ``"warn"``: warn and train on; ``"ignore"``: no check.
+      mesh: train data parallel over a ``jax.sharding.Mesh`` (or a list of
+        devices): the data replicated on every device, each batch split over
+        the mesh axis ``data_axis`` (``batch_size`` must be divisible by its
+        size), XLA inserting the gradient all-reduce; across processes after
+        :func:`jaxnets.distributed.initialize` (only process 0 prints and
+        writes ``history_file``). See :mod:`jaxnets.distributed`.
+      data_axis: the mesh axis the batch is split over.
+      param_sharding: with a mesh, ``"replicated"`` params and optimizer state
+        (default), or ``"fsdp"``: every matrix split along its largest axis
+        over ``data_axis`` (:func:`jaxnets.distributed.fsdp_spec`).
       progress: show a progress bar (needs ``tqdm``).
       verbose: also print one line per epoch.
 
@@ -693,15 +729,28 @@ def fit(
     for hook in hooks:
         if not callable(hook):
             raise TypeError(f"hooks must be callables hook(progress) -> bool | None, got {hook!r}")
+    placement = None
+    if mesh is not None:  # data parallel (jaxnets.distributed): checked before any device work
+        from jaxnets import distributed
+
+        placement = distributed.placement(mesh, axis=data_axis, rule=param_sharding,
+                                          batch_size=_checks.positive_int(batch_size, "batch_size"))
+        if not distributed.is_main_process():  # one process speaks for all
+            progress, verbose, history_file = False, False, None
+    elif param_sharding != "replicated":
+        raise TypeError(f"param_sharding={param_sharding!r} needs a mesh: pass mesh=jaxnets.distributed.data_mesh()")
     from jaxnets import streaming  # data beyond device memory: host chunks, each one scanned program (jaxnets.streaming)
 
     stream = data if isinstance(data, streaming.Stream) else None
     if stream is not None:
+        if placement is not None:  # each chunk split over the data axis, each process reading its own rows
+            stream = stream.placed(placement)
         run = stream.prepare_run(test, objective_mode=objective is not None, epochs=epochs, batch_size=batch_size,
                                  epochs_per_call=epochs_per_call, drop_last=drop_last)
     else:
         run = prepare_run(data, test, objective_mode=objective is not None, epochs=epochs, batch_size=batch_size,
-                          epochs_per_call=epochs_per_call, drop_last=drop_last)
+                          epochs_per_call=epochs_per_call, drop_last=drop_last,
+                          place=None if placement is None else placement.data)
     metrics = resolve_metrics(metrics, run.data[1]) if loss is not None else None
     eval_batch_size = _checks.positive_int(eval_batch_size, "eval_batch_size")
     checkpoint_every = _checks.positive_int(checkpoint_every, "checkpoint_every")
@@ -738,7 +787,7 @@ def fit(
                ("metrics", tuple(metrics.items()) if metrics is not None else None), ("gradient", gradient),
                ("transform", transform), ("batch_size", run.batch_size), ("drop_last", drop_last),
                ("eval_batch_size", eval_batch_size), ("epochs_per_call", run.epochs_per_call),
-               ("on_nonfinite", on_nonfinite))
+               ("on_nonfinite", on_nonfinite)) + ((("placement", placement),) if placement is not None else ())
     if stream is not None:
         program = stream.program(model, optimizer, run, options)
     else:
@@ -767,6 +816,8 @@ def fit(
             if stream is not None:
                 stream.check_resume(saved)
             done = len(history["epoch"])
+    if placement is not None:
+        state = placement.state(state)
     saved_at, warned = done, False
     describe = (lambda row: " ".join(f"{k}={float(v):.4f}" for k, v in row.items()))
     try:

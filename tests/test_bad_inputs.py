@@ -26,8 +26,8 @@ import optax
 import pytest
 
 import jaxnets.layers as L
-from jaxnets import (_checks, activations, backprop, data, debug, gradcheck, initializers, losses, optim, porting, precision,
-                     streaming)
+from jaxnets import (_checks, activations, backprop, data, debug, distributed, gradcheck, initializers, losses, optim, porting,
+                     precision, streaming)
 
 
 class Case(NamedTuple):
@@ -43,7 +43,7 @@ class Case(NamedTuple):
 # Modules whose public functions (those in ``__all__``) must each have cases here or a reason in EXEMPT.
 MODULES = ["jaxnets.optim", "jaxnets.data", "jaxnets.activations", "jaxnets.losses", "jaxnets.initializers", "jaxnets._checks",
            "jaxnets.layers", "jaxnets.gradcheck", "jaxnets.backprop", "jaxnets.debug", "jaxnets.porting", "jaxnets.precision",
-           "jaxnets.streaming"]
+           "jaxnets.streaming", "jaxnets.distributed"]
 
 # "module.name" -> why it has no bad-input case.
 EXEMPT: dict[str, str] = {}
@@ -653,6 +653,72 @@ cases("jaxnets.streaming.from_source",
       Case("0 records", lambda: streaming.from_source([]), ValueError, r"source is empty \(0 records\)", "source"),
       Case("records of strings", lambda: streaming.from_source([{"text": "hi"}]), TypeError,
            r"source records must be pytrees of arrays or numbers, but record 0 holds str 'hi' at field text", "source"))
+
+
+# ---------------------------------------------------------------------------
+# jaxnets.distributed: meshes, shardings, processes (multi-device cases in tests/test_distributed.py)
+# ---------------------------------------------------------------------------
+
+_MODEL_MESH = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("model",), axis_types=(jax.sharding.AxisType.Auto,))
+cases("jaxnets.distributed.data_mesh",
+      Case("no devices", lambda: distributed.data_mesh([]), ValueError, r"devices must hold at least one jax device", "devices"),
+      Case("not devices", lambda: distributed.data_mesh(["cpu:0"]), TypeError, r"devices must be jax devices .*got 'cpu:0'", "devices"),
+      Case("a device twice", lambda: distributed.data_mesh(jax.devices()[:1] * 2), ValueError, r"devices must be distinct", "devices"),
+      Case("an empty axis name", lambda: distributed.data_mesh(axis=""), TypeError, r"axis must be a non-empty string", "axis"))
+cases("jaxnets.distributed.as_mesh",
+      Case("a mesh without the axis", lambda: distributed.as_mesh(_MODEL_MESH), ValueError,
+           r"mesh has no axis 'data' \(data_axis\): its axes are \('model',\)", "data_axis"),
+      Case("an explicit axis", lambda: distributed.as_mesh(jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))),
+           ValueError, r"mesh axis 'data' must be AxisType.Auto", "AxisType.Auto"),
+      Case("a string", lambda: distributed.as_mesh("gpu"), TypeError, r"mesh must be a jax.sharding.Mesh or a list of jax devices, got str", "mesh"))
+cases("jaxnets.distributed.fsdp_spec",
+      Case("size 0", lambda: distributed.fsdp_spec((4, 4), 0), ValueError, r"size must be a positive int .*got 0", "size"),
+      Case("a shape of floats", lambda: distributed.fsdp_spec((4.0, 4), 2), TypeError, r"shape must be a sequence of non-negative ints", "shape"))
+cases("jaxnets.distributed.state_shardings",
+      Case("an unknown rule", lambda: distributed.state_shardings(P44, jax.devices(), "zero3"), ValueError,
+           r"param_sharding must be one of \('replicated', 'fsdp'\) or a callable leaf -> PartitionSpec, got 'zero3'", "param_sharding"),
+      Case("a mesh without the axis", lambda: distributed.state_shardings(P44, _MODEL_MESH), ValueError, r"mesh has no axis 'data'", "data"))
+cases("jaxnets.distributed.shard",
+      Case("shardings of another structure", lambda: distributed.shard(P44, {"v": distributed.state_shardings(P44["w"], jax.devices())}),
+           ValueError, r"shardings must have the structure of tree .*\n  tree: PyTreeDef\(\{'w': \*\}\)", "shardings"),
+      Case("specs instead of shardings", lambda: distributed.shard(P44, {"w": jax.sharding.PartitionSpec()}), TypeError,
+           r"shardings must hold jax.sharding.Sharding leaves", "shardings"))
+cases("jaxnets.distributed.shard_batch",
+      Case("a scalar batch", lambda: distributed.shard_batch(jnp.ones(()), jax.devices()), ValueError,
+           r"batch size must be divisible by the 1 devices of mesh axis 'data', got a leaf of shape \(\)", "batch size"),
+      Case("no arrays", lambda: distributed.shard_batch({}, jax.devices()), ValueError, r"batch holds no arrays", "batch"))
+cases("jaxnets.distributed.param_bytes_per_device",
+      Case("numpy leaves", lambda: distributed.param_bytes_per_device({"w": np.ones(3)}), TypeError,
+           r"param_bytes_per_device needs a pytree of jax arrays \(placed ones\), got a leaf of type ndarray", "ndarray"))
+cases("jaxnets.distributed.initialize",
+      Case("nothing given", lambda: distributed.initialize(), ValueError,
+           r"initialize needs coordinator_address \(JAXNETS_COORDINATOR\), num_processes \(JAXNETS_NUM_PROCESSES\), process_id", "coordinator_address"),
+      Case("an address without a port", lambda: distributed.initialize("localhost", 2, 0), ValueError,
+           r"coordinator_address must be 'host:port' \(e.g. 'localhost:12345'\), got 'localhost'", "coordinator_address"),
+      Case("process id out of range", lambda: distributed.initialize("localhost:1234", 2, 2), ValueError,
+           r"process_id must be in \[0, num_processes\) = \[0, 2\), got 2", "process_id"),
+      Case("no processes", lambda: distributed.initialize("localhost:1234", 0, 0), ValueError, r"num_processes must be >= 1, got 0", "num_processes"),
+      Case("a float count", lambda: distributed.initialize("localhost:1234", 2.0, 0), TypeError, r"num_processes must be an int, got 2.0", "num_processes"),
+      Case("a bad env var", lambda: _with_env({"JAXNETS_NUM_PROCESSES": "two"}, lambda: distributed.initialize("localhost:1234", None, 0)),
+           ValueError, r"num_processes from the environment variable JAXNETS_NUM_PROCESSES must be an int, got 'two'", "JAXNETS_NUM_PROCESSES"))
+cases("jaxnets.distributed.placement",
+      Case("a mesh without the axis", lambda: distributed.placement(_MODEL_MESH, batch_size=8), ValueError, r"mesh has no axis 'data'", "data_axis"),
+      Case("an axis that is no string", lambda: distributed.placement(jax.devices(), axis=0), TypeError,
+           r"data_axis must be a non-empty string \(the mesh axis name\), got 0", "data_axis"))
+EXEMPT["jaxnets.distributed.is_main_process"] = "takes no arguments"
+
+
+def _with_env(env: dict, call: Callable):
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return call()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
 
 
 # ---------------------------------------------------------------------------

@@ -111,3 +111,12 @@ def test_streaming_benchmark_quick(tmp_path):
     assert result["ratio"] > 0 and result["file_bytes"] == 4096 * (784 + 1) * 4
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("jaxnets-streaming-")] == []  # the files are removed
     assert (tmp_path / "streaming.md").read_text().startswith("| contender |")
+
+
+def test_w2_parallel_benchmark_quick(tmp_path):
+    # in this process JAX has one device: the script's one-device and 1-device-mesh contenders (the 2-device figure
+    # is its own process's, as the README's command runs it)
+    result = _load("experiments/benchmarks/w2_parallel.py", "w2_parallel").main(["--quick", "--devices", "1", "--out", str(tmp_path)])
+    assert [r["contender"] for r in result["rows"]] == ["jaxnets step, one device", "jaxnets step, data parallel on 1 devices",
+                                                        "jaxnets step, data parallel on 1 devices, FSDP state"]
+    assert result["throughput_ratio"] > 0 and json.loads((tmp_path / "w2_parallel.json").read_text())["rows"] == result["rows"]

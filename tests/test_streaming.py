@@ -236,6 +236,16 @@ def test_two_devices_each_hold_half_of_every_batch(tmp_path):
                                                              jax.tree_util.tree_leaves(two.params)))
         print("max difference", err)
         assert err < 1e-5
+        # fit(mesh=...) splits a stream given no sharding over the mesh's data axis, the state replicated
+        mesh = jaxnets.distributed.data_mesh()
+        stream = streaming.from_arrays(d.x_train, d.y_train, steps_per_chunk=4)
+        three, _ = jaxnets.fit(model, losses.softmax_cross_entropy_with_integer_labels, opt, stream, mesh=mesh, **kw)
+        assert stream.sharding is None and stream.timings["chunks"] > 0  # the caller's stream is not changed, but counts
+        leaf = jax.tree_util.tree_leaves(three.params)[0]
+        assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 2
+        err = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(one.params),
+                                                             jax.tree_util.tree_leaves(three.params)))
+        assert err < 1e-5, err
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
