@@ -118,5 +118,6 @@ def test_w2_parallel_benchmark_quick(tmp_path):
     # is its own process's, as the README's command runs it)
     result = _load("experiments/benchmarks/w2_parallel.py", "w2_parallel").main(["--quick", "--devices", "1", "--out", str(tmp_path)])
     assert [r["contender"] for r in result["rows"]] == ["jaxnets step, one device", "jaxnets step, data parallel on 1 devices",
-                                                        "jaxnets step, data parallel on 1 devices, FSDP state"]
+                                                        "jaxnets step, data parallel on 1 devices, FSDP state",
+                                                        "diagnosis: the split on 1 devices without the all-reduce"]
     assert result["throughput_ratio"] > 0 and json.loads((tmp_path / "w2_parallel.json").read_text())["rows"] == result["rows"]

@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
+    parser.add_argument("--steps", type=int, default=400, help="steps per epoch")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per fit call")
     parser.add_argument("--chunk", type=int, default=20, help="steps per chunk")
     parser.add_argument("--rounds", type=int, default=3)

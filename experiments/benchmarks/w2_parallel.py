@@ -22,7 +22,13 @@ the weights where they are and moves activations instead, 4 all-gathers,
 smaller at batch 512);
 they share the machine's cores, so on 2 cores 2 devices can at best match
 one device that already uses both cores for its products: the figure
-measures the cost of the split and the all-reduce. Writes
+measures the cost of the split and the all-reduce. A fourth contender, a
+diagnosis and not training, runs the split without the all-reduce (each
+device steps on its own rows with its own gradients, through
+``jax.shard_map``): the gap between it and the data-parallel step is what
+the all-reduce costs. (On XLA:CPU the simulated devices' all-reduce is a
+rendezvous of their threads in one thread pool; with as many threads as
+cores, a device that arrives first holds a thread while it waits.) Writes
 ``w2_parallel.json`` and ``w2_parallel.md`` to ``--out``.
 """
 
@@ -80,19 +86,29 @@ def main(argv=None) -> dict:
     placed = distributed.shard(fresh(), distributed.state_shardings(fresh(), mesh))
     xs, ys = distributed.shard_batch((x, y), mesh)
     sharded = distributed.shard(fresh(), distributed.state_shardings(fresh(), mesh, "fsdp"))
+    # the diagnosis: the same split with the all-reduce left out (each device steps on its own rows with its own
+    # gradients: not training, a measure of what the split costs before any communication)
+    pure = train.make_train_step(model, losses.softmax_cross_entropy_with_integer_labels, optimizer, jit=False)
+    spec = jax.sharding.PartitionSpec
+    alone = jax.jit(jax.shard_map(pure, mesh=mesh, in_specs=(spec(), spec("data"), spec("data")),
+                                  out_specs=(spec(), spec()), check_vma=False), donate_argnums=0)
+    unreduced = distributed.shard(fresh(), distributed.state_shardings(fresh(), mesh))
     medians = interleaved_medians({"one": W.looped(step, (state,), (x1, y1), steps),
                                    "parallel": W.looped(step, (placed,), (xs, ys), steps),
-                                   "fsdp": W.looped(step, (sharded,), (xs, ys), steps)}, rounds, steps)
+                                   "fsdp": W.looped(step, (sharded,), (xs, ys), steps),
+                                   "split": W.looped(alone, (unreduced,), (xs, ys), steps)}, rounds, steps)
     ratio = medians["one"] / medians["parallel"]
     rows = [{"contender": label, "ms_per_step": medians[name] * 1e3, "examples_per_s": batch / medians[name],
              "throughput_ratio": medians["one"] / medians[name]}
             for label, name in (("jaxnets step, one device", "one"),
                                 (f"jaxnets step, data parallel on {args.devices} devices", "parallel"),
-                                (f"jaxnets step, data parallel on {args.devices} devices, FSDP state", "fsdp"))]
+                                (f"jaxnets step, data parallel on {args.devices} devices, FSDP state", "fsdp"),
+                                (f"diagnosis: the split on {args.devices} devices without the all-reduce", "split"))]
     result = {"benchmark": "w2_parallel", "workload": f"MLP {'-'.join(map(str, sizes))}, random data, batch {batch}, Adam 1e-3",
               **W.environment(), "devices": args.devices, "cpus": os.cpu_count(), "rounds": rounds, "steps_per_round": steps,
               "quick": args.quick, "rows": rows, "throughput_ratio": ratio,
-              "throughput_ratio_fsdp": medians["one"] / medians["fsdp"]}
+              "throughput_ratio_fsdp": medians["one"] / medians["fsdp"],
+              "throughput_ratio_without_allreduce": medians["one"] / medians["split"]}
     text = W.table(rows, [("contender", "contender", ""), ("ms per step", "ms_per_step", ".3f"),
                           ("examples/s", "examples_per_s", ".0f"), ("throughput ratio to one device", "throughput_ratio", ".3f")])
     print(f"W2 data parallel on {args.devices} of {len(jax.devices())} {jax.default_backend()} devices ({os.cpu_count()} cores): "
