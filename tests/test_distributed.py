@@ -166,7 +166,9 @@ def script(*args, devices=None, **popen):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     if devices:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return subprocess.Popen([sys.executable, str(ROOT / "experiments" / "distributed_digits.py"), "--no-progress", *map(str, args)],
+    small = ("--examples", 512, "--hidden", 64, "--learning-rate", 1e-3, "--batch-size", 64, "--epochs", 3)  # quick
+    return subprocess.Popen([sys.executable, str(ROOT / "experiments" / "distributed_digits.py"), "--no-progress",
+                             *map(str, small + tuple(args))],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
