@@ -67,7 +67,7 @@ import numpy as np
 
 from jaxnets import _checks, _run
 from jaxnets.evaluation import batched_outputs, normalized_objective, objective_means, resolve_metrics, score
-from jaxnets.train import epoch_indices, make_step, objective_from_loss
+from jaxnets.train import SCALE_METRICS, epoch_indices, make_step, objective_from_loss
 
 __all__ = ["Stream", "from_arrays", "from_source"]
 
@@ -604,7 +604,8 @@ def _train_epochs(stream: Stream, parts: _Parts, run: _run.Run, steps: int, clas
                 logged.append(out)
             logged = jax.tree_util.tree_map(lambda *parts_: jnp.concatenate(parts_), *logged)
             row = {"train_loss": jnp.mean(logged["loss"])}
-            row.update({f"train_{k}": jnp.mean(v) for k, v in logged.items() if k != "loss"})
+            row.update({k: SCALE_METRICS[k](logged[k]) for k in SCALE_METRICS if k in logged})  # loss scaling
+            row.update({f"train_{k}": jnp.mean(v) for k, v in logged.items() if k != "loss" and k not in SCALE_METRICS})
             if run.test is not None:
                 row.update(parts.evaluate(state, run.test))
             nonfinite = _run.first_nonfinite(logged["loss"], state.params) if on_nonfinite != "ignore" else jnp.int32(-1)

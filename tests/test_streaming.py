@@ -250,3 +250,20 @@ def test_two_devices_each_hold_half_of_every_batch(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_float16_with_loss_scaling_streams_as_in_memory(digits):
+    """precision= and loss scaling go through the streaming path too: the same params, the skips counted alike."""
+    from jaxnets import optim, precision
+
+    ce = losses.softmax_cross_entropy_with_integer_labels
+    model = L.serial(L.Dense(16), L.Relu(), L.Dense(10))
+    opt = precision.loss_scaling(optim.adam(1e-3), "dynamic", init_scale=2.0 ** 24, max_scale=2.0 ** 24)
+    kw = dict(epochs=2, batch_size=64, seed=0, precision="float16", loss_scale=None, progress=False)
+    memory, h_memory = jaxnets.fit(model, ce, opt, digits, **kw)
+    streamed, h_streamed = jaxnets.fit(model, ce, opt, streaming.from_arrays(digits.x_train, digits.y_train, steps_per_chunk=5),
+                                       test=(digits.x_test, digits.y_test), **kw)
+    assert h_streamed["skipped_steps"] == h_memory["skipped_steps"] and h_memory["skipped_steps"][0] > 0
+    assert h_streamed["loss_scale"] == h_memory["loss_scale"]
+    for a, b in zip(jax.tree_util.tree_leaves(streamed.params), jax.tree_util.tree_leaves(memory.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
