@@ -438,9 +438,17 @@ def early_stopping(metric: str = "test_loss", *, patience: int = 5, mode: str | 
     return hook
 
 
-def first_nonfinite(losses: jax.Array, params: Any) -> jax.Array:
-    """Index of the first step whose loss is NaN/Inf; the last step's if only the final params are; else -1."""
+def first_nonfinite(losses: jax.Array, params: Any, skipped: jax.Array | None = None) -> jax.Array:
+    """Index of the first step whose loss is NaN/Inf; the last step's if only the final params are; else -1.
+
+    With ``skipped`` (each step's count of steps skipped by a loss scale), an
+    epoch whose every step was skipped is non-finite too (at step 0): its
+    gradients were never finite, whatever the scale, which is a divergence
+    that only the skipping kept out of the params.
+    """
     bad = ~jnp.isfinite(losses)
+    if skipped is not None:
+        bad = bad | jnp.all(skipped > 0)
     leaves = [leaf for leaf in jax.tree_util.tree_leaves(params) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
     params_ok = jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves])) if leaves else jnp.bool_(True)
     last = jnp.where(params_ok, -1, losses.shape[0] - 1)

@@ -270,8 +270,13 @@ def loss_scaling(
     ``state.skipped``). The scale then moves (``"dynamic"``): halved
     (``backoff_factor``, not below ``min_scale``) after a skipped step,
     doubled (``growth_factor``, not above ``max_scale``) after
-    ``growth_interval`` finite steps in a row. These are the defaults of
-    PyTorch's ``GradScaler``, whose schedule this is.
+    ``growth_interval`` finite steps in a row: the schedule of PyTorch's
+    ``GradScaler`` (whose scale starts at 2**16 and has no bounds).
+
+    A step whose gradients are not finite is taken for an overflow of the
+    scaled cotangents. If every step of an epoch is skipped, the cause is
+    not the scale: ``fit``'s non-finite guard reports that epoch as a
+    divergence (``jaxnets.train.scan_epoch``).
 
     :func:`jaxnets.train.make_step` (and so ``fit``) sees a
     :class:`LossScaleState` at the top of the optimizer state and scales the
@@ -289,7 +294,8 @@ def loss_scaling(
       growth_interval, growth_factor, backoff_factor, min_scale, max_scale: the dynamic schedule.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a :class:`LossScaleState`.
+      An ``optax.GradientTransformation`` whose state is a :class:`LossScaleState`
+      (its ``init`` carries ``loss_scaled = True``).
 
     Raises:
       TypeError, ValueError: an optimizer that is not a GradientTransformation,
@@ -317,6 +323,8 @@ def loss_scaling(
 
     def init(params):
         return LossScaleState(jnp.float32(init_scale), jnp.int32(0), jnp.int32(0), optimizer.init(params))
+
+    init.loss_scaled = True  # how fit tells a wrapped optimizer from a plain one without calling init
 
     def update(grads, state, params=None, **extra):
         if not isinstance(state, LossScaleState):

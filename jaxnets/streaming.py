@@ -212,6 +212,7 @@ class Stream:
         if not isinstance(check_finite, bool):
             raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
         self.sharding, self.check_finite, self.kind = sharding, check_finite, kind
+        self.place_test = None  # set by placed(): where fit(mesh=...) puts the test data
         self.timings = {"chunks": 0, "read_s": 0.0, "transfer_s": 0.0, "wait_s": 0.0}
         self.example = reader.read(np.zeros((1,), np.int64), (0, 0))
 
@@ -248,8 +249,14 @@ class Stream:
         if placement.members:
             raise TypeError("a Stream trains one model; fit_population takes arrays in memory")
         placed = copy.copy(self)
+        wanted = jax.sharding.NamedSharding(placement.mesh, jax.sharding.PartitionSpec(None, placement.axis))
         if placed.sharding is None:
-            placed.sharding = jax.sharding.NamedSharding(placement.mesh, jax.sharding.PartitionSpec(None, placement.axis))
+            placed.sharding = wanted
+        elif not (isinstance(placed.sharding, jax.sharding.NamedSharding) and placed.sharding.mesh == placement.mesh):
+            raise ValueError(f"the stream's sharding {placed.sharding} is not over fit's mesh {dict(placement.mesh.shape)} "
+                             f"(data_axis={placement.axis!r}): leave the stream's sharding out (fit splits it as "
+                             f"{wanted.spec}), or give one over the same mesh")
+        placed.place_test = placement.data  # the held-out data replicated on the mesh, as fit places it in memory
         return placed
 
     def prepare_run(self, test: Any, *, objective_mode: bool, epochs: int, batch_size: int, epochs_per_call: int,
@@ -279,7 +286,7 @@ class Stream:
             got = jax.tree_util.tree_map(lambda a: tuple(a.shape[1:]), test)
             if want != got:
                 raise ValueError(f"test must have the structure and feature shapes of the streamed records {want}, got {got}")
-            test = jax.tree_util.tree_map(jnp.asarray, test)
+            test = self.place_test(test) if self.place_test is not None else jax.tree_util.tree_map(jnp.asarray, test)
         example = jax.tree_util.tree_map(jnp.asarray, self.example)
         return _run.Run(example, test, self.num_examples, epochs, batch_size, min(epochs_per_call, epochs))
 
@@ -431,8 +438,8 @@ def _compiled_parts(model, optimizer, options: tuple) -> _Parts:
 def _num_classes(model, run: _run.Run) -> int | None:
     """The model's number of outputs when its targets are integer labels (for the per-chunk label check)."""
     x, y = run.data
-    if not isinstance(x, jax.Array) or not np.issubdtype(np.dtype(y.dtype), np.integer):
-        return None
+    if not isinstance(x, jax.Array) or not isinstance(y, jax.Array) or not np.issubdtype(np.dtype(y.dtype), np.integer):
+        return None  # pytree inputs or targets: no per-chunk label check
     try:
         params_shape = jax.eval_shape(lambda k: model.init_with_state(k, (-1,) + tuple(x.shape[1:]))[1:], jax.random.key(0))
         out = jax.eval_shape(lambda p, s, xb: model.apply_with_state(p, s, xb)[0], *params_shape, x)
@@ -608,7 +615,7 @@ def _train_epochs(stream: Stream, parts: _Parts, run: _run.Run, steps: int, clas
             row.update({f"train_{k}": jnp.mean(v) for k, v in logged.items() if k != "loss" and k not in SCALE_METRICS})
             if run.test is not None:
                 row.update(parts.evaluate(state, run.test))
-            nonfinite = _run.first_nonfinite(logged["loss"], state.params) if on_nonfinite != "ignore" else jnp.int32(-1)
+            nonfinite = _run.first_nonfinite(logged["loss"], state.params, logged.get("skipped_steps")) if on_nonfinite != "ignore" else jnp.int32(-1)
             row, nonfinite = jax.device_get((row, nonfinite))
             if names is None:
                 names = list(row)

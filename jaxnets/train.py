@@ -58,6 +58,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxnets import _checks, _run
@@ -361,7 +362,7 @@ def scan_epoch(
         state, logged = jax.lax.scan(lambda s, idx: step(s, _run.take(data, idx)), state, batches)
         means = {k: SCALE_METRICS.get(k, jnp.mean)(v) for k, v in logged.items()}
         if check_finite:
-            means["nonfinite_step"] = _run.first_nonfinite(logged["loss"], state.params)
+            means["nonfinite_step"] = _run.first_nonfinite(logged["loss"], state.params, logged.get("skipped_steps"))
         return state, means
 
     return _donating_jit(epoch) if jit else epoch
@@ -523,7 +524,7 @@ def _scaled_optimizer(optimizer: optax.GradientTransformation, scale: Any) -> op
     return precision_module.loss_scaling(optimizer, scale)
 
 
-def _with_precision(model, optimizer, precision, loss_scale, loss_mode: bool):
+def _with_precision(model, optimizer, precision, loss_scale, loss_mode: bool, gradient: Callable | None):
     """``fit``'s ``precision=`` and ``loss_scale=``: the model under its policy and the optimizer behind its scale."""
     policy = None
     if precision is not None:
@@ -532,15 +533,22 @@ def _with_precision(model, optimizer, precision, loss_scale, loss_mode: bool):
             raise TypeError("precision= goes with loss; with an objective, run the model under "
                             "jaxnets.precision.with_policy(model, ...) inside it (loss_scale= still applies)")
         model = _policy_model(model, policy)
-    if isinstance(loss_scale, str) and loss_scale == "auto":
-        loss_scale = "dynamic" if policy is not None and policy.compute_dtype == jnp.float16 else None
+    wrapped = getattr(optimizer.init, "loss_scaled", False)
+    if isinstance(loss_scale, str) and loss_scale == "auto":  # an optimizer already wrapped keeps its own scale
+        loss_scale = "dynamic" if policy is not None and policy.compute_dtype == jnp.float16 and not wrapped else None
     elif loss_scale is not None and not isinstance(loss_scale, str) and (
-            isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float))):
+            isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float, np.integer, np.floating))):
         raise TypeError(f"loss_scale must be 'auto', 'dynamic', a positive number or None, got {loss_scale!r}")
+    if loss_scale is not None and wrapped:
+        raise ValueError("optimizer is already wrapped in precision.loss_scaling: pass loss_scale=None (or 'auto') "
+                         "to fit, or the plain optimizer")
+    if (loss_scale is not None or wrapped) and not getattr(gradient, "linear_in_loss", True):
+        raise TypeError(f"gradient {getattr(gradient, '__name__', gradient)} is not linear in the loss (it clips or "
+                        "adds noise), so it cannot differentiate a scaled loss: train it without loss scaling "
+                        "(loss_scale=None; bfloat16 needs none)")
     if loss_scale is not None:
-        if precision_module.loss_scale_of(jax.eval_shape(optimizer.init, {"w": jnp.zeros(1)})) is not None:
-            raise ValueError("optimizer is already wrapped in precision.loss_scaling: pass loss_scale=None to fit, "
-                             "or the plain optimizer")
+        if not isinstance(loss_scale, str):
+            loss_scale = float(loss_scale)
         try:
             optimizer = _scaled_optimizer(optimizer, loss_scale)
         except TypeError:  # unhashable optimizer: wrap it for this call only
@@ -673,7 +681,8 @@ def fit(
         in the background: a save that comes due while the previous one is
         still being written replaces any older one waiting, so training never
         waits for the disk (the last save is always written before ``fit``
-        returns).
+        returns). Across processes saves are synchronous: orbax saves are
+        collective, and every process must write the same ones.
       checkpoint_keep: keep the last this many checkpoints...
       checkpoint_best: ...and the best by this history name (``"test_loss"``).
       on_nonfinite: ``"raise"`` (default): stop at the first epoch whose loss
@@ -724,7 +733,7 @@ def fit(
         raise TypeError(f"fit needs an optimizer and data, got optimizer={optimizer!r} and data of type {type(data).__name__}")
     _run.check_optimizer(optimizer)
     base_model = model
-    model, optimizer, policy = _with_precision(model, optimizer, precision, loss_scale, loss is not None)
+    model, optimizer, policy = _with_precision(model, optimizer, precision, loss_scale, loss is not None, gradient)
     hooks = [hooks] if callable(hooks) else list(hooks)
     for hook in hooks:
         if not callable(hook):
@@ -841,6 +850,9 @@ def fit(
                 where = f"epoch {epoch}, step {global_step} (step {int(index)} of the epoch)" if global_step is not None \
                     else f"epoch {epoch} (step {int(index)} of the epoch)"
                 message = f"training diverged: the loss or the params became NaN/Inf at {where}"
+                if precision_module.loss_scale_of(state.opt_state) is not None:
+                    message += (" (or every step of that epoch had non-finite gradients, each skipped by the loss "
+                                "scale: not an overflow the scale can fix)")
             progress_info = Progress(done, run.epochs, {k: float(v) for k, v in rows[-1][1].items()} if rows else {},
                                      history, state)
             if not stop:

@@ -155,7 +155,6 @@ def test_static_loss_scale_keeps_its_scale_and_counts_skips():
     for g in (1.0, np.inf, 2.0):
         _, state = scaled.update(jax.tree_util.tree_map(lambda a: a * 128.0, _grads(g)), state, params)
     assert (float(state.scale), int(state.skipped)) == (128.0, 1)
-    assert precision.loss_scaling(optim.sgd(0.1), None) is not scaled  # None: the optimizer itself
     opt = optim.sgd(0.1)
     assert precision.loss_scaling(opt, None) is opt
 
@@ -245,10 +244,49 @@ def test_loss_scaling_errors_name_what_is_wrong(key):
         train.fit(model, optimizer=optim.sgd(0.1), data=pair, objective=lambda p, b, k, s: 0.0, state=fresh,
                   precision="bfloat16", epochs=1, batch_size=4, progress=False)
     with pytest.raises(ValueError, match="optimizer is already wrapped in precision.loss_scaling"):
-        train.fit(model, CE, scaled, pair, precision="float16", epochs=1, batch_size=4, progress=False)
+        train.fit(model, CE, scaled, pair, precision="float16", loss_scale="dynamic", epochs=1, batch_size=4, progress=False)
     with pytest.raises(ValueError, match=r"scale must be 'dynamic', a positive number \(static\) or None, got 'fast'"):
         precision.loss_scaling(optim.sgd(0.1), "fast")
     with pytest.raises(ValueError, match=r"backoff_factor must be in \(0, 1\), got 2.0"):
         precision.loss_scaling(optim.sgd(0.1), backoff_factor=2.0)
     with pytest.raises(TypeError, match="loss_scale must be 'auto', 'dynamic', a positive number or None"):
         train.fit(model, CE, optim.sgd(0.1), pair, loss_scale=[2.0], epochs=1, batch_size=4, progress=False)
+
+
+@pytest.mark.standard_promotion("optax.masked runs optax's own transforms")
+def test_float16_scaling_takes_optimizers_that_need_the_params_structure():
+    """fit learns whether an optimizer is wrapped without calling its init on made-up params (masked needs real ones)."""
+    model = L.serial(L.Dense(16), L.Relu(), L.Dense(10))
+    masked = optax.masked(optax.adam(1e-3), lambda params: {k: {"w": True, "b": False} for k in params})
+    state, history = train.fit(model, CE, masked, SMALL_DIGITS, epochs=1, seed=0, precision="float16", progress=False)
+    assert isinstance(state.opt_state, precision.LossScaleState) and len(history["skipped_steps"]) == 1
+    wrapped = precision.loss_scaling(optim.adam(1e-3), 1024.0)
+    _, history = train.fit(model, CE, wrapped, SMALL_DIGITS, epochs=1, seed=0, precision="float16", progress=False)
+    assert history["loss_scale"] == [1024.0]  # "auto" keeps an optimizer's own scale
+
+
+def test_an_epoch_whose_every_step_is_skipped_is_a_divergence():
+    """Gradients that are NaN whatever the scale (here sqrt at 0, with a finite loss) are not an overflow: every step
+    is skipped, and fit's guard stops there instead of training on with frozen params."""
+    model = L.serial(L.Dense(16), L.Lambda(lambda x: x + jnp.sqrt(0.0 * x * x), name="sqrt_at_zero"), L.Dense(10))
+    with pytest.raises(train.NonFiniteError, match=r"every step of that epoch had non-finite gradients") as caught:
+        train.fit(model, CE, precision.loss_scaling(optim.adam(1e-3)), SMALL_DIGITS, epochs=3, seed=0, progress=False)
+    assert caught.value.epoch == 1 and caught.value.history["epoch"] == []
+    _, history = train.fit(model, CE, precision.loss_scaling(optim.adam(1e-3)), SMALL_DIGITS, epochs=1, seed=0,
+                           on_nonfinite="ignore", progress=False)
+    assert history["skipped_steps"] == [23.0] and history["loss_scale"] == [1.0]  # 23 halvings from 2**15, floored
+
+
+def test_a_loss_scaled_run_resumes_exactly_from_its_checkpoint(tmp_path):
+    model = L.serial(L.Dense(16), L.Relu(), L.Dense(10))
+    opt = precision.loss_scaling(optim.adam(1e-3), "dynamic", init_scale=2.0 ** 20, max_scale=2.0 ** 20)
+    kw = dict(seed=0, precision="float16", loss_scale=None, progress=False)
+    straight, h_straight = train.fit(model, CE, opt, SMALL_DIGITS, epochs=3, **kw)
+    train.fit(model, CE, opt, SMALL_DIGITS, epochs=2, checkpoint_dir=str(tmp_path), **kw)
+    resumed, h_resumed = train.fit(model, CE, opt, SMALL_DIGITS, epochs=3, checkpoint_dir=str(tmp_path), **kw)
+    assert isinstance(resumed.opt_state, precision.LossScaleState)
+    assert (float(resumed.opt_state.scale), int(resumed.opt_state.skipped)) == (
+        float(straight.opt_state.scale), int(straight.opt_state.skipped))
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.params), jax.tree_util.tree_leaves(straight.params)):
+        np.testing.assert_array_equal(a, b)
+    assert h_resumed["skipped_steps"] == h_straight["skipped_steps"]

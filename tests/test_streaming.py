@@ -239,7 +239,11 @@ def test_two_devices_each_hold_half_of_every_batch(tmp_path):
         # fit(mesh=...) splits a stream given no sharding over the mesh's data axis, the state replicated
         mesh = jaxnets.distributed.data_mesh()
         stream = streaming.from_arrays(d.x_train, d.y_train, steps_per_chunk=4)
-        three, _ = jaxnets.fit(model, losses.softmax_cross_entropy_with_integer_labels, opt, stream, mesh=mesh, **kw)
+        three, h3 = jaxnets.fit(model, losses.softmax_cross_entropy_with_integer_labels, opt, stream, mesh=mesh,
+                                test=(d.x_test, d.y_test), **kw)
+        _, h1 = jaxnets.fit(model, losses.softmax_cross_entropy_with_integer_labels, opt, (d.x_train, d.y_train),
+                            test=(d.x_test, d.y_test), **kw)
+        assert abs(h3["test_accuracy"][-1] - h1["test_accuracy"][-1]) < 1e-6  # the test data placed on the mesh
         assert stream.sharding is None and stream.timings["chunks"] > 0  # the caller's stream is not changed, but counts
         leaf = jax.tree_util.tree_leaves(three.params)[0]
         assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 2

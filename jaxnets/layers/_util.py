@@ -37,11 +37,6 @@ def batch_matmul_t(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a.T, b, preferred_element_type=acc)
 
 
-def batch_sum(a: jax.Array, axis: Any = 0) -> jax.Array:
-    """``sum(a, axis)`` accumulated in :func:`accumulation_dtype`."""
-    return jnp.sum(a, axis=axis, dtype=accumulation_dtype(a.dtype))
-
-
 def has_leaves(tree: Any) -> bool:
     return bool(jax.tree_util.tree_leaves(tree))
 

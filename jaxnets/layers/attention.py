@@ -199,9 +199,9 @@ def _project_backward(x, p, y_bar, use_bias):
     """``y = x W + b``: ``(W_bar, b_bar, x_bar)`` with the leading axes flattened into rows."""
     rows_x = x.reshape(-1, x.shape[-1])  # (rows, in)
     rows_y = y_bar.reshape(-1, y_bar.shape[-1])  # (rows, out)
-    grads = {"w": rows_x.T @ rows_y}
+    grads = {"w": _util.batch_matmul_t(rows_x, rows_y)}  # summed over rows in float32 for 16-bit dtypes
     if use_bias:
-        grads["b"] = jnp.sum(rows_y, axis=0)
+        grads["b"] = _util.sum_leading(rows_y)
     return grads, y_bar @ p["w"].T
 
 

@@ -80,7 +80,7 @@ def Dense(
         rows_y = y_bar.reshape(-1, y_bar.shape[-1])  # (rows, out)
         grads = {"w": _util.batch_matmul_t(rows_x, rows_y)}  # summed over rows in float32 for 16-bit dtypes
         if use_bias:
-            grads["b"] = _util.batch_sum(rows_y, axis=0)
+            grads["b"] = _util.sum_leading(rows_y)
         return grads, y_bar @ w.T
 
     return core.build_stateless("dense", spec, init, apply, backward)

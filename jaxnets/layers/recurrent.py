@@ -269,11 +269,12 @@ def _recurrent(cell: _Cell, spec: str, hidden: int, return_sequences: bool, init
         d_carry0, (dzx, dzh) = lax.scan(body, zeros, (dys, saved, jnp.arange(t_len)), reverse=True)
         h_prev = saved[0]  # (T, B, H): the state each step received
         rows = lambda a: a.reshape(t_len * b_size, a.shape[-1])  # noqa: E731  (T, B, n) -> (T B, n)
-        grads = {"wx": rows(xs).T @ rows(dzx), "wh": rows(h_prev).T @ rows(dzh)}
+        # summed over time and batch in float32 for 16-bit dtypes
+        grads = {"wx": _util.batch_matmul_t(rows(xs), rows(dzx)), "wh": _util.batch_matmul_t(rows(h_prev), rows(dzh))}
         if cell.separate_hidden_bias:
-            grads["bx"], grads["bh"] = jnp.sum(dzx, axis=(0, 1)), jnp.sum(dzh, axis=(0, 1))
+            grads["bx"], grads["bh"] = _util.sum_leading(dzx), _util.sum_leading(dzh)
         else:
-            grads["b"] = jnp.sum(dzx, axis=(0, 1))
+            grads["b"] = _util.sum_leading(dzx)
         x_bar = jnp.swapaxes(dzx @ params["wx"].T, 0, 1).reshape(tuple(lead) + (t_len, d))  # (..., T, D)
         if initial_state == "learned":
             for s, dc in zip(cell.state, d_carry0):
