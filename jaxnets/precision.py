@@ -51,6 +51,8 @@ the layers whose gradients underflowed to zero (:func:`underflowing_layers`).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -62,7 +64,8 @@ from jaxnets.layers import Layer
 from jaxnets.layers.core import casting
 
 __all__ = ["Policy", "POLICIES", "get_policy", "with_policy", "cast_floating", "LossScaleState", "loss_scaling",
-           "loss_scale_of", "scaled_objective", "underflowing_layers"]
+           "loss_scale_of", "scaled_objective", "underflowing_layers", "warn_underflow", "for_training",
+           "check_scaling_matches"]
 
 _FLOAT_NAMES = ("float32", "bfloat16", "float16", "float64")
 
@@ -427,3 +430,94 @@ def underflowing_layers(model: Layer, loss: Callable, params: Any, x: Any, y: An
         if fraction >= threshold:
             found[jax.tree_util.keystr(path, simple=True, separator="/")] = fraction
     return found
+
+
+def warn_underflow(model: Layer, loss: Callable, params: Any, x: Any, y: Any, *, policy: str | Policy = "float16",
+                   state: Any = None) -> dict[str, float]:
+    """:func:`underflowing_layers` on one batch, and a ``RuntimeWarning`` naming each layer found (what ``fit`` runs
+    before training in float16 without loss scaling). Returns what it found."""
+    found = underflowing_layers(model, loss, params, x, y, policy=policy, state=state)
+    if found:
+        layers: dict[str, list[str]] = {}
+        for path, fraction in found.items():
+            layer, _, leaf = path.rpartition("/")
+            layers.setdefault(layer or leaf, []).append(f"{leaf} {fraction:.0%}" if layer else f"{fraction:.0%}")
+        listed = ", ".join(f"{layer} ({', '.join(parts)})" for layer, parts in layers.items())
+        warnings.warn(f"float16 without loss scaling: on the first batch the gradients of {listed} underflow to zero "
+                      "(percent of the entries float32 gives nonzero), so those layers learn little or nothing; train with "
+                      "loss_scale='dynamic' (the default for float16)", RuntimeWarning, stacklevel=3)
+    return found
+
+
+@functools.lru_cache(maxsize=32)
+def _policy_model(model: Layer, policy: Policy) -> Layer:
+    """``with_policy(model, policy)``, the same object for the same pair: a second ``fit`` compiles nothing."""
+    return with_policy(model, policy)
+
+
+@functools.lru_cache(maxsize=32)
+def _scaled_optimizer(optimizer: optax.GradientTransformation, scale: Any) -> optax.GradientTransformation:
+    return loss_scaling(optimizer, scale)
+
+
+def for_training(model: Layer | None, optimizer: optax.GradientTransformation, precision: str | Policy | None,
+                 loss_scale: str | float | None = "auto", *, loss_mode: bool = True,
+                 gradient: Callable | None = None) -> tuple[Layer | None, optax.GradientTransformation, Policy | None]:
+    """``fit``'s ``precision=`` and ``loss_scale=``: the model under its policy and the optimizer behind its scale.
+
+    ``loss_scale="auto"`` is dynamic scaling for a float16 policy, none
+    otherwise, and keeps the scale of an optimizer already wrapped in
+    :func:`loss_scaling`. The same arguments give the same objects back
+    (cached), so a second ``fit`` compiles nothing.
+
+    Returns:
+      ``(model, optimizer, policy)``; ``policy`` is None without ``precision``.
+
+    Raises:
+      TypeError: ``precision`` with an objective (``loss_mode=False``), a
+        ``loss_scale`` of another type, or a ``gradient`` that is not linear
+        in the loss (``linear_in_loss = False``: it clips or adds noise) with
+        loss scaling.
+      ValueError: a ``loss_scale`` for an optimizer already wrapped.
+    """
+    policy = None
+    if precision is not None:
+        policy = get_policy(precision)
+        if not loss_mode:
+            raise TypeError("precision= goes with loss; with an objective, run the model under "
+                            "jaxnets.precision.with_policy(model, ...) inside it (loss_scale= still applies)")
+        model = _policy_model(model, policy)
+    wrapped = getattr(optimizer.init, "loss_scaled", False)
+    if isinstance(loss_scale, str) and loss_scale == "auto":  # an optimizer already wrapped keeps its own scale
+        loss_scale = "dynamic" if policy is not None and policy.compute_dtype == jnp.float16 and not wrapped else None
+    elif loss_scale is not None and not isinstance(loss_scale, str) and (
+            isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float, np.integer, np.floating))):
+        raise TypeError(f"loss_scale must be 'auto', 'dynamic', a positive number or None, got {loss_scale!r}")
+    if loss_scale is not None and wrapped:
+        raise ValueError("optimizer is already wrapped in precision.loss_scaling: pass loss_scale=None (or 'auto') "
+                         "to fit, or the plain optimizer")
+    if (loss_scale is not None or wrapped) and not getattr(gradient, "linear_in_loss", True):
+        raise TypeError(f"gradient {getattr(gradient, '__name__', gradient)} is not linear in the loss (it clips or "
+                        "adds noise), so it cannot differentiate a scaled loss: train it without loss scaling "
+                        "(loss_scale=None; bfloat16 needs none)")
+    if loss_scale is not None:
+        if not isinstance(loss_scale, str):
+            loss_scale = float(loss_scale)
+        try:
+            optimizer = _scaled_optimizer(optimizer, loss_scale)
+        except TypeError:  # unhashable optimizer: wrap it for this call only
+            optimizer = loss_scaling(optimizer, loss_scale)
+    return model, optimizer, policy
+
+
+def check_scaling_matches(optimizer: optax.GradientTransformation, opt_state: Any, asked: str = "") -> None:
+    """A state made with loss scaling given to an optimizer without it (or the reverse) fails here, saying which.
+
+    Raises:
+      ValueError: naming what the state was made with and what ``asked`` (the caller's arguments) asks.
+    """
+    state_scaled = loss_scale_of(opt_state) is not None
+    if state_scaled != bool(getattr(optimizer.init, "loss_scaled", False)):
+        raise ValueError(f"state.opt_state was made {'with' if state_scaled else 'without'} loss scaling, but this fit "
+                         f"{'does not scale' if state_scaled else 'scales'} the loss ({asked}): pass the loss_scale the "
+                         "state was trained with, or start from a fresh state")

@@ -513,68 +513,6 @@ def _compiled_chunk(model, optimizer, options: tuple):
     return jax.jit(make_chunk(model, optimizer, **dict(options)), donate_argnums=0)
 
 
-@functools.lru_cache(maxsize=32)
-def _policy_model(model: Layer, policy: Any) -> Layer:
-    """``with_policy(model, policy)``, the same object for the same pair: a second ``fit`` compiles nothing."""
-    return precision_module.with_policy(model, policy)
-
-
-@functools.lru_cache(maxsize=32)
-def _scaled_optimizer(optimizer: optax.GradientTransformation, scale: Any) -> optax.GradientTransformation:
-    return precision_module.loss_scaling(optimizer, scale)
-
-
-def _with_precision(model, optimizer, precision, loss_scale, loss_mode: bool, gradient: Callable | None):
-    """``fit``'s ``precision=`` and ``loss_scale=``: the model under its policy and the optimizer behind its scale."""
-    policy = None
-    if precision is not None:
-        policy = precision_module.get_policy(precision)
-        if not loss_mode:
-            raise TypeError("precision= goes with loss; with an objective, run the model under "
-                            "jaxnets.precision.with_policy(model, ...) inside it (loss_scale= still applies)")
-        model = _policy_model(model, policy)
-    wrapped = getattr(optimizer.init, "loss_scaled", False)
-    if isinstance(loss_scale, str) and loss_scale == "auto":  # an optimizer already wrapped keeps its own scale
-        loss_scale = "dynamic" if policy is not None and policy.compute_dtype == jnp.float16 and not wrapped else None
-    elif loss_scale is not None and not isinstance(loss_scale, str) and (
-            isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float, np.integer, np.floating))):
-        raise TypeError(f"loss_scale must be 'auto', 'dynamic', a positive number or None, got {loss_scale!r}")
-    if loss_scale is not None and wrapped:
-        raise ValueError("optimizer is already wrapped in precision.loss_scaling: pass loss_scale=None (or 'auto') "
-                         "to fit, or the plain optimizer")
-    if (loss_scale is not None or wrapped) and not getattr(gradient, "linear_in_loss", True):
-        raise TypeError(f"gradient {getattr(gradient, '__name__', gradient)} is not linear in the loss (it clips or "
-                        "adds noise), so it cannot differentiate a scaled loss: train it without loss scaling "
-                        "(loss_scale=None; bfloat16 needs none)")
-    if loss_scale is not None:
-        if not isinstance(loss_scale, str):
-            loss_scale = float(loss_scale)
-        try:
-            optimizer = _scaled_optimizer(optimizer, loss_scale)
-        except TypeError:  # unhashable optimizer: wrap it for this call only
-            optimizer = precision_module.loss_scaling(optimizer, loss_scale)
-    return model, optimizer, policy
-
-
-def _warn_underflow(model: Layer, policy: Any, loss: Callable, state: TrainState, run) -> None:
-    """float16 without loss scaling: one batch's gradients against float32's; warn naming the layers that underflow."""
-    x, y = run.data if isinstance(run.data, tuple) else (None, None)
-    if not isinstance(x, jax.Array) or not isinstance(y, jax.Array):
-        return
-    batch = min(run.batch_size, run.num_examples)
-    found = precision_module.underflowing_layers(model, loss, state.params, x[:batch], y[:batch], state=state.model_state,
-                                                 policy=policy)
-    if found:
-        layers: dict[str, list[str]] = {}
-        for path, fraction in found.items():
-            layer, _, leaf = path.rpartition("/")
-            layers.setdefault(layer or leaf, []).append(f"{leaf} {fraction:.0%}" if layer else f"{fraction:.0%}")
-        listed = ", ".join(f"{layer} ({', '.join(parts)})" for layer, parts in layers.items())
-        warnings.warn(f"float16 without loss scaling: on the first batch the gradients of {listed} underflow to zero "
-                      "(percent of the entries float32 gives nonzero), so those layers learn little or nothing; train with "
-                      "loss_scale='dynamic' (the default for float16)", RuntimeWarning, stacklevel=3)
-
-
 def fit(
     model: Layer,
     loss: Callable[[Any, Any], jax.Array] | None = None,
@@ -733,7 +671,8 @@ def fit(
         raise TypeError(f"fit needs an optimizer and data, got optimizer={optimizer!r} and data of type {type(data).__name__}")
     _run.check_optimizer(optimizer)
     base_model = model
-    model, optimizer, policy = _with_precision(model, optimizer, precision, loss_scale, loss is not None, gradient)
+    model, optimizer, policy = precision_module.for_training(model, optimizer, precision, loss_scale,
+                                                            loss_mode=loss is not None, gradient=gradient)
     hooks = [hooks] if callable(hooks) else list(hooks)
     for hook in hooks:
         if not callable(hook):
@@ -777,20 +716,18 @@ def fit(
             check_targets(model, state, run)  # data that does not fit the model fails first, with the layer's message
         if input_shape is not None and model is not None:
             check_state_for_model(model, state, input_shape)
-        if (precision_module.loss_scale_of(jax.eval_shape(optimizer.init, state.params)) is None) != (
-                precision_module.loss_scale_of(state.opt_state) is None):
-            raise ValueError("state.opt_state was made " + ("without" if precision_module.loss_scale_of(state.opt_state)
-                             is None else "with") + " loss scaling, but this fit " + ("scales" if precision_module.
-                             loss_scale_of(state.opt_state) is None else "does not scale") + " the loss (precision="
-                             f"{precision!r}, loss_scale={loss_scale!r}): pass the loss_scale the state was trained "
-                             "with, or start from a fresh state")
+        precision_module.check_scaling_matches(optimizer, state.opt_state, f"precision={precision!r}, loss_scale={loss_scale!r}")
         _run.check_state_fits(optimizer, state)
         state = jax.device_put(state, may_alias=False)  # a copy (compiles nothing): the program donates its input
     _check_gradient_fits(jax.eval_shape(optimizer.init, state.params), default_gradient if gradient is None else gradient)
     if loss is not None:
         check_targets(model, state, run)
     if policy is not None and policy.compute_dtype == jnp.float16 and precision_module.loss_scale_of(state.opt_state) is None:
-        _warn_underflow(base_model, policy, loss, state, run)
+        x, y = run.data if isinstance(run.data, tuple) else (None, None)
+        if isinstance(x, jax.Array) and isinstance(y, jax.Array):  # one batch (a stream's run holds its first record)
+            batch = min(run.batch_size, run.num_examples)
+            precision_module.warn_underflow(base_model, loss, state.params, x[:batch], y[:batch], policy=policy,
+                                            state=state.model_state)
 
     options = (("loss", loss), ("objective", objective), ("eval_objective", eval_objective),
                ("metrics", tuple(metrics.items()) if metrics is not None else None), ("gradient", gradient),

@@ -598,6 +598,24 @@ cases("jaxnets.precision.underflowing_layers",
       Case("a threshold above one", lambda: precision.underflowing_layers(L.Dense(2), None, {}, jnp.ones((1, 2)), jnp.ones(1),
                                                                           threshold=2.0), ValueError,
            r"threshold must lie in \(0, 1\], got 2.0", "threshold"))
+cases("jaxnets.precision.warn_underflow",
+      Case("not a layer", lambda: precision.warn_underflow(jnp.tanh, None, {}, jnp.ones((1, 2)), jnp.ones(1)), TypeError,
+           r"model must be a jaxnets Layer", "model"))
+cases("jaxnets.precision.for_training",
+      Case("precision with an objective", lambda: precision.for_training(L.Dense(2), optim.sgd(0.1), "bfloat16",
+                                                                         loss_mode=False), TypeError,
+           r"precision= goes with loss", "precision"),
+      Case("a loss scale of another type", lambda: precision.for_training(L.Dense(2), optim.sgd(0.1), None, [2.0]),
+           TypeError, r"loss_scale must be 'auto', 'dynamic', a positive number or None, got \[2.0\]", "loss_scale"),
+      Case("a scale for a wrapped optimizer", lambda: precision.for_training(
+          L.Dense(2), precision.loss_scaling(optim.sgd(0.1)), "float16", "dynamic"), ValueError,
+           r"optimizer is already wrapped in precision.loss_scaling", "loss_scale"),
+      Case("an unknown policy", lambda: precision.for_training(L.Dense(2), optim.sgd(0.1), "fp8"), ValueError,
+           r"policy must be a Policy or one of", "policy"))
+cases("jaxnets.precision.check_scaling_matches",
+      Case("a plain state for a scaled optimizer", lambda: precision.check_scaling_matches(
+          precision.loss_scaling(optim.sgd(0.1)), optim.sgd(0.1).init({"w": jnp.ones(2)})), ValueError,
+           r"state.opt_state was made without loss scaling, but this fit scales the loss", "opt_state"))
 EXEMPT["jaxnets.precision.scaled_objective"] = "wraps any callable; the scale is traced (a number or an array), so nothing to check before the call"
 cases("jaxnets.precision.cast_floating",
       Case("a dtype that is no dtype", lambda: precision.cast_floating({"w": jnp.ones(2)}, "fast"), TypeError, r"dtype must be a dtype", "dtype"))
