@@ -2,6 +2,7 @@
 
     python experiments/mixed_precision.py
     python experiments/mixed_precision.py --quick       # 2 epochs, one seed: checks the script
+    python experiments/mixed_precision.py --models mlp  # the main job only
 
 Each model is trained with ``jaxnets.fit(..., precision=dtype)``: float32
 master weights, every layer computing in the reduced dtype (softmax and the
@@ -42,6 +43,7 @@ class Config:
     mlp_epochs: int = 40  # the main job's
     cnn_epochs: int = 20  # digits_cnn.py's
     seeds: str = "0,1,2"
+    models: str = "mlp,cnn"  # comma-separated subset
     timing_rounds: int = 7
     timing_steps: int = 50
     quick: bool = False
@@ -98,7 +100,13 @@ def main(argv=None) -> dict:
 
     ce = losses.softmax_cross_entropy_with_integer_labels
     results, curves = {}, {}
+    chosen = [m.strip() for m in config.models.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(models()))
+    if unknown or not chosen:
+        raise ValueError(f"--models must list some of {sorted(models())}, got {config.models!r}")
     for name, (model, optimizer, epochs_field, images) in models().items():
+        if name not in chosen:
+            continue
         dataset = data.load_digits(test_fraction=0.2, seed=0, as_images=images)
         epochs = getattr(config, epochs_field)
         rows = {}

@@ -185,8 +185,9 @@ def test_privacy_accountant_agrees_with_dp_accounting():
 
 
 def test_mixed_precision_quick(tmp_path):
-    result = load("mixed_precision").main(["--quick", "--out", str(tmp_path / "run")])
-    for model in ("mlp", "cnn"):
+    result = load("mixed_precision").main(["--quick", "--models", "mlp", "--out", str(tmp_path / "run")])
+    assert set(result["results"]) == {"mlp"}  # the CNN runs the same code (the fresh-clone run covers it)
+    for model in ("mlp",):
         rows = result["results"][model]
         assert set(rows) == {"float32", "bfloat16", "float16"}
         assert all(r["mean_test_accuracy"] > 0.5 and r["step_seconds"] > 0 for r in rows.values())

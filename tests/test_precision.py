@@ -184,6 +184,7 @@ import optax  # noqa: E402
 SMALL_DIGITS = jdata.load_digits()
 
 
+@pytest.mark.slow  # whole fits: CI's first step runs them, the floor step skips them
 def test_float16_fit_with_dynamic_scaling_counts_its_skips_and_is_no_divergence():
     """A scale of 2**24 overflows float16's cotangents: those steps are skipped and counted, the scale halves, and
     fit's non-finite guard (on_nonfinite='raise') does not stop: the loss and params stayed finite."""
@@ -198,6 +199,7 @@ def test_float16_fit_with_dynamic_scaling_counts_its_skips_and_is_no_divergence(
     assert history["test_accuracy"][-1] > history["test_accuracy"][0] + 0.1  # it learns
 
 
+@pytest.mark.slow  # whole fits: CI's first step runs them, the floor step skips them
 def test_float16_fit_defaults_to_dynamic_scaling_and_matches_float32_closely():
     model = L.serial(L.Dense(32), L.Relu(), L.Dense(10))
     s32, h32 = train.fit(model, CE, optim.adam(1e-3), SMALL_DIGITS, epochs=3, seed=0, progress=False)
@@ -277,6 +279,7 @@ def test_an_epoch_whose_every_step_is_skipped_is_a_divergence():
     assert history["skipped_steps"] == [23.0] and history["loss_scale"] == [1.0]  # 23 halvings from 2**15, floored
 
 
+@pytest.mark.slow  # whole fits: CI's first step runs them, the floor step skips them
 def test_a_loss_scaled_run_resumes_exactly_from_its_checkpoint(tmp_path):
     model = L.serial(L.Dense(16), L.Relu(), L.Dense(10))
     opt = precision.loss_scaling(optim.adam(1e-3), "dynamic", init_scale=2.0 ** 20, max_scale=2.0 ** 20)
