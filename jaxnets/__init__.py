@@ -9,7 +9,7 @@ Modules, from the bottom up:
 * :mod:`jaxnets.layers`, :mod:`jaxnets.losses`: layers and losses, each with its backward rule
 * :mod:`jaxnets.backprop`, :mod:`jaxnets.gradcheck`: whole-model hand gradients; checking them
 * :mod:`jaxnets.optim`: hand-written optimizers, twins of optax's
-* :mod:`jaxnets.train`: train state, the general step, scan-fused epochs, ``fit`` with hooks and checkpoints
+* :mod:`jaxnets.train`: train state, the general step, sources, the general loop with callbacks, ``fit`` on it
 * :mod:`jaxnets.evaluation`: ``predict`` and ``evaluate`` (pytree outputs, random evaluation)
 * :mod:`jaxnets.checkpoint`: orbax checkpoints of whole runs; params in safetensors (the ``checkpoint`` extra)
 * :mod:`jaxnets.population`: many models (seeds, hyperparameters) trained at once under ``vmap``
@@ -24,8 +24,9 @@ from jaxnets import (activations, backprop, data, distributed, evaluation, gradc
                      per_example, population, porting, streaming, train)
 from jaxnets.layers import Layer, count_params, define_layer, parallel, residual, serial
 from jaxnets.population import fit_population
-from jaxnets.train import (NonFiniteError, Progress, TrainState, early_stopping, evaluate, fit, init_train_state, make_epoch,
-                           make_step, make_train_step, predict, scan_epoch)
+from jaxnets.train import (ArraySource, Callback, EarlyStopping, Evaluate, History, HistoryFile, NonFiniteError, Progress,
+                           ProgressBar, Sampler, Source, TensorBoard, TrainState, early_stopping, evaluate, fit,
+                           init_train_state, loop, make_epoch, make_step, make_train_step, predict, scan_epoch, with_ema)
 
 __version__ = "0.1.0"
 
@@ -62,6 +63,18 @@ __all__ = [
     "NonFiniteError",
     "fit_population",
     "fit",
+    "loop",
+    "Source",
+    "ArraySource",
+    "Sampler",
+    "Callback",
+    "Evaluate",
+    "EarlyStopping",
+    "HistoryFile",
+    "TensorBoard",
+    "ProgressBar",
+    "History",
+    "with_ema",
     "evaluate",
     "predict",
 ]

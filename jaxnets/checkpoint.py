@@ -1,26 +1,40 @@
-"""Checkpoints of whole runs (orbax), and params in safetensors.
+"""Checkpoints of whole runs (orbax), verified on restore; params in safetensors.
 
-:class:`Checkpoints` saves a run's whole :class:`jaxnets.TrainState` (params,
-optimizer state, model state, step counter and the typed random key, stored
-as its key data), its history and its configuration, with
-`orbax-checkpoint <https://orbax.readthedocs.io>`_: each save is written to a
-temporary folder and renamed when complete, so a process killed during a
-save leaves the previous checkpoint readable; saves are asynchronous (the
-state is copied to host memory, then written while training goes on). It
-keeps the last ``keep`` checkpoints and, with ``best``, the best by a
-history metric. :func:`jaxnets.fit` uses it through ``checkpoint_dir=``;
-since every step's random numbers derive from the state's key and counter,
-a resumed run computes bitwise what the uninterrupted run computes.
+:class:`Checkpoint` is the loop's checkpoint callback
+(``jaxnets.fit(..., callbacks=[Checkpoint("runs/ckpt")])`` or any
+:func:`jaxnets.train.loop`): it saves the whole state (any pytree: a
+:class:`jaxnets.TrainState`, a GAN's dict of them; typed random keys stored as
+their key data), the run's position, its history and its configuration, and
+resumes the run from the folder's latest (or best) readable checkpoint.
+Since every step's random numbers derive from the state's key and the step
+counter, a resumed run computes bitwise what the uninterrupted run computes.
 
-:func:`save_params` / :func:`load_params` write and read the params alone
-in `safetensors <https://huggingface.co/docs/safetensors>`_, named by their
-dict paths (``dense_0/w``), readable from PyTorch and other tools.
+:class:`Checkpoints` is the folder underneath, with `orbax-checkpoint
+<https://orbax.readthedocs.io>`_:
+
+* **atomic**: each save is written to a temporary folder and renamed when
+  complete, so a process killed during a save leaves the previous one readable;
+* **verified**: every saved array carries a CRC-32 of its bytes, checked on
+  restore; a checkpoint whose array data changed on disk (a flipped byte), or
+  that is truncated or unreadable, is skipped with a warning naming it, and the
+  one before it is used;
+* **in the background**: the state is copied to host memory, then written by a
+  thread while training goes on; a save due while the previous one is still
+  being written replaces any older one waiting;
+* **kept**: the last ``keep`` checkpoints and the best by a history metric,
+  counted over every checkpoint in the folder (those of earlier, resumed runs too);
+* **one run at a time**: a folder is locked by the run writing it; a second
+  run on the same folder is refused with a message naming the holder.
+
+:func:`save_params` / :func:`load_params` write and read the params alone in
+`safetensors <https://huggingface.co/docs/safetensors>`_, named by their dict
+paths (``dense_0/w``), readable from PyTorch and other tools.
 
 Both need the ``checkpoint`` extra: ``pip install 'jaxnets[checkpoint]'``.
 
 Example::
 
-    state, history = jaxnets.fit(model, loss, optimizer, data, epochs=20, checkpoint_dir="runs/ckpt")
+    state, history = jaxnets.fit(model, loss, optimizer, data, epochs=20, callbacks=[Checkpoint("runs/ckpt")])
     # killed at epoch 12? the same call resumes from the last checkpoint and ends where the first would have.
     checkpoint.save_params("model.safetensors", state.params)
     params = checkpoint.load_params("model.safetensors", like=state.params)
@@ -28,22 +42,27 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import shutil
 import tempfile
 import threading
 import warnings
+import zlib
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxnets import _run
-from jaxnets.train import TrainState
+from jaxnets import _inputs
+from jaxnets.train import Callback, Progress, Resume
 
-__all__ = ["Checkpoints", "save_params", "load_params"]
+__all__ = ["Checkpoint", "Checkpoints", "save_params", "load_params"]
 
 _EXTRA_MSG = "{what} needs the checkpoint extra: pip install 'jaxnets[checkpoint]' ({error})"
+_LOCK = ".jaxnets-lock"
 
 
 def _orbax():
@@ -54,10 +73,13 @@ def _orbax():
     return ocp
 
 
-def _to_host(state: TrainState) -> dict:
-    """The state as a dict of NumPy copies (the training program donates its buffers; a copy survives it)."""
-    return {"params": state.params, "opt_state": state.opt_state, "model_state": state.model_state,
-            "step": state.step, "key_data": jax.random.key_data(state.key)}
+def _is_key(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and jax.numpy.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _to_host(state: Any) -> Any:
+    """The state with every typed key as its key data (orbax stores arrays, not keys)."""
+    return jax.tree_util.tree_map(lambda a: jax.random.key_data(a) if _is_key(a) else a, state)
 
 
 def _copy_to_host(tree: Any) -> Any:
@@ -76,48 +98,69 @@ def _copy_to_host(tree: Any) -> Any:
     return jax.tree_util.tree_map(host, tree)
 
 
+def _checksums(host: Any) -> dict:
+    return {_inputs.path_name(p): zlib.crc32(np.ascontiguousarray(leaf).tobytes())
+            for p, leaf in jax.tree_util.tree_flatten_with_path(host)[0]}
+
+
+def _lock(directory: str):
+    """An exclusive lock on the folder for this process (released when it ends, however it ends)."""
+    import fcntl
+
+    path = os.path.join(directory, _LOCK)
+    handle = open(path, "a")  # never written: opening it changes nothing in the folder
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ValueError(f"the checkpoint folder {directory} is in use by another run (it holds the lock on "
+                         f"{path}): two runs writing one folder would overwrite each other's checkpoints. Give this "
+                         f"run its own folder, or wait for the other to end") from None
+    return handle
+
+
 class Checkpoints:
     """A folder of checkpoints of one run: save, keep the last few and the best, restore the latest readable one.
 
     Args:
-      directory: the folder (created if missing).
+      directory: the folder (created if missing; a file or an unwritable folder is refused here).
       keep: how many of the latest checkpoints to keep (positive).
       best: a history name (``"test_loss"``); the best checkpoint by its
-        last value is kept as well.
+        value at the save is kept as well.
       best_mode: ``"min"`` (default for names ending in ``loss``) or ``"max"``.
       async_save: write in a background thread (default): ``save`` returns
-        once the state is copied to host memory. If a save comes due while
-        the previous one is still being written, only the newest waits (an
-        older pending one is dropped), so training never waits for the disk
-        and the latest checkpoint is at most one write old. ``wait`` and
-        ``close`` block until the newest state given is on disk. With
-        ``async_save=False`` every save is written before ``save`` returns.
-        Across processes (``jax.process_count() > 1``) saves are always
-        written before ``save`` returns: every process takes part in each
-        orbax save, and a background writer that drops superseded saves
-        could drop different ones in different processes.
+        once the state is copied to host memory; ``wait`` and ``close`` block
+        until the newest state given is on disk. Across processes saves are
+        always written before ``save`` returns (orbax saves are collective).
+      lock: hold an exclusive lock on the folder while open (default; only
+        process 0 locks across processes).
     """
 
     def __init__(self, directory: str, *, keep: int = 3, best: str | None = None, best_mode: str | None = None,
-                 async_save: bool = True):
+                 async_save: bool = True, lock: bool = True):
         ocp = _orbax()
-        if not isinstance(directory, (str, os.PathLike)):
-            raise TypeError(f"checkpoint_dir must be a path, got {directory!r}")
+        if isinstance(directory, bool) or not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(f"checkpoint directory must be a path, got {directory!r}")
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"checkpoint_keep must be a positive int, got {keep!r}")
+            raise ValueError(f"checkpoint keep must be a positive int, got {keep!r}")
         if best is not None and not isinstance(best, str):
-            raise TypeError(f"checkpoint_best must be a history name such as 'test_loss', got {best!r}")
+            raise TypeError(f"checkpoint best must be a history name such as 'test_loss', got {best!r}")
         best_mode = best_mode or ("min" if best and best.endswith("loss") else "max")
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
-        self.directory, self.best, self.best_mode = os.path.abspath(os.fspath(directory)), best, best_mode
-        policies = [ocp.checkpoint_managers.LatestN(keep)]
-        if best is not None:
-            sign = 1.0 if best_mode == "max" else -1.0  # orbax keeps the highest
-            policies.append(ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: sign * m[best], n=1))
-        options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-            enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True)  # asynchrony: our own thread
+        self.directory, self.best, self.best_mode, self.keep = os.path.abspath(os.fspath(directory)), best, best_mode, keep
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise ValueError(f"checkpoint directory {self.directory} is a file: give a folder")
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"checkpoint directory {self.directory} cannot be created: {error}") from error
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise ValueError(f"checkpoint directory {self.directory} cannot be written (permissions or a read-only "
+                             f"filesystem)")
+        self._lock = _lock(self.directory) if lock and jax.process_index() == 0 else None
+        options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True,
+                                               cleanup_tmp_directories=True)  # retention and asynchrony: our own
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self.async_save = bool(async_save) and jax.process_count() == 1
@@ -126,25 +169,27 @@ class Checkpoints:
         self._busy = False
         self._error: BaseException | None = None
         self._worker: threading.Thread | None = None
-        self.skipped: list[int] = []  # epochs whose save was superseded by a newer one before it started
+        self._metrics: dict[int, float] = {}  # best-metric value of each checkpoint in the folder (read lazily)
+        self.skipped: list[int] = []  # ids whose save was superseded by a newer one before it started
 
     def epochs(self) -> list[int]:
-        """The epochs that have a checkpoint, oldest first."""
+        """The ids (epochs, or steps for a run counted in steps) that have a checkpoint, oldest first."""
         return sorted(self.manager.all_steps())
 
-    def save(self, epoch: int, state: TrainState, history: dict, config: dict | None = None) -> None:
+    def save(self, epoch: int, state: Any, history: dict, config: dict | None = None) -> None:
         """Save ``state``, ``history`` and ``config`` as checkpoint ``epoch`` (in the background unless ``async_save=False``)."""
         self._raise_failed()
+        _inputs.check_not_donated(state, "state")
         host = _copy_to_host(_to_host(state))
         history = json.loads(json.dumps(history))  # a copy now: the caller appends to its history while this is written
-        meta = {**(config or {}), "shapes": {k: [list(v[0]), v[1]] for k, v in _run.shapes_by_path(host).items()},
-                "key_impl": str(jax.random.key_impl(state.key))}
-        metrics = None
+        meta = {**(config or {}), "shapes": {k: [list(v[0]), v[1]] for k, v in _inputs.shapes_by_path(host).items()},
+                "checksums": _checksums(host)}
         if self.best is not None:
             if self.best not in history:
-                raise ValueError(f"checkpoint_best must be one of the history's names {sorted(history)}, got {self.best!r}")
-            metrics = {self.best: float(history[self.best][-1])}
-        item = (int(epoch), host, history, meta, metrics)
+                raise ValueError(f"checkpoint best must be one of the history's names {sorted(history)}, got {self.best!r}")
+            values = [v for v in history[self.best] if not (isinstance(v, float) and math.isnan(v))]
+            meta["best_value"] = float(values[-1]) if values else None
+        item = (int(epoch), host, history, meta)
         if not self.async_save:
             self._write(item)
             return
@@ -159,11 +204,55 @@ class Checkpoints:
 
     def _write(self, item) -> None:
         ocp = self._ocp
-        epoch, host, history, meta, metrics = item
-        self.manager.save(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(host), history=ocp.args.JsonSave(history), config=ocp.args.JsonSave(meta)),
-            metrics=metrics)
-        self.manager.wait_until_finished()
+        epoch, host, history, meta = item
+        try:
+            self.manager.save(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(host), history=ocp.args.JsonSave(history), config=ocp.args.JsonSave(meta)),
+                force=True)
+            self.manager.wait_until_finished()
+        except BaseException:
+            self._clean_tmp()
+            raise
+        if meta.get("best_value") is not None:
+            self._metrics[epoch] = meta["best_value"]
+        self._prune()
+
+    def _clean_tmp(self) -> None:
+        for name in os.listdir(self.directory):
+            if "tmp" in name and os.path.isdir(os.path.join(self.directory, name)):
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+    def best_epoch(self) -> int | None:
+        """The id of the best checkpoint in the folder by ``best`` (None without ``best`` or values)."""
+        if self.best is None:
+            return None
+        for e in self.epochs():
+            if e not in self._metrics:
+                value = self._read_meta(e).get("best_value")
+                self._metrics[e] = value if value is not None else math.nan
+        values = {e: v for e, v in self._metrics.items() if e in set(self.epochs()) and not math.isnan(v)}
+        if not values:
+            return None
+        return (min if self.best_mode == "min" else max)(values, key=lambda e: (values[e], e))
+
+    def _read_meta(self, epoch: int) -> dict:
+        try:
+            return self.manager.restore(epoch, args=self._ocp.args.Composite(config=self._ocp.args.JsonRestore()))["config"]
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint has no metric
+            return {}
+
+    def _prune(self) -> None:
+        """Keep the latest ``keep`` and the best, over every checkpoint in the folder."""
+        if jax.process_index() != 0 and jax.process_count() > 1:
+            return
+        epochs = self.epochs()
+        kept = set(epochs[-self.keep:])
+        best = self.best_epoch()
+        if best is not None:
+            kept.add(best)
+        for e in epochs:
+            if e not in kept:
+                self.manager.delete(e)
 
     def _writer(self) -> None:
         while True:
@@ -183,22 +272,25 @@ class Checkpoints:
     def _raise_failed(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
-            raise RuntimeError(f"saving a checkpoint in {self.directory} failed: {type(error).__name__}: {error}") from error
+            hint = " (the disk is full)" if isinstance(error, OSError) and error.errno == errno.ENOSPC else ""
+            raise RuntimeError(f"saving a checkpoint in {self.directory} failed{hint}: {type(error).__name__}: {error}; "
+                               f"the earlier checkpoints there stay readable") from error
 
-    def restore(self, like: TrainState, epoch: int | None = None) -> tuple[TrainState, dict, dict] | None:
-        """``(state, history, config)`` of checkpoint ``epoch`` (default the latest readable one), or None if there is none.
+    def restore(self, like: Any, epoch: int | None = None) -> tuple[Any, dict, dict] | None:
+        """``(state, history, meta)`` of checkpoint ``epoch`` (default the latest readable one), or None if there is none.
 
         ``like`` is a state of the run (a fresh one will do): the checkpoint
         must hold the same structure, shapes and dtypes, or a ValueError lists
         the differing paths (nothing is overwritten). An unreadable
-        (truncated, corrupt) checkpoint is reported in a warning naming its
+        (truncated, corrupt) checkpoint, or one whose arrays do not match the
+        checksums written with them, is reported in a warning naming its
         folder, and the one before it is used.
         """
         ocp = self._ocp
         epochs = self.epochs() if epoch is None else [int(epoch)]
         if not epochs:
             return None
-        expected = {k: [list(v[0]), v[1]] for k, v in _run.shapes_by_path(_to_host(like)).items()}
+        expected = {k: [list(v[0]), v[1]] for k, v in _inputs.shapes_by_path(_to_host(like)).items()}
         abstract = jax.tree_util.tree_map(lambda a: np.zeros(np.shape(a), a.dtype), _to_host(like))
         failures = []
         for e in reversed(epochs):
@@ -220,14 +312,19 @@ class Checkpoints:
             except Exception as error:  # noqa: BLE001
                 failures.append(f"{folder}: {type(error).__name__}: {error}")
                 continue
+            host = jax.tree_util.tree_map(np.asarray, got["state"])
+            sums = _checksums(host)
+            bad = [p for p, crc in meta.get("checksums", {}).items() if sums.get(p) != crc]
+            if bad or "checksums" not in meta:
+                failures.append(f"{folder}: the array data does not match its checksums (changed on disk) at "
+                                f"{', '.join(bad[:5]) or 'every leaf (no checksums written)'}")
+                continue
             if failures:
                 warnings.warn("unreadable checkpoint(s) skipped:\n" + "\n".join(failures) + f"\nresuming from {folder}",
                               RuntimeWarning, stacklevel=2)
-            host = got["state"]
-            key = jax.random.wrap_key_data(jax.numpy.asarray(host["key_data"]), impl=jax.random.key_impl(like.key))
-            state = TrainState(host["params"], host["opt_state"], host["model_state"], host["step"], key)
-            state = jax.tree_util.tree_map(jax.numpy.asarray, state)
-            state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), jax.tree_util.tree_leaves(state))
+            leaves = [jax.random.wrap_key_data(jax.numpy.asarray(h), impl=jax.random.key_impl(l)) if _is_key(l)
+                      else jax.numpy.asarray(h) for h, l in zip(jax.tree_util.tree_leaves(host), jax.tree_util.tree_leaves(like))]
+            state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
             return state, dict(got["history"]), meta
         raise ValueError(f"no readable checkpoint in {self.directory}:\n" + "\n".join(failures))
 
@@ -239,11 +336,148 @@ class Checkpoints:
         self._raise_failed()
 
     def close(self) -> None:
-        """Wait for the newest save, then release orbax's resources."""
+        """Wait for the newest save, then release orbax's resources and the folder's lock."""
         try:
             self.wait()
         finally:
             self.manager.close()
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+
+
+#: configuration entries that may change when a run resumes (how long it runs, how it is shown)
+_MAY_CHANGE = ("loop/steps", "loop/epochs")
+
+
+def _flatten(config: Any, prefix: str = "") -> dict:
+    if isinstance(config, dict):
+        out = {}
+        for k, v in config.items():
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        return out
+    return {prefix.rstrip("/"): config}
+
+
+class Checkpoint(Callback):
+    """The checkpoint callback: save the run every ``every``, resume it from the folder when it starts again.
+
+    Args:
+      directory: the folder (or a :class:`Checkpoints`), checked before
+        anything is compiled.
+      every: when to save (``(1, "epochs")``, ``(500, "steps")``; default
+        after every call); the run's last state is always saved at its end,
+        and at a stop, an error or a divergence (the last finite state).
+      keep, best, best_mode, async_save: as for :class:`Checkpoints`.
+      save: ``"always"`` or ``"improved"`` (only when ``best`` improved on
+        every earlier checkpoint in the folder; the end of the run too).
+      resume: ``"latest"`` (default) or ``"best"`` checkpoint of the folder.
+      check_config: refuse to resume from a checkpoint whose run had another
+        configuration (model, optimizer, loss, data, batch size, seed, steps
+        per call; :func:`jaxnets.train.loop`'s ``config``), naming what
+        differs. ``False`` resumes anyway.
+    """
+
+    order = 30
+    restores = True
+
+    def __init__(self, directory: Any, *, every: Any = None, keep: int = 3, best: str | None = None,
+                 best_mode: str | None = None, save: str = "always", resume: str = "latest",
+                 async_save: bool = True, check_config: bool = True):
+        if save not in ("always", "improved"):
+            raise ValueError(f"save must be 'always' or 'improved', got {save!r}")
+        if resume not in ("latest", "best"):
+            raise ValueError(f"resume must be 'latest' or 'best', got {resume!r}")
+        if (save == "improved" or resume == "best") and best is None and not isinstance(directory, Checkpoints):
+            raise ValueError(f"save={save!r}, resume={resume!r} need best= (a history name such as 'test_loss')")
+        self.every, self.save_mode, self.resume_mode, self.check_config = every, save, resume, bool(check_config)
+        self.folder = directory if isinstance(directory, Checkpoints) else None
+        self._args = dict(keep=keep, best=best, best_mode=best_mode, async_save=async_save)
+        self.directory = directory
+        self.saved_at: int | None = None
+        self.run = None
+        if self.folder is None:  # checked now: a bad path fails before anything else happens
+            self._check_path(directory)
+
+    @classmethod
+    def from_fit(cls, directory: Any, *, every: int = 1, keep: int = 3, best: str | None = None) -> "Checkpoint":
+        """The checkpoint of 0.1's ``fit(checkpoint_dir=, checkpoint_every=, checkpoint_keep=, checkpoint_best=)``."""
+        return cls(directory, every=(every, "epochs"), keep=keep, best=best)
+
+    @staticmethod
+    def _check_path(directory: Any) -> None:
+        if isinstance(directory, bool) or not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(f"checkpoint directory must be a path or a Checkpoints, got {type(directory).__name__} "
+                            f"{directory!r}")
+        path = os.path.abspath(os.fspath(directory))
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"checkpoint directory {path} is a file: give a folder")
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({getattr(self.folder, 'directory', self.directory)!r}, every={self.every!r})"
+
+    def _id(self, progress: Progress) -> int:
+        spe = progress.run.steps_per_epoch
+        counts_epochs = progress.run.config["loop"].get("epochs") is not None
+        return progress.step // spe if counts_epochs and spe and progress.step % spe == 0 else progress.step
+
+    def on_start(self, run):
+        self.run = run
+        if self.folder is None:
+            self.folder = Checkpoints(self.directory, **self._args)
+        if run.state is None:
+            return None
+        choice = self.folder.best_epoch() if self.resume_mode == "best" else None
+        restored = self.folder.restore(run.state, epoch=choice)
+        if restored is None:
+            return None
+        state, history, meta = restored
+        if self.check_config:
+            now, then = _flatten(run.config), _flatten(meta.get("run", {}))
+            differ = [k for k in sorted(set(now) | set(then)) if k not in _MAY_CHANGE and now.get(k) != then.get(k)]
+            if differ:
+                lines = "\n".join(f"  {k}: the checkpoint has {then.get(k, 'nothing')!r}, this run {now.get(k, 'nothing')!r}"
+                                   for k in differ[:12])
+                raise ValueError(f"the checkpoint in {self.folder.directory} was written by a run with another "
+                                 f"configuration (nothing was overwritten):\n{lines}\nResume it with the same "
+                                 f"configuration, start this run in another folder, or pass "
+                                 f"Checkpoint(..., check_config=False) to continue it anyway")
+        self.saved_at = int(meta["position"])
+        return Resume(state, int(meta["position"]), int(meta["origin"]), history, self.folder.directory)
+
+    def _improved(self, progress: Progress) -> bool:
+        best = self.folder.best
+        values = [v for v in progress.history.get(best, []) if not math.isnan(v)]
+        if not values:
+            return False
+        previous = self.folder.best_epoch()
+        if previous is None:
+            return True
+        old = self.folder._metrics.get(previous)
+        return old is None or (values[-1] < old if self.folder.best_mode == "min" else values[-1] > old)
+
+    def _save(self, progress: Progress) -> None:
+        if self.saved_at == progress.position:
+            return
+        meta = {"run": progress.run.config, "position": progress.position, "origin": progress.run.origin,
+                "step": progress.step}
+        self.folder.save(self._id(progress), progress.state, dict(progress.history), meta)
+        self.saved_at = progress.position
+
+    def __call__(self, progress: Progress) -> None:
+        if self.save_mode == "always" or self._improved(progress):
+            self._save(progress)
+        return None
+
+    def on_end(self, progress: Progress, error: BaseException | None) -> None:
+        if self.folder is None:
+            return
+        try:
+            at_end = progress.position == progress.run.end
+            if progress.step > 0 and (self.save_mode == "always" or at_end) and not isinstance(error, OSError):
+                self._save(progress)  # the last (finite) state, at the end, a stop, an error or a divergence
+        finally:
+            self.folder.close()
 
 
 def save_params(path: str, params: Any) -> None:
@@ -256,8 +490,8 @@ def save_params(path: str, params: Any) -> None:
         from safetensors.numpy import save_file
     except ImportError as error:
         raise ImportError(_EXTRA_MSG.format(what="save_params", error=error)) from None
-    _run.check_not_donated(params, "params")
-    flat = {_run.path_name(p): np.ascontiguousarray(np.asarray(leaf)) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    _inputs.check_not_donated(params, "params")
+    flat = {_inputs.path_name(p): np.ascontiguousarray(np.asarray(leaf)) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
     if not flat:
         raise ValueError("params has no arrays to save")
     folder = os.path.dirname(os.path.abspath(path))
@@ -300,7 +534,7 @@ def load_params(path: str, like: Any) -> Any:
     out, problems = [], []
     names = set()
     for p, leaf in leaves:
-        name = _run.path_name(p)
+        name = _inputs.path_name(p)
         names.add(name)
         if name not in tensors:
             problems.append(f"  {name}: missing from the file (expected shape {tuple(np.shape(leaf))})")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnets import _checks, _run
+from jaxnets import _checks, _inputs
 from jaxnets.layers import Layer
 from jaxnets.losses import accuracy
 
@@ -62,7 +62,7 @@ def batched_outputs(model: Layer, batch_size: int, params, model_state, x, key=N
     output leaf, so every example is counted exactly once. Batch ``i`` gets
     ``fold_in(key, i)`` when a key is given.
     """
-    n = _run.leading(x)
+    n = _inputs.leading(x)
     steps = -(-n // batch_size)
     pad = steps * batch_size - n
 
@@ -86,7 +86,7 @@ def objective_means(objective: Callable, batch_size: int, params, model_state, d
     batch means are weighted by their sizes, so a per-example-mean objective
     gives the exact mean over the data.
     """
-    n = _run.leading(data)
+    n = _inputs.leading(data)
     full, rest = divmod(n, batch_size)
 
     def one(batch, k):
@@ -113,13 +113,13 @@ def predict(model: Layer, params: Any, x: Any, *, model_state: Any = None, batch
     Returns the model's output structure (an array, a tuple, a dict) with a
     leading axis of ``x``'s length; zero rows give zero-row outputs.
     """
-    model = _run.check_model(model)
+    model = _inputs.check_model(model)
     batch_size = _checks.positive_int(batch_size, "batch_size")
     for leaf in jax.tree_util.tree_leaves(x):
         _checks.array_like(leaf, "x")
-    _run.check_not_donated(params, "params")
+    _inputs.check_not_donated(params, "params")
     model_state = {} if model_state is None else model_state
-    n = _run.leading(x)
+    n = _inputs.leading(x)
     if n == 0:  # the output shapes of one row, with zero rows
         one = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape[1:], a.dtype), x)
         shapes = jax.eval_shape(lambda p, s, xb: model.apply_with_state(p, s, xb)[0], params, model_state, one)
@@ -173,9 +173,9 @@ def evaluate(
       all examples exactly (no example counted twice, none dropped).
     """
     if objective is None or model is not None:  # an objective needs no model
-        model = _run.check_model(model)
+        model = _inputs.check_model(model)
     batch_size = _checks.positive_int(batch_size, "batch_size")
-    _run.check_not_donated(params, "params")
+    _inputs.check_not_donated(params, "params")
     model_state = {} if model_state is None else model_state
     if (loss is None) == (objective is None):
         raise TypeError("evaluate needs exactly one of loss (loss(outputs, targets)) and objective "
@@ -183,16 +183,16 @@ def evaluate(
     if objective is not None:
         if metrics is not None:
             raise TypeError("metrics go with loss; an objective returns its metrics in aux")
-        data, n = _run.check_data(data, "data", pair=False)
-        key = _run.as_key(key)
+        data, n = _inputs.check_data(data, "data", pair=False)
+        key = _inputs.as_key(key)
         program = _objective_program(normalized_objective(objective), min(batch_size, n))
         return {k: float(v) for k, v in jax.device_get(program(params, model_state, data, key)).items()}
-    _run.check_loss(loss)
-    (x, y), _ = _run.check_data(data, "data", pair=True)
+    _inputs.check_loss(loss)
+    (x, y), _ = _inputs.check_data(data, "data", pair=True)
     metrics = resolve_metrics(metrics, y)
     outputs = predict(model, params, x, model_state=model_state, batch_size=batch_size, key=key)
     if isinstance(outputs, jax.Array) and isinstance(y, (jax.Array, np.ndarray)):
-        _run.check_labels(y, outputs.shape, "data")
+        _inputs.check_labels(y, outputs.shape, "data")
     return {k: float(v) for k, v in jax.device_get(score(outputs, jax.tree_util.tree_map(jnp.asarray, y), loss, metrics)).items()}
 
 

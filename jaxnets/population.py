@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
@@ -32,8 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxnets import _checks, _run, train
+import time
+
+from jaxnets import _checks, _inputs, train
 from jaxnets.evaluation import resolve_metrics
+from jaxnets.train import program as program_module
+from jaxnets.train import setup
 from jaxnets.layers import Layer
 
 __all__ = ["grid", "fit_population", "member", "best_member"]
@@ -108,7 +113,7 @@ def _check_hyperparams(hyperparams: dict[str, np.ndarray]) -> None:
 def _member_optimizer(optimizer: Any, hyperparams: dict[str, np.ndarray]) -> Callable[[dict], optax.GradientTransformation]:
     """``hyperparams -> GradientTransformation`` whose state carries them (``optax.inject_hyperparams``)."""
     if not hyperparams:
-        _run.check_optimizer(optimizer)
+        _inputs.check_optimizer(optimizer)
         return lambda h: optimizer
     if hasattr(optimizer, "init") and hasattr(optimizer, "update"):
         raise TypeError("with hyperparameters in members, optimizer must be a factory such as optax.adam or "
@@ -203,21 +208,25 @@ def fit_population(
         seeds, hyperparams = [0] * _population_size(state), {k: np.asarray(v) for k, v in held.items()}
     else:
         seeds, hyperparams = _check_members(members)
-    _run.check_model(model)
-    _run.check_loss(loss)
+    _inputs.check_model(model)
+    _inputs.check_loss(loss)
+    epochs = _checks.positive_int(epochs, "epochs")
+    epochs_per_call = _checks.positive_int(epochs_per_call, "epochs_per_call")
+    batch_size = _checks.positive_int(batch_size, "batch_size")
     placement = None
     if mesh is not None:  # members over devices (jaxnets.distributed): checked before any device work
         from jaxnets import distributed
 
         placement = distributed.placement(mesh, axis=data_axis, members=len(seeds))
         progress, verbose = (progress, verbose) if distributed.is_main_process() else (False, False)
-    run = _run.prepare_run(data, test, objective_mode=False, epochs=epochs, batch_size=batch_size,
-                           epochs_per_call=epochs_per_call, drop_last=drop_last,
-                           place=None if placement is None else placement.data)
-    metrics = resolve_metrics(metrics, run.data[1])
+    data, test = setup.split_data(data, test, pair=True)
+    source, test = setup.source_for(data, test, pair=True, batch_size=batch_size, drop_last=drop_last,
+                                    placement=placement)
+    x, y = source.data
+    metrics = tuple(resolve_metrics(metrics, y).items())
     eval_batch_size = _checks.positive_int(eval_batch_size, "eval_batch_size")
     _check_hyperparams(hyperparams)
-    input_shape = (-1,) + tuple(run.data[0].shape[1:])
+    input_shape = (-1,) + tuple(x.shape[1:])
     make_optimizer = _member_optimizer(optimizer, hyperparams)
     shared = make_optimizer({})  # the update function; each member's hyperparameters sit in its state
 
@@ -232,31 +241,51 @@ def fit_population(
     if placement is not None:
         state = placement.state(state)
     one = member(state, 0)
-    _run.check_state_for_model(model, one, (-1,) + tuple(run.data[0].shape[1:]))
-    _run.check_targets(model, one, run)
-    chunk = train.make_chunk(model, shared, loss=loss, metrics=metrics, batch_size=run.batch_size, drop_last=drop_last,
-                             eval_batch_size=eval_batch_size, epochs_per_call=run.epochs_per_call, on_nonfinite="warn")
-    program = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, None),  # results: (epochs, P)
-                               out_axes=(0, {"results": 1, "nonfinite_step": 1, "done": 0})), donate_argnums=0)
-
-    def describe(row):
-        return " ".join(f"{k}={np.min(v):.4f}..{np.max(v):.4f}" for k, v in row.items())
-
+    train.state.check_state_for_model(model, one, input_shape)
+    setup.check_targets(model, one, (x, y), test)
+    spe = source.steps_per_epoch
+    per_call = 1 if test is not None else min(epochs_per_call, epochs)  # evaluated after every epoch
+    step = setup.cached_step(model, shared, loss=loss, metrics=metrics)
+    built = program_module.build(step, source, length=spe, max_count=per_call, freeze=False)
+    program = jax.jit(jax.vmap(built, in_axes=(0, None, None, None, None, None, None),  # results: (epochs, P)
+                               out_axes=(0, {"sums": 1, "lasts": 1, "nonfinite": 1, "done": 0})), donate_argnums=0)
+    score = jax.jit(jax.vmap(train.evaluator(model, loss, metrics, batch_size=eval_batch_size), in_axes=(0, None)))
     history: dict[str, Any] = {"epoch": [], "time": []}
     rows, diverged = [], {}
-    for chunk in _run.drive(program, state, run, progress=progress, verbose=verbose, describe=describe, vectorised=True):
-        state = chunk.state
-        for epoch, row in chunk.rows:
-            history["epoch"].append(epoch)
-            history["time"].append(chunk.seconds)
-            rows.append(row)
-        for epoch, flags in chunk.nonfinite:
-            for index in np.flatnonzero(np.asarray(flags) >= 0):
-                diverged.setdefault(int(index), epoch)
+    origin = int(np.asarray(state.step).reshape(-1)[0])
+    done, began = 0, time.perf_counter()
+    bar = train.ProgressBar(lines=verbose, enabled=progress)
+    run = train.Run({"loop": {"epochs": epochs}}, source, origin, origin + epochs * spe, train.History(), spe)
+    bar.on_start(run)
+    try:
+        while done < epochs:
+            count = min(per_call, epochs - done)
+            state, out = program(state, None, jnp.int32(origin + done * spe), jnp.int32(origin), jnp.int32(count),
+                                 source.data, None)
+            out = jax.device_get(out)
+            evaluated = jax.device_get(score(state, test)) if test is not None else {}
+            for i in range(count):
+                row = {f"train_{k}" if k not in program_module.SUM + program_module.LAST else k:
+                       (v[i] / spe if k not in program_module.SUM + program_module.LAST else v[i])
+                       for k, v in out["sums"].items()}
+                if i == count - 1:
+                    row.update({f"test_{k}": v for k, v in evaluated.items()})
+                rows.append(row)
+                history["epoch"].append(done + i + 1)
+                history["time"].append(time.perf_counter() - began)
+                for index in np.flatnonzero(np.asarray(out["nonfinite"][i]) >= 0):
+                    diverged.setdefault(int(index), done + i + 1)
+            done += count
+            run.history.add_row({"step": done * spe, **{k: float(np.min(v)) for k, v in rows[-1].items()}})
+            bar(train.Progress(done, epochs, {k: float(np.min(v)) for k, v in rows[-1].items()}, run.history, state,
+                               done * spe, epochs * spe, origin + done * spe, run))
+    finally:
+        bar.on_end(None, None)
     if diverged:
         warnings.warn("training diverged (loss or params NaN/Inf) for member(s) " +
                       ", ".join(f"{m} at epoch {e}" for m, e in sorted(diverged.items())) +
-                      f"; the others trained on. To find the cause, {_run.LOCATE_ADVICE}", RuntimeWarning, stacklevel=2)
+                      f"; the others trained on. To find the cause, {train.history.LOCATE_ADVICE}", RuntimeWarning,
+                      stacklevel=2)
     for name in rows[0]:
         history[name] = np.stack([np.asarray(r[name]) for r in rows])  # (epochs, P)
     history["members"] = {**({} if continued else {"seed": list(seeds)}), **{k: v.tolist() for k, v in hyperparams.items()}}
@@ -268,7 +297,7 @@ def _continued(state: Any, optimizer: optax.GradientTransformation, hyperparams:
     if _population_size(state) != size:
         raise ValueError(f"state must hold {size} members (one per value in members), got step of shape {np.shape(state.step)}")
     one = member(state, 0)
-    _run.check_state_fits(optimizer, one)
+    train.state.check_state_fits(optimizer, one)
     state = jax.device_put(state, may_alias=False)  # a copy (compiles nothing): the program donates its input
     if hyperparams:
         held = state.opt_state.hyperparams

@@ -65,7 +65,7 @@ from jaxnets.layers.core import casting
 
 __all__ = ["Policy", "POLICIES", "get_policy", "with_policy", "cast_floating", "LossScaleState", "loss_scaling",
            "loss_scale_of", "scaled_objective", "underflowing_layers", "warn_underflow", "for_training",
-           "check_scaling_matches"]
+           "check_scaling_matches", "MixedPrecision"]
 
 _FLOAT_NAMES = ("float32", "bfloat16", "float16", "float64")
 
@@ -458,6 +458,29 @@ def _policy_model(model: Layer, policy: Policy) -> Layer:
 @functools.lru_cache(maxsize=32)
 def _scaled_optimizer(optimizer: optax.GradientTransformation, scale: Any) -> optax.GradientTransformation:
     return loss_scaling(optimizer, scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedPrecision:
+    """Mixed precision for :func:`jaxnets.fit` as one object: a dtype policy and the loss scaling.
+
+    Attributes:
+      policy: ``"bfloat16"``, ``"float16"``, ``"float32"``, a :class:`Policy`,
+        or None (full precision; only ``loss_scale`` applies).
+      loss_scale: ``"auto"`` (dynamic for a float16 policy, none otherwise),
+        ``"dynamic"``, a number (static) or None (:func:`loss_scaling`).
+
+    Example: ``fit(model, loss, optimizer, data, precision=MixedPrecision("float16", loss_scale=2.0**12))``.
+    """
+
+    policy: Any = None
+    loss_scale: Any = "auto"
+
+    def __post_init__(self):
+        if self.policy is not None and not isinstance(self.policy, (str, Policy)):
+            raise TypeError(f"policy must be a dtype name ('bfloat16', 'float16'), a Policy or None, got {self.policy!r}")
+        if self.policy is not None:
+            get_policy(self.policy)  # an unknown name fails here
 
 
 def for_training(model: Layer | None, optimizer: optax.GradientTransformation, precision: str | Policy | None,

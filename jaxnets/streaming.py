@@ -53,9 +53,8 @@ Example::
 from __future__ import annotations
 
 import copy
-
 import functools
-import math
+import os
 import queue
 import threading
 import time
@@ -65,9 +64,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnets import _checks, _run
-from jaxnets.evaluation import batched_outputs, normalized_objective, objective_means, resolve_metrics, score
-from jaxnets.train import SCALE_METRICS, epoch_indices, make_step, objective_from_loss
+from jaxnets import _checks, _inputs
+from jaxnets.train import Source, epoch_indices, fingerprint, steps_per_epoch
 
 __all__ = ["Stream", "from_arrays", "from_source"]
 
@@ -82,7 +80,7 @@ def _canonical(dtype: np.dtype) -> np.dtype:
 
 
 def _field(path) -> str:
-    name = _run.path_name(path)
+    name = _inputs.path_name(path)
     return f"field {name}" if name else "the record itself"
 
 
@@ -113,6 +111,26 @@ class _ArrayReader:
         self.leaves = [leaf for _, leaf in leaves]
         self.paths = [path for path, _ in leaves]
         self.length = next(iter(sizes.values()))
+        # memory-mapped files: their size and modification time, checked before every chunk is read
+        self.files = {}
+        for leaf in self.leaves:
+            name = getattr(leaf, "filename", None)
+            if name is not None and os.path.exists(name):
+                info = os.stat(name)
+                self.files[name] = (info.st_size, info.st_mtime_ns)
+
+    def check_unchanged(self) -> None:
+        """A memory-mapped file that shrank, grew or was rewritten since the stream was made: a ValueError, not SIGBUS."""
+        for name, (size, mtime) in self.files.items():
+            try:
+                info = os.stat(name)
+            except OSError as error:
+                raise ValueError(f"the stream's file {name} is gone ({error}): it was removed during training") from None
+            if (info.st_size, info.st_mtime_ns) != (size, mtime):
+                change = "shrank" if info.st_size < size else "grew" if info.st_size > size else "was rewritten"
+                raise ValueError(f"the stream's file {name} {change} during training ({size} -> {info.st_size} bytes): "
+                                 f"reading it on would train on other data (or crash on a truncated mapping); "
+                                 f"make a new stream of the file as it is now, and resume from a checkpoint")
 
     def read(self, rows: np.ndarray, where: tuple) -> Any:
         """``rows`` (any shape, ints) of every leaf, as ``rows.shape + feature shape`` arrays in the device dtype."""
@@ -150,6 +168,9 @@ class _RecordReader:
                                 f"{type(leaf).__name__} {_short(leaf)} at {_field(path)}")
             self.paths.append(path)
             self.specs.append((value.shape, value.dtype))
+
+    def check_unchanged(self) -> None:
+        """A source reads its records itself: nothing to check here."""
 
     def read(self, rows: np.ndarray, where: tuple) -> Any:
         flat = rows.reshape(-1)
@@ -212,7 +233,6 @@ class Stream:
         if not isinstance(check_finite, bool):
             raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
         self.sharding, self.check_finite, self.kind = sharding, check_finite, kind
-        self.place_test = None  # set by placed(): where fit(mesh=...) puts the test data
         self.timings = {"chunks": 0, "read_s": 0.0, "transfer_s": 0.0, "wait_s": 0.0}
         self.example = reader.read(np.zeros((1,), np.int64), (0, 0))
 
@@ -221,96 +241,41 @@ class Stream:
         return (f"Stream({self.kind}: {self.num_examples} examples of {shapes}, steps_per_chunk={self.steps_per_chunk}"
                 + (f", steps_per_epoch={self.steps_per_epoch}" if self.steps_per_epoch else "") + ")")
 
+    def check_unchanged(self) -> None:
+        """Raise a ValueError if a memory-mapped file behind the stream changed since it was made."""
+        self._reader.check_unchanged()
+
     def describe(self) -> dict:
-        """What a checkpoint records about the stream, so that a resume from another stream fails, not drifts."""
-        return {"kind": self.kind, "num_examples": self.num_examples, "steps_per_epoch": self.steps_per_epoch,
-                "order": "epoch_indices(step at the epoch's start): fold_in(key, 2 step + 1) permutation"}
+        """What a checkpoint records about the stream (its length, epoch size, and a digest of a few records), so
+        that a resume on another stream fails instead of drifting."""
+        n = self.num_examples
+        sample = self._reader.read(np.unique(np.array([0, n // 2, n - 1], np.int64)), (0, 0))
+        return {"kind": self.kind, "num_examples": n, "steps_per_epoch": self.steps_per_epoch,
+                "sample": fingerprint(sample)}
 
-    def check_resume(self, saved: dict) -> None:
-        """A checkpoint written while training on another stream (another length or epoch size) is refused."""
-        before = saved.get("stream")
-        now = self.describe()
-        if before is None:
-            return
-        for name in ("num_examples", "steps_per_epoch"):
-            if before.get(name) != now[name]:
-                raise ValueError(f"the checkpoint was written training on a stream with {name}={before.get(name)}, "
-                                 f"this stream has {name}={now[name]}: the resumed run would read other examples than "
-                                 f"the interrupted one (nothing was overwritten)")
+    # --- the source protocol ----------------------------------------------------------------------------------------
 
-    # --- what fit calls --------------------------------------------------------------------------------------------
+    def bind(self, *, batch_size: int, drop_last: bool = False, placement: Any = None, pair: bool = True) -> "BoundStream":
+        """This stream as a :class:`jaxnets.train.Source` of batches of ``batch_size``: what ``fit`` trains on.
 
-    def placed(self, placement: Any) -> "Stream":
-        """This stream for ``fit(mesh=...)``: chunks split over the placement's data axis (``P(None, axis)``).
-
-        A stream given its own ``sharding`` keeps it. The copy shares
-        ``timings`` with this stream, so the caller's object still counts.
+        With a ``placement`` (``fit(placement=...)``), chunks are split over its
+        data axis (``P(None, axis)``) unless the stream has its own sharding
+        (over the same mesh). ``pair``: records must be ``(x, y)`` (training
+        with a loss). Everything is checked here, before any device work.
         """
-        if placement.members:
-            raise TypeError("a Stream trains one model; fit_population takes arrays in memory")
-        placed = copy.copy(self)
-        wanted = jax.sharding.NamedSharding(placement.mesh, jax.sharding.PartitionSpec(None, placement.axis))
-        if placed.sharding is None:
-            placed.sharding = wanted
-        elif not (isinstance(placed.sharding, jax.sharding.NamedSharding) and placed.sharding.mesh == placement.mesh):
-            raise ValueError(f"the stream's sharding {placed.sharding} is not over fit's mesh {dict(placement.mesh.shape)} "
-                             f"(data_axis={placement.axis!r}): leave the stream's sharding out (fit splits it as "
-                             f"{wanted.spec}), or give one over the same mesh")
-        placed.place_test = placement.data  # the held-out data replicated on the mesh, as fit places it in memory
-        return placed
-
-    def prepare_run(self, test: Any, *, objective_mode: bool, epochs: int, batch_size: int, epochs_per_call: int,
-                    drop_last: bool) -> _run.Run:
-        """The run of :func:`jaxnets.fit` on this stream, checked before anything runs on the device.
-
-        ``Run.data`` holds record 0 as a batch of one on the device: enough for
-        ``fit`` to find the input shape and the default metrics; the program
-        streams the rest.
-        """
-        epochs = _checks.positive_int(epochs, "epochs")
-        batch_size = _checks.positive_int(batch_size, "batch_size")
-        epochs_per_call = _checks.positive_int(epochs_per_call, "epochs_per_call")
-        if not isinstance(drop_last, bool):
-            raise TypeError(f"drop_last must be a bool, got {drop_last!r}")
-        _run.steps_per_epoch(self.num_examples, batch_size, drop_last)
-        if not objective_mode and not (isinstance(self.example, tuple) and len(self.example) == 2):
-            raise TypeError(f"data records must be pairs (x, y) to train with a loss, got records of structure "
-                            f"{jax.tree_util.tree_structure(self.example)}; train other records with an objective")
-        if self.sharding is not None:
-            _process_rows(self.sharding, self.steps_per_chunk, batch_size)  # a sharding that does not fit fails now
-        if hasattr(test, "x_test"):
-            test = (test.x_test, test.y_test)
-        if test is not None:
-            test, _ = _run.check_data(test, "test", pair=not objective_mode)
-            want = jax.tree_util.tree_map(lambda a: tuple(a.shape[1:]), self.example)
-            got = jax.tree_util.tree_map(lambda a: tuple(a.shape[1:]), test)
-            if want != got:
-                raise ValueError(f"test must have the structure and feature shapes of the streamed records {want}, got {got}")
-            test = self.place_test(test) if self.place_test is not None else jax.tree_util.tree_map(jnp.asarray, test)
-        example = jax.tree_util.tree_map(jnp.asarray, self.example)
-        return _run.Run(example, test, self.num_examples, epochs, batch_size, min(epochs_per_call, epochs))
-
-    def program(self, model, optimizer, run: _run.Run, options: tuple) -> Callable:
-        """The callable ``(state, count, data, test) -> (state, out)`` that ``jaxnets._run.drive`` calls.
-
-        It has the contract of ``jaxnets._run.chunk_program``'s program
-        (``count`` epochs, their results, the first non-finite step of each,
-        the last finite state kept with ``on_nonfinite="raise"``), but runs
-        on the host: a scanned program per chunk, a jitted evaluation per
-        epoch, one read of the results per epoch.
-        """
-        opts = dict(options)
-        if opts["on_nonfinite"] not in ("raise", "warn", "ignore"):
-            raise ValueError(f"on_nonfinite must be 'raise', 'warn' or 'ignore', got {opts['on_nonfinite']!r}")
-        try:
-            parts = _compiled_parts(model, optimizer, options)
-        except TypeError:  # something unhashable in the configuration: build it for this call only
-            parts = _parts(model, optimizer, options)
-        classes = _num_classes(model, run) if opts["loss"] is not None else None
-        steps = _run.steps_per_epoch(self.num_examples, run.batch_size, opts["drop_last"])
-        if self.steps_per_epoch is not None:
-            steps = min(steps, self.steps_per_epoch)
-        return functools.partial(_train_epochs, self, parts, run, steps, classes, opts["on_nonfinite"])
+        stream = self
+        if placement is not None:
+            if placement.members:
+                raise TypeError("a Stream trains one model; fit_population takes arrays in memory")
+            stream = copy.copy(self)
+            wanted = jax.sharding.NamedSharding(placement.mesh, jax.sharding.PartitionSpec(None, placement.axis))
+            if stream.sharding is None:
+                stream.sharding = wanted
+            elif not (isinstance(stream.sharding, jax.sharding.NamedSharding) and stream.sharding.mesh == placement.mesh):
+                raise ValueError(f"the stream's sharding {stream.sharding} is not over fit's mesh "
+                                 f"{dict(placement.mesh.shape)} (axis {placement.axis!r}): leave the stream's sharding "
+                                 f"out (fit splits it as {wanted.spec}), or give one over the same mesh")
+        return BoundStream(stream, _checks.positive_int(batch_size, "batch_size"), drop_last, pair)
 
 
 def from_arrays(*arrays: Any, steps_per_chunk: int = 16, steps_per_epoch: int | None = None, prefetch: int = 2,
@@ -375,79 +340,6 @@ def from_source(source: Any, *, steps_per_chunk: int = 16, steps_per_epoch: int 
                   prefetch=prefetch, sharding=sharding, check_finite=check_finite, kind=type(source).__name__)
 
 
-# --- the compiled parts -------------------------------------------------------------------------------------------
-
-
-class _Parts(NamedTuple):
-    chunk: Callable  # jitted (state, batches) -> (state, logged per step), state donated
-    evaluate: Callable  # jitted (state, test) -> {name: scalar}
-    order: Callable  # jitted (key, step) -> (steps, batch) indices
-
-
-class _Position(NamedTuple):
-    """What :func:`jaxnets.train.epoch_indices` reads of a state: its key and its step counter."""
-
-    key: jax.Array
-    step: jax.Array
-
-
-def _parts(model, optimizer, options: tuple) -> _Parts:
-    opts = dict(options)
-    loss, metrics = opts["loss"], opts["metrics"]
-    if loss is not None:
-        metrics = resolve_metrics(dict(metrics)) if metrics is not None else {}
-        objective = objective_from_loss(model, loss)
-    else:
-        objective = normalized_objective(opts["objective"])
-        eval_objective = objective if opts["eval_objective"] is None else normalized_objective(opts["eval_objective"])
-    step = make_step(objective, optimizer, gradient=opts["gradient"], transform=opts["transform"], jit=False)
-    eval_batch_size = opts["eval_batch_size"]
-    placement = opts.get("placement")
-    if placement is not None:  # fit(mesh=...): each batch split over the data axis, the state kept in its sharding
-        unplaced = step
-
-        def step(state, batch):
-            state, logged = unplaced(state, placement.constrain_batch(batch))
-            return placement.constrain_state(state), logged
-
-    def chunk(state, batches):
-        return jax.lax.scan(step, state, batches)
-
-    def evaluate(state, test):
-        if loss is not None:
-            x, y = test
-            outputs = batched_outputs(model, min(eval_batch_size, _run.leading(x)), state.params, state.model_state, x,
-                                      _run.eval_key(state, 1))
-            return {f"test_{k}": v for k, v in score(outputs, y, loss, metrics).items()}
-        means = objective_means(eval_objective, min(eval_batch_size, _run.leading(test)), state.params,
-                                state.model_state, test, _run.eval_key(state, 1))
-        return {f"test_{k}": v for k, v in means.items()}
-
-    def order(key, step, num_examples, batch_size):
-        return epoch_indices(_Position(key, step), num_examples, batch_size, drop_last=opts["drop_last"])
-
-    return _Parts(jax.jit(chunk, donate_argnums=0), jax.jit(evaluate), jax.jit(order, static_argnums=(2, 3)))
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_parts(model, optimizer, options: tuple) -> _Parts:
-    """One set of programs per configuration: a second ``fit`` with the same one compiles nothing."""
-    return _parts(model, optimizer, options)
-
-
-def _num_classes(model, run: _run.Run) -> int | None:
-    """The model's number of outputs when its targets are integer labels (for the per-chunk label check)."""
-    x, y = run.data
-    if not isinstance(x, jax.Array) or not isinstance(y, jax.Array) or not np.issubdtype(np.dtype(y.dtype), np.integer):
-        return None  # pytree inputs or targets: no per-chunk label check
-    try:
-        params_shape = jax.eval_shape(lambda k: model.init_with_state(k, (-1,) + tuple(x.shape[1:]))[1:], jax.random.key(0))
-        out = jax.eval_shape(lambda p, s, xb: model.apply_with_state(p, s, xb)[0], *params_shape, x)
-    except Exception:  # noqa: BLE001 - a model fit cannot shape here is checked by fit itself
-        return None
-    return out.shape[-1] if isinstance(out, jax.ShapeDtypeStruct) and out.shape and out.shape[-1] > 0 else None
-
-
 # --- reading ahead ------------------------------------------------------------------------------------------------
 
 
@@ -471,8 +363,8 @@ def _process_rows(sharding, steps: int, batch_size: int) -> tuple[int, int]:
 
 
 class _Chunk(NamedTuple):
-    epoch: int  # 0-based index within this call
-    first: int  # first step of the epoch in this chunk
+    step: int  # the run's step at which the chunk starts
+    length: int  # its steps
     batches: Any  # device pytree (steps, batch, ...)
 
 
@@ -480,10 +372,11 @@ _DONE = object()
 
 
 class _Reader:
-    """A thread that reads, checks and transfers the chunks of ``epochs`` epochs, ``prefetch`` ahead."""
+    """A thread that reads, checks and transfers the chunks of steps ``first .. last - 1`` of a run, ``prefetch`` ahead."""
 
-    def __init__(self, stream: Stream, orders: Callable[[int], np.ndarray], epochs: int, classes: int | None):
-        self.stream, self.orders, self.epochs, self.classes = stream, orders, epochs, classes
+    def __init__(self, stream: Stream, order, first: int, last: int, steps_per_epoch: int, classes: int | None):
+        self.stream, self.order, self.first, self.last = stream, order, first, last
+        self.spe, self.classes = steps_per_epoch, classes
         self.queue: queue.Queue = queue.Queue(maxsize=stream.prefetch)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="jaxnets-stream-reader", daemon=True)
@@ -500,26 +393,31 @@ class _Reader:
 
     def _run(self) -> None:
         try:
-            stream, k = self.stream, self.stream.steps_per_chunk
-            for epoch in range(self.epochs):
-                order = self.orders(epoch)  # (steps, batch) host indices
-                lo, hi = (0, order.shape[1]) if stream.sharding is None else _process_rows(stream.sharding, k, order.shape[1])
-                for first in range(0, order.shape[0], k):
-                    rows = order[first:first + k]
-                    began = time.perf_counter()
-                    host = stream._reader.read(rows[:, lo:hi], (first, first + rows.shape[0] - 1))
-                    self._check(host, rows[:, lo:hi], first)
-                    read = time.perf_counter()
-                    if stream.sharding is None:
-                        batches = jax.device_put(host)
-                    else:
-                        batches = jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(
-                            stream.sharding, a, rows.shape + a.shape[2:]), host)
-                    stream.timings["read_s"] += read - began
-                    stream.timings["transfer_s"] += time.perf_counter() - read
-                    stream.timings["chunks"] += 1
-                    if not self._put(_Chunk(epoch, first, batches)):
-                        return
+            stream, k, step = self.stream, self.stream.steps_per_chunk, self.first
+            epoch, order = None, None
+            while step < self.last:
+                e, into = divmod(step, self.spe)
+                if e != epoch:
+                    epoch, order = e, self.order(e)  # (steps, batch) host indices
+                length = min(k, self.spe - into, self.last - step)
+                rows = order[into:into + length]
+                lo, hi = (0, rows.shape[1]) if stream.sharding is None else _process_rows(stream.sharding, k, rows.shape[1])
+                began = time.perf_counter()
+                stream.check_unchanged()
+                host = stream._reader.read(rows[:, lo:hi], (into, into + length - 1))
+                self._check(host, rows[:, lo:hi], into)
+                read = time.perf_counter()
+                if stream.sharding is None:
+                    batches = jax.device_put(host)
+                else:
+                    batches = jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(
+                        stream.sharding, a, rows.shape + a.shape[2:]), host)
+                stream.timings["read_s"] += read - began
+                stream.timings["transfer_s"] += time.perf_counter() - read
+                stream.timings["chunks"] += 1
+                if not self._put(_Chunk(step, length, batches)):
+                    return
+                step += length
             self._put(_DONE)
         except BaseException as error:  # noqa: BLE001 - handed to the training thread, which raises it
             self._put(error)
@@ -569,65 +467,92 @@ class _Reader:
         self.thread.join()
 
 
-# --- the epochs --------------------------------------------------------------------------------------------------
+
+# --- the bound stream: the source protocol -------------------------------------------------------------------------
 
 
-def _copy(tree: Any) -> Any:
-    return jax.tree_util.tree_map(jnp.copy, tree)
+class _Position(NamedTuple):
+    """What :func:`jaxnets.train.epoch_indices` reads of a state: its key and its step counter."""
+
+    key: jax.Array
+    step: jax.Array
 
 
-def _train_epochs(stream: Stream, parts: _Parts, run: _run.Run, steps: int, classes: int | None, on_nonfinite: str,
-                  state: Any, count: Any, data: Any, test: Any):
-    """Up to ``count`` streamed epochs from ``state``: the program ``fit`` drives (:meth:`Stream.program`)."""
-    count = int(count)
-    start = int(state.step)  # the input position: each epoch's order follows from the key and this counter
-    key = _copy(state.key)
-    batch = run.batch_size
+@functools.lru_cache(maxsize=32)
+def _order_program(num_examples: int, batch_size: int, drop_last: bool):
+    return jax.jit(lambda key, step: epoch_indices(_Position(key, step), num_examples, batch_size, drop_last=drop_last))
 
-    def orders(epoch: int) -> np.ndarray:
-        order = parts.order(key, jnp.int32(start + epoch * steps), stream.num_examples, batch)
-        return np.asarray(jax.device_get(order))[:steps]
 
-    names: list[str] | None = None
-    results: dict[str, np.ndarray] = {}
-    flags = np.full((run.epochs_per_call,), -1, np.int32)
-    done = 0
-    reader = _Reader(stream, orders, count, classes)
-    try:
-        for epoch in range(count):
-            before = _copy(state) if on_nonfinite == "raise" else None
-            logged, pending = [], None
-            taken = 0
-            while taken < steps:
-                item = reader.get()
-                if item is _DONE or item.epoch != epoch or item.first != taken:
-                    raise RuntimeError(f"the stream's reader is out of step: expected epoch {epoch} step {taken}, got "
-                                       f"{item if item is _DONE else (item.epoch, item.first)}")
-                state, out = parts.chunk(state, item.batches)
-                taken += jax.tree_util.tree_leaves(item.batches)[0].shape[0]
-                if pending is not None:  # at most two chunks in flight: the one training and the next
-                    jax.block_until_ready(pending)
-                pending = out
-                logged.append(out)
-            logged = jax.tree_util.tree_map(lambda *parts_: jnp.concatenate(parts_), *logged)
-            row = {"train_loss": jnp.mean(logged["loss"])}
-            row.update({k: SCALE_METRICS[k](logged[k]) for k in SCALE_METRICS if k in logged})  # loss scaling
-            row.update({f"train_{k}": jnp.mean(v) for k, v in logged.items() if k != "loss" and k not in SCALE_METRICS})
-            if run.test is not None:
-                row.update(parts.evaluate(state, run.test))
-            nonfinite = _run.first_nonfinite(logged["loss"], state.params, logged.get("skipped_steps")) if on_nonfinite != "ignore" else jnp.int32(-1)
-            row, nonfinite = jax.device_get((row, nonfinite))
-            if names is None:
-                names = list(row)
-                dtype = jnp.result_type(float)
-                results = {k: np.zeros((run.epochs_per_call,), dtype) for k in names}
-            for k in names:
-                results[k][epoch] = row[k]
-            flags[epoch] = int(nonfinite)
-            done = epoch + 1
-            if nonfinite >= 0 and on_nonfinite == "raise":
-                state = before  # keep the last finite state: nothing learned is lost
-                break
-    finally:
-        reader.close()
-    return state, {"results": results, "nonfinite_step": flags, "done": np.int32(done)}
+class BoundStream(Source):
+    """A :class:`Stream` bound to a batch size: a :class:`jaxnets.train.Source` whose feed is read ahead on the host.
+
+    Epoch ``e`` of a run is the order :func:`jaxnets.train.epoch_indices`
+    gives at step ``origin + e S`` (read back from the device once per epoch,
+    4 bytes an example), cut at ``steps_per_epoch``; each call of the loop
+    trains on one chunk of up to ``steps_per_chunk`` steps within an epoch,
+    read, checked and transferred by a thread while the device trains on the
+    one before. The program scans the chunk as it came (:meth:`inputs`).
+    """
+
+    def __init__(self, stream: Stream, batch_size: int, drop_last: bool, pair: bool):
+        if not isinstance(drop_last, bool):
+            raise TypeError(f"drop_last must be a bool, got {drop_last!r}")
+        self.stream, self.batch_size, self.drop_last = stream, batch_size, drop_last
+        full = steps_per_epoch(stream.num_examples, batch_size, drop_last)
+        self.steps_per_epoch = full if stream.steps_per_epoch is None else min(full, stream.steps_per_epoch)
+        if pair and not (isinstance(stream.example, tuple) and len(stream.example) == 2):
+            raise TypeError(f"data records must be pairs (x, y) to train with a loss, got records of structure "
+                            f"{jax.tree_util.tree_structure(stream.example)}; train other records with an objective")
+        if stream.sharding is not None:
+            _process_rows(stream.sharding, stream.steps_per_chunk, batch_size)  # a sharding that does not fit fails now
+        self.example = jax.tree_util.tree_map(jnp.asarray, stream.example)  # record 0, a batch of one
+        self.classes: int | None = None
+        self._reader: _Reader | None = None
+
+    def __repr__(self) -> str:
+        return f"{self.stream!r} in batches of {self.batch_size}"
+
+    def signature(self) -> tuple:
+        return ("stream", self.batch_size, self.steps_per_epoch)
+
+    def set_classes(self, classes: int | None) -> None:
+        """Check that every chunk's integer labels lie in ``[0, classes)``."""
+        self.classes = classes
+
+    def describe(self) -> dict:
+        return {**self.stream.describe(), "batch_size": self.batch_size, "drop_last": self.drop_last}
+
+    def max_length(self, position: int, origin: int) -> int:
+        into = (position - origin) % self.steps_per_epoch
+        return min(self.stream.steps_per_chunk, self.steps_per_epoch - into)
+
+    def start(self, key, position, origin, end) -> None:
+        self.close()
+        program = _order_program(self.stream.num_examples, self.batch_size, self.drop_last)
+        key, spe = jnp.array(key, copy=True), self.steps_per_epoch
+
+        def order(epoch: int) -> np.ndarray:
+            return np.asarray(jax.device_get(program(key, jnp.int32(origin + epoch * spe))))[:spe]
+
+        self._reader = _Reader(self.stream, order, position - origin, end - origin, spe, self.classes)
+
+    def feed(self, key, position, origin, length):
+        if self._reader is None:
+            raise RuntimeError("the stream was not started (the loop calls start before the first call)")
+        item = self._reader.get()
+        if item is _DONE or item.step != position - origin or item.length != length:
+            got = item if item is _DONE else (item.step, item.length)
+            raise RuntimeError(f"the stream's reader is out of step: expected step {position - origin} "
+                               f"({length} steps), got {got}")
+        return item.batches
+
+    def inputs(self, data, feed, key, position, origin, length):
+        return feed
+
+    def batch(self, data, x):
+        return x
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

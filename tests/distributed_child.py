@@ -132,10 +132,13 @@ def sharded(out):
     keys = jnp.stack([jax.random.key(s) for s in range(32)])
     state = jax.vmap(lambda k: jaxnets.init_train_state(small, opt, (-1, 64), key=k))(keys)
     place = distributed.placement(devices, members=32)
-    chunk = jaxnets.train.make_chunk(small, opt, loss=CE, metrics=(("accuracy", "accuracy"),), batch_size=64, on_nonfinite="warn")
-    program = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, None),
-                               out_axes=(0, {"results": 1, "nonfinite_step": 1, "done": 0})), donate_argnums=0)
-    text = program.lower(place.state(state), jnp.int32(1), place.data(train), place.data(test)).compile().as_text()
+    step = jaxnets.train.setup.cached_step(small, opt, loss=CE, metrics=(("accuracy", losses.accuracy),))
+    source = jaxnets.train.ArraySource(train, 64, place=place.data)
+    built = jaxnets.train.program.build(step, source, length=source.steps_per_epoch, max_count=1, freeze=False)
+    program = jax.jit(jax.vmap(built, in_axes=(0, None, None, None, None, None, None),
+                               out_axes=(0, {"sums": 1, "lasts": 1, "nonfinite": 1, "done": 0})), donate_argnums=0)
+    text = program.lower(place.state(state), None, jnp.int32(0), jnp.int32(0), jnp.int32(1), source.data,
+                         None).compile().as_text()
     result["hlo_population"] = collectives(text)
     # the FSDP step on 8 devices: what XLA inserts for the sharded weights
     fsdp_state = jaxnets.init_train_state(model, opt, (-1, 64), seed=0)

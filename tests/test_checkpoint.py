@@ -2,6 +2,7 @@
 one is skipped, a SIGKILL at any moment (during a save too) loses nothing; params in safetensors."""
 
 import json
+import os
 import pathlib
 import random
 import signal
@@ -162,3 +163,92 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_the_uninterrupted_run(tmp_
             np.testing.assert_array_equal(a, b, err_msg=kill)
         leftovers = [p.name for p in ckpt.iterdir() if "tmp" in p.name]
         assert leftovers == [], (kill, leftovers)
+
+
+def _fit(tmp_path, net=None, opt=None, **kwargs):
+    callback = kwargs.pop("callback", None) or checkpoint.Checkpoint(tmp_path, async_save=False)
+    return jaxnets.fit(net or model(), CE, opt or optax.adam(1e-3), kwargs.pop("data"), callbacks=[callback], **kwargs)
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(net=L.serial(L.Dense(32), L.Tanh(), L.Dropout(0.2), L.Dense(10))), "fit/model"),
+    (dict(opt=optax.nadam(1e-3)), "fit/optimizer"),
+    (dict(opt=optax.adam(2e-3)), "fit/optimizer"),
+    (dict(batch_size=32), "source/batch_size"),
+    (dict(seed=5), "fit/key"),
+    (dict(drop_last=True), "source/drop_last"),
+])
+def test_resume_refuses_another_configuration_naming_what_differs(digits, tmp_path, change, field):
+    _fit(tmp_path, data=digits, epochs=1)
+    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=rf"(?s)another configuration \(nothing was overwritten\):\n  {field}: .*"
+                                         r"check_config=False"):
+        _fit(tmp_path, data=digits, epochs=2, **change)
+    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    forced = checkpoint.Checkpoint(tmp_path, check_config=False, async_save=False)
+    _, history = _fit(tmp_path, data=digits, epochs=2, callback=forced, **change)
+    assert history["epoch"] == [1, 2]  # continued anyway, when asked
+
+
+def test_another_data_set_and_fewer_epochs_are_refused(digits, tmp_path):
+    _fit(tmp_path, data=digits, epochs=3)
+    with pytest.raises(ValueError, match=r"(?s)source/(num_examples|fingerprint)"):
+        _fit(tmp_path, data=(digits.x_train[:1000], digits.y_train[:1000]), epochs=4)
+    with pytest.raises(ValueError, match="past the 46 steps asked for"):
+        _fit(tmp_path, data=digits, epochs=2)
+
+
+def test_a_flipped_byte_in_the_array_data_is_caught_by_its_checksum(digits, tmp_path):
+    opt = optax.adam(1e-3)
+    straight, h_straight = jaxnets.fit(model(), CE, opt, digits, epochs=3, callbacks=[])
+    _fit(tmp_path, opt=opt, data=digits, epochs=2)
+    data_files = sorted((p for p in (tmp_path / "2").rglob("*") if p.is_file() and p.stat().st_size > 4096),
+                        key=lambda p: p.stat().st_size)
+    target = data_files[-1]  # the largest file holds the array bytes
+    raw = bytearray(target.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    target.write_bytes(bytes(raw))
+    with pytest.warns(RuntimeWarning, match=r"(?s)unreadable checkpoint\(s\) skipped:\n.*/2: the array data does not "
+                                            r"match its checksums.*resuming from .*/1"):
+        resumed, h_resumed = _fit(tmp_path, opt=opt, data=digits, epochs=3)
+    assert_same_run(straight, h_straight, resumed, h_resumed)
+
+
+def test_retention_counts_every_checkpoint_in_the_folder_and_best_resumes(digits, tmp_path):
+    def callback(**kw):
+        return checkpoint.Checkpoint(tmp_path, keep=1, best="test_loss", async_save=False, **kw)
+
+    _fit(tmp_path, opt=optax.adam(0.05), data=digits, epochs=3, callback=callback())
+    _, history = _fit(tmp_path, opt=optax.adam(0.05), data=digits, epochs=6, callback=callback())
+    kept = sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit())
+    best = int(np.argmin(history["test_loss"])) + 1
+    assert kept == sorted({6, best}), (kept, history["test_loss"])  # keep=1 and the best, across the resume
+    restored = checkpoint.Checkpoints(str(tmp_path), keep=1, best="test_loss").restore(
+        jaxnets.init_train_state(model(), optax.adam(0.05), digits.input_shape), epoch=best)
+    assert restored[1]["epoch"] == list(range(1, best + 1))
+
+
+def test_save_improved_only_writes_better_checkpoints(digits, tmp_path):
+    cb = checkpoint.Checkpoint(tmp_path, keep=10, best="test_loss", save="improved", async_save=False)
+    _, history = _fit(tmp_path, opt=optax.adam(0.05), data=digits, epochs=6, callback=cb)
+    losses_ = history["test_loss"]
+    improved = [i + 1 for i, v in enumerate(losses_) if v < min(losses_[:i], default=np.inf)]
+    kept = sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit())
+    assert kept == sorted(set(improved) | {6})  # every improvement, and the end of the run
+    with pytest.raises(ValueError, match="need best="):
+        checkpoint.Checkpoint(tmp_path, save="improved")
+
+
+def test_a_folder_is_used_by_one_run_at_a_time_and_paths_are_checked_first(tmp_path):
+    first = checkpoint.Checkpoints(str(tmp_path / "a"))
+    with pytest.raises(ValueError, match=r"is in use by another run"):
+        checkpoint.Checkpoints(str(tmp_path / "a"))
+    first.close()
+    checkpoint.Checkpoints(str(tmp_path / "a")).close()  # released
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file: give a folder"):
+        checkpoint.Checkpoint(tmp_path / "file")
+    with pytest.raises(TypeError, match="must be a path"):
+        checkpoint.Checkpoint(3)
+    with pytest.raises(ValueError, match="cannot be created"):  # a folder inside a file: no run can write it
+        checkpoint.Checkpoints(str(tmp_path / "file" / "c"))

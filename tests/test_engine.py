@@ -13,7 +13,7 @@ import pytest
 
 import jaxnets
 import jaxnets.layers as L
-from jaxnets import _run, data, losses, per_example, population, train
+from jaxnets import data, losses, per_example, population, train
 
 CE = losses.softmax_cross_entropy_with_integer_labels
 STANDARD_PROMOTION_REASON = "optax.adam and optax.contrib.dpsgd mix int32 counts with floats"
@@ -330,4 +330,4 @@ def test_per_example_labels_out_of_range(digits, key):
 
 
 def test_locator_advice_is_one_constant():
-    assert _run.LOCATE_ADVICE.startswith("run jaxnets.debug.locate_nonfinite(model, params, x, y, loss=loss, state=model_state)")
+    assert train.history.LOCATE_ADVICE.startswith("run jaxnets.debug.locate_nonfinite(model, params, x, y, loss=loss, state=model_state)")
