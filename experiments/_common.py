@@ -171,7 +171,8 @@ def run_classifier(config, model, optimizer, dataset, *, title: str, t_start: fl
     fit_started_unix = time.time()  # lets experiments/benchmarks/end_to_end.py place epochs on its own clock
     state, history = jaxnets.fit(
         model, losses.softmax_cross_entropy_with_integer_labels, optimizer, dataset,
-        epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, progress=config.progress,
+        epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+        callbacks=[jaxnets.train.ProgressBar(enabled=config.progress)],
     )
     num_params = jaxnets.count_params(state.params)
     print(f"params: {num_params:,}")

@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
             started = time.perf_counter()
             state, history = jaxnets.fit(model, mse, optimizer, (x_train, y_train), test=(x_test, y_test),
                                          epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                                         progress=False, metrics={})
+                                         callbacks=[], metrics={})
             test_mse = history["test_loss"][-1]
             results[name][str(length)] = {"test_mse": test_mse, "fraction_of_baseline": test_mse / BASELINE_MSE,
                                           "train_seconds": time.perf_counter() - started}

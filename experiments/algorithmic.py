@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
         started = time.perf_counter()
         state, history = jaxnets.fit(model, losses.softmax_cross_entropy_with_integer_labels, optimizer,
                                      (x_train, y_train), test=(x_test, y_test), epochs=config.epochs,
-                                     batch_size=config.batch_size, seed=config.seed, progress=False)
+                                     batch_size=config.batch_size, seed=config.seed, callbacks=[])
         seconds = time.perf_counter() - started
         predicted = jnp.argmax(train.predict(model, state.params, jnp.asarray(x_test)), axis=-1)
         sequence_accuracy = float(jnp.mean(jnp.all(predicted == jnp.asarray(y_test), axis=-1)))

@@ -154,7 +154,7 @@ def main(argv=None) -> dict:
         started = time.perf_counter()
         state, history = jaxnets.fit(model, ce, optimizer, (x_train, y_train), test=(x_test, y_test),
                                      epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                                     progress=False, metrics={})
+                                     callbacks=[], metrics={})
         seconds = time.perf_counter() - started
         bits = [v / math.log(2) for v in history["test_loss"]]
         histories[name] = bits

@@ -123,13 +123,19 @@ def main(argv=None) -> dict | None:
     if config.kill_after_epoch:
         hooks.append(lambda p: os.kill(os.getpid(), signal.SIGKILL) if p.epoch == config.kill_after_epoch else None)
     os.makedirs(config.out, exist_ok=True)
+    callbacks = hooks + [jaxnets.train.HistoryFile(os.path.join(config.out, "history.jsonl")),
+                         jaxnets.train.ProgressBar(lines=True, bar=config.progress)]
+    if config.checkpoint_dir:
+        from jaxnets import checkpoint
+
+        callbacks.append(checkpoint.Checkpoint(config.checkpoint_dir))
     t0 = time.perf_counter()
     state, history = jaxnets.fit(model, losses.softmax_cross_entropy_with_integer_labels, optax.adam(config.learning_rate),
                                  train, test=(digits.x_test, digits.y_test), epochs=config.epochs,
-                                 batch_size=config.batch_size, seed=config.seed, mesh=mesh,
-                                 param_sharding=config.param_sharding, hooks=hooks,
-                                 history_file=os.path.join(config.out, "history.jsonl"),
-                                 checkpoint_dir=config.checkpoint_dir or None, progress=config.progress, verbose=True)
+                                 batch_size=config.batch_size, seed=config.seed,
+                                 placement=distributed.placement(mesh, rule=config.param_sharding,
+                                                                 batch_size=config.batch_size),
+                                 callbacks=callbacks)
     seconds = time.perf_counter() - t0
     leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
     from jax.experimental import multihost_utils  # FSDP leaves span processes: gather them (every process calls it)

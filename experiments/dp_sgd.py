@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
 
     import jaxnets
     from _privacy import epsilon
-    from jaxnets import data, losses, per_example
+    from jaxnets import data, losses, per_example, train
 
     require_positive(config, "l2_norm_clip", "noise_multiplier", "epochs")
     digits = data.load_digits(as_images=True)
@@ -85,10 +85,10 @@ def main(argv=None) -> dict:
         state, history = jaxnets.fit(model, ce, optax.sgd(config.learning_rate), digits, epochs=config.epochs,
                                      batch_size=config.batch_size, drop_last=True, seed=config.seed,
                                      gradient=per_example.dp_gradient(config.l2_norm_clip, config.noise_multiplier),
-                                     hooks=[account], history_file=os.path.join(folder, "history.jsonl"),
-                                     progress=config.progress)
+                                     callbacks=[account, train.HistoryFile(os.path.join(folder, "history.jsonl")),
+                                                train.ProgressBar(enabled=config.progress)])
         _, plain = jaxnets.fit(model, ce, optax.sgd(config.learning_rate), digits, epochs=config.epochs,
-                               batch_size=config.batch_size, drop_last=True, seed=config.seed, progress=False)
+                               batch_size=config.batch_size, drop_last=True, seed=config.seed, callbacks=[])
         result = {**run_record(config), "sampling_rate": q, "steps": config.epochs * steps_per_epoch,
                   "epsilon": spent, "final_epsilon": spent[-1], "final_test_accuracy": history["test_accuracy"][-1],
                   "non_private_test_accuracy": plain["test_accuracy"][-1], "history": history,

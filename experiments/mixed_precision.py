@@ -114,7 +114,8 @@ def main(argv=None) -> dict:
             accuracy, skipped, times = [], [], []
             for seed in seeds:
                 _, history = jaxnets.fit(model, ce, optimizer, dataset, epochs=epochs, batch_size=64, seed=seed,
-                                         precision=None if dtype == "float32" else dtype, progress=config.progress)
+                                         precision=None if dtype == "float32" else dtype,
+                                         callbacks=[jaxnets.train.ProgressBar(enabled=config.progress)])
                 accuracy.append(history["test_accuracy"][-1])
                 skipped.append(int(sum(history.get("skipped_steps", [0]))))
                 times.append(history["time"][-1])

@@ -136,7 +136,7 @@ def main(argv=None) -> dict:
         runs = {}
         for lib, opt in (("jaxnets", ours), ("optax", theirs)):
             state, history = jaxnets.fit(model, ce, opt, digits, epochs=config.epochs, batch_size=config.batch_size,
-                                         seed=config.seed, progress=False)
+                                         seed=config.seed, callbacks=[])
             runs[lib] = (state, history)
             curves[f"{name}/{lib}"] = history["train_loss"]
             step = train.make_train_step(model, ce, opt)

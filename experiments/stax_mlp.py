@@ -66,8 +66,9 @@ def main(argv=None) -> dict:
         state, history = jaxnets.fit(
             model, losses.softmax_cross_entropy_with_integer_labels,
             optax.sgd(config.learning_rate, momentum=config.momentum), digits, epochs=config.epochs,
-            batch_size=config.batch_size, seed=config.seed, progress=config.progress,
-            hooks=[report, train.early_stopping("test_loss", patience=config.patience)],
+            batch_size=config.batch_size, seed=config.seed,
+            callbacks=[report, train.EarlyStopping("test_loss", patience=config.patience),
+                       train.ProgressBar(enabled=config.progress)],
             history_file=os.path.join(folder, "history.jsonl"))
         result = {**run_record(config), "epochs_run": len(history["epoch"]),
                   "final_test_accuracy": history["test_accuracy"][-1], "best_test_accuracy": max(history["test_accuracy"]),

@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
     state, history = jaxnets.fit(None, optimizer=optimizer, data=train_images, test=test_images,
                                  objective=negative_elbo, eval_objective=test_objective, transform=binarise,
                                  state=jaxnets.TrainState.create(params, optimizer, key=k_train),
-                                 epochs=config.epochs, batch_size=config.batch_size, hooks=[log], progress=config.progress)
+                                 epochs=config.epochs, batch_size=config.batch_size, callbacks=[log, jaxnets.train.ProgressBar(enabled=config.progress)])
     draws = [-jaxnets.evaluate(None, state.params, test_images, objective=test_objective, key=jax.random.key(i))["loss"]
              for i in range(5)]
     samples = jax.nn.sigmoid(decoder.apply(state.params["decoder"], jax.random.normal(k_samples, (100, config.latent))))

@@ -20,8 +20,8 @@ Modules, from the bottom up:
 * :mod:`jaxnets.porting`: params trained with stax or flax.linen, loaded into jaxnets models
 """
 
-from jaxnets import (activations, backprop, data, distributed, evaluation, gradcheck, initializers, layers, losses, optim,
-                     per_example, population, porting, streaming, train)
+from jaxnets import (activations, backprop, checkpoint, data, distributed, evaluation, gradcheck, initializers, layers,
+                     losses, optim, per_example, population, porting, streaming, train)
 from jaxnets.layers import Layer, count_params, define_layer, parallel, residual, serial
 from jaxnets.population import fit_population
 from jaxnets.train import (ArraySource, Callback, EarlyStopping, Evaluate, History, HistoryFile, NonFiniteError, Progress,
@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "activations",
     "backprop",
+    "checkpoint",
     "data",
     "distributed",
     "gradcheck",

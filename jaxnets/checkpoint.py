@@ -58,6 +58,7 @@ import numpy as np
 
 from jaxnets import _inputs
 from jaxnets.train import Callback, Progress, Resume
+from jaxnets.train import retired as _retired
 
 __all__ = ["Checkpoint", "Checkpoints", "save_params", "load_params"]
 
@@ -206,6 +207,8 @@ class Checkpoints:
         ocp = self._ocp
         epoch, host, history, meta = item
         try:
+            if epoch in self.manager.all_steps():  # an unreadable one the run resumed before, or one a resume superseded
+                self.manager.delete(epoch)
             self.manager.save(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(host), history=ocp.args.JsonSave(history), config=ocp.args.JsonSave(meta)),
                 force=True)
@@ -347,7 +350,7 @@ class Checkpoints:
 
 
 #: configuration entries that may change when a run resumes (how long it runs, how it is shown)
-_MAY_CHANGE = ("loop/steps", "loop/epochs")
+_MAY_CHANGE = ("loop/steps", "loop/epochs", "loop/steps_per_call")  # steps per call change no number (tested)
 
 
 def _flatten(config: Any, prefix: str = "") -> dict:
@@ -478,6 +481,9 @@ class Checkpoint(Callback):
                 self._save(progress)  # the last (finite) state, at the end, a stop, an error or a divergence
         finally:
             self.folder.close()
+
+
+_retired.register_checkpoint(Checkpoint.from_fit)  # fit(checkpoint_dir=...) for one more release
 
 
 def save_params(path: str, params: Any) -> None:

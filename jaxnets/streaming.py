@@ -117,16 +117,16 @@ class _ArrayReader:
             name = getattr(leaf, "filename", None)
             if name is not None and os.path.exists(name):
                 info = os.stat(name)
-                self.files[name] = (info.st_size, info.st_mtime_ns)
+                self.files[name] = (info.st_size, info.st_mtime_ns, info.st_ino)
 
     def check_unchanged(self) -> None:
         """A memory-mapped file that shrank, grew or was rewritten since the stream was made: a ValueError, not SIGBUS."""
-        for name, (size, mtime) in self.files.items():
+        for name, (size, mtime, inode) in self.files.items():
             try:
                 info = os.stat(name)
             except OSError as error:
                 raise ValueError(f"the stream's file {name} is gone ({error}): it was removed during training") from None
-            if (info.st_size, info.st_mtime_ns) != (size, mtime):
+            if (info.st_size, info.st_mtime_ns, info.st_ino) != (size, mtime, inode):
                 change = "shrank" if info.st_size < size else "grew" if info.st_size > size else "was rewritten"
                 raise ValueError(f"the stream's file {name} {change} during training ({size} -> {info.st_size} bytes): "
                                  f"reading it on would train on other data (or crash on a truncated mapping); "

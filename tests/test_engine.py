@@ -62,7 +62,7 @@ def test_fit_with_an_objective_and_a_dict_dataset(digits):
     test_set = {"image": digits.x_test, "label": digits.y_test}
     state, history = jaxnets.fit(model, optimizer=optax.adam(3e-3), data=train_set, test=test_set, objective=objective,
                                  input_shape=digits.input_shape, epochs=4, progress=False)
-    assert set(history) == {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "time"}
+    assert set(history) == {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "time"}
     final = jaxnets.evaluate(model, state.params, (digits.x_test, digits.y_test), CE)  # the loss form agrees
     assert history["test_loss"][-1] == pytest.approx(final["loss"], rel=1e-5)
     assert history["test_accuracy"][-1] == pytest.approx(final["accuracy"], abs=1e-6) and final["accuracy"] > 0.9
@@ -234,8 +234,10 @@ def test_a_hook_that_raises_is_named(digits):
         raise KeyError("oops")
 
     with pytest.raises(KeyError, match="oops") as info:
-        jaxnets.fit(mlp(), CE, optax.adam(1e-3), digits, epochs=2, hooks=broken, progress=False)
-    assert any("raised by the hook 'broken' of fit, after epoch 1" in note for note in info.value.__notes__)
+        jaxnets.fit(mlp(), CE, optax.adam(1e-3), digits, epochs=2, callbacks=[broken])
+    assert any("raised by the callback 'broken' after step 23 of the run (epoch 1)" in note
+               for note in info.value.__notes__)
+    assert int(info.value.state.step) == 23 and info.value.history["epoch"] == [1]  # what was learned is kept
 
 
 def regression(rng):

@@ -337,3 +337,20 @@ def test_the_loop_refuses_bad_arguments(digits):
         train.loop(step, state, source, steps=3, callbacks=[train.Evaluate(lambda s, d: {}, None, every=0)])
     with pytest.raises(ValueError, match="metric 'x' must be a scalar per step"):
         train.loop(lambda s, b: (s, {"x": jnp.ones(3), "loss": jnp.float32(0)}), state, source, steps=3)
+
+
+def test_the_keywords_of_0_1_still_work_for_one_release_and_say_what_replaces_them(digits, tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    seen = []
+    with pytest.warns(DeprecationWarning) as warned:
+        _, history = jaxnets.fit(mlp(), CE, optax.adam(1e-2), digits, epochs=2, hooks=[lambda p: seen.append(p.epoch)],
+                                 history_file=str(tmp_path / "h.jsonl"), checkpoint_dir=str(tmp_path / "c"),
+                                 progress=False)
+    messages = " ".join(str(w.message) for w in warned)
+    for old, new in (("hooks", "callbacks=[...]"), ("history_file", "HistoryFile"), ("checkpoint_dir", "Checkpoint"),
+                     ("progress", "ProgressBar")):
+        assert f"fit({old}=...) is deprecated" in messages and new in messages
+    assert seen == [1, 2] and len((tmp_path / "h.jsonl").read_text().splitlines()) == 2
+    assert sorted(p.name for p in (tmp_path / "c").iterdir() if p.name.isdigit()) == ["1", "2"]
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['epoch'\]"):
+        jaxnets.fit(mlp(), CE, optax.adam(1e-2), digits, epoch=2)

@@ -138,7 +138,7 @@ def test_fit_is_deterministic_for_a_seed(digits):
 def test_fit_history_and_learning(digits):
     state, history = jaxnets.fit(small_mlp(), CE, optax.adam(3e-3), digits, epochs=5, progress=False)
     assert history["epoch"] == [1, 2, 3, 4, 5]
-    assert set(history) == {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "time"}
+    assert set(history) == {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "time"}
     assert all(len(v) == 5 for v in history.values())
     assert history["train_loss"][-1] < history["train_loss"][0] / 3
     assert history["test_accuracy"][-1] > 0.9

@@ -5,7 +5,7 @@
 
 The main job (``experiments/digits_mlp.py``: MLP 64-256-10, dropout 0.3,
 AdamW, batch 64, 40 epochs) is trained with ``jaxnets.fit`` without
-checkpoints and with ``checkpoint_dir=..., checkpoint_every=1`` (the whole
+checkpoints and with ``callbacks=[checkpoint.Checkpoint(folder, every=(1, "epochs"))]`` (the whole
 state, history and configuration saved after every epoch, the last 3
 kept), alternately, ``--repeats`` times each, after one warm-up call of each
 that compiles the program (``fit`` reuses it afterwards), each into a fresh
@@ -34,7 +34,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--every", type=int, default=1, help="checkpoint_every")
+    parser.add_argument("--every", type=int, default=1, help="epochs between saves")
     parser.add_argument("--out", default="runs/benchmarks")
     args = parser.parse_args(argv)
     repeats, epochs = (1, 2) if args.quick else (args.repeats, args.epochs)
@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
 
     import jaxnets
     import jaxnets.layers as L
-    from jaxnets import data, losses
+    from jaxnets import checkpoint, data, losses
 
     digits = data.load_digits()
     model = L.serial(L.Dense(256), L.Relu(), L.Dropout(0.3), L.Dense(10))
@@ -54,8 +54,8 @@ def main(argv=None) -> dict:
     def run(checkpoints: bool, i: int) -> tuple[float, float]:
         folder = f"{scratch}/{i}-{int(checkpoints)}"
         start = time.perf_counter()
-        _, history = jaxnets.fit(model, ce, optimizer, digits, epochs=epochs, batch_size=64, seed=0, progress=False,
-                                 checkpoint_dir=folder if checkpoints else None, checkpoint_every=args.every)
+        saving = [checkpoint.Checkpoint(folder, every=(args.every, "epochs"))] if checkpoints else []
+        _, history = jaxnets.fit(model, ce, optimizer, digits, epochs=epochs, batch_size=64, seed=0, callbacks=saving)
         seconds = time.perf_counter() - start  # fit returns after its last save is on disk
         shutil.rmtree(folder, ignore_errors=True)
         return history["time"][-1], seconds

@@ -27,6 +27,7 @@ row's end of the loss scale and of the optimizer's injected hyperparameters
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -65,14 +66,18 @@ class Run:
 
 
 def _compiled(step, source, length, max_count, watch, check, freeze, jit):
-    try:
-        key = (step, type(source), source.signature() if hasattr(source, "signature") else id(source), length,
-               max_count, tuple(watch), check, freeze)
+    signature = source.signature() if hasattr(source, "signature") else None
+    try:  # never an id: a dead source's id can be a new one's
+        key = None if signature is None else (step, type(source), signature, length, max_count, tuple(watch), check,
+                                              freeze)
         hash(key)
     except TypeError:
         key = None
     if key is not None and key in _PROGRAMS:
         return _PROGRAMS[key]
+    if key is not None:  # the cached program must not keep this source's device data alive
+        source = copy.copy(source)
+        source.data = None
     built = program_module.build(step, source, length=length, max_count=max_count, watch=watch, check_finite=check,
                                  freeze=freeze)
     built = jax.jit(built, donate_argnums=0) if jit else built
@@ -156,7 +161,7 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
     _inputs.check_not_donated(state, "state")
     config = {"loop": {"steps": steps, "epochs": epochs, "steps_per_call": steps_per_call, "log_every": log_every,
                        "steps_per_epoch": spe}, "source": source.describe(), **(config or {})}
-    run = Run(config, source, start, start + total, History(), spe)
+    run = Run(config, source, start, start + total, History({"step": [], **({"epoch": []} if spe else {})}), spe)
     state = jax.device_put(state, may_alias=False)  # a copy (compiles nothing): the program donates its input
     position = start
     run.state = state  # what a restoring callback restores into (its structure, shapes, key kinds)
@@ -198,8 +203,14 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
                 if flag >= 0:
                     where = position + i * seg_len + flag
                     epoch = (where - run.origin) // spe + 1 if spe else None
-                    message = (f"training diverged: a watched metric {tuple(watch)} or the state became NaN/Inf at step "
-                               f"{where}" + (f" (epoch {epoch})" if epoch else ""))
+                    at = (f"epoch {epoch}, step {where} (step {(where - run.origin) % spe} of the epoch)" if spe
+                          else f"step {where}")
+                    message = (f"training diverged: the loss (or a watched metric of {tuple(watch)}) or the state "
+                               f"became NaN/Inf at {at}")
+                    if "skipped_steps" in out["sums"]:
+                        unit = "epoch" if spe and seg_len == spe else f"{seg_len}-step segment"
+                        message += (f" (or every step of that {unit} had non-finite gradients, each skipped by the "
+                                    "loss scale: not an overflow the scale can fix)")
                     if on_nonfinite == "raise":
                         position += i * seg_len
                         run.state, run.position = state, position
@@ -229,7 +240,12 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
             stop = False
             for c, p in zip(callbacks, periods):
                 if p is None or (position - run.origin) % p == 0 or position == run.end:
-                    stop = bool(c(progress)) or stop
+                    try:
+                        stop = bool(c(progress)) or stop
+                    except Exception as caught:
+                        caught.add_note(f"raised by the callback {getattr(c, '__name__', c)!r} after step "
+                                        f"{position - run.origin} of the run (epoch {progress.epoch})")
+                        raise
                     progress = run.progress(state, position)
             if stop:
                 break

@@ -18,13 +18,15 @@ class ProgressBar(Callback):
 
     Args:
       lines: also print one line per call (``verbose``); without tqdm, lines are printed anyway.
+      bar: show the tqdm bar (False with ``lines=True``: lines alone, for logs).
       enabled: False shows nothing (e.g. on every process but the first).
     """
 
     order = 20
 
-    def __init__(self, *, lines: bool = False, enabled: bool = True):
+    def __init__(self, *, lines: bool = False, bar: bool = True, enabled: bool = True):
         self.lines, self.enabled, self.bar, self.unit = bool(lines), bool(enabled), None, "step"
+        self.show_bar = bool(bar)
 
     def on_start(self, run):
         if not self.enabled:
@@ -32,6 +34,8 @@ class ProgressBar(Callback):
         spe, epochs = run.steps_per_epoch, run.config["loop"].get("epochs")
         self.unit, self.scale = ("epoch", spe) if epochs is not None else ("step", 1)
         self.total = (run.end - run.origin) // self.scale
+        if not self.show_bar:
+            return None
         try:
             from tqdm.auto import tqdm
         except ImportError:  # the progress extra is not installed: print a line per call instead

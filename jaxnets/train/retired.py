@@ -17,7 +17,6 @@ param_sharding=r``
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from typing import Any
 
@@ -27,7 +26,16 @@ from jaxnets.train.callbacks import Hook
 from jaxnets.train.history_file import HistoryFile
 from jaxnets.train.progress_bar import ProgressBar
 
-__all__ = ["translate", "RETIRED"]
+__all__ = ["translate", "RETIRED", "register_checkpoint"]
+
+#: ``checkpoint_dir=`` builds its callback through this, which :mod:`jaxnets.checkpoint` registers when it is imported
+#: (``import jaxnets`` imports it): train/ itself never imports the checkpoint module, so no import circle forms.
+_CHECKPOINT: dict = {}
+
+
+def register_checkpoint(factory) -> None:
+    """Called by :mod:`jaxnets.checkpoint`: ``factory(directory, every=, keep=, best=)`` builds its callback."""
+    _CHECKPOINT["factory"] = factory
 
 RETIRED = ("hooks", "history_file", "checkpoint_dir", "checkpoint_every", "checkpoint_keep", "checkpoint_best",
            "progress", "verbose", "loss_scale", "mesh", "data_axis", "param_sharding", "train")
@@ -60,14 +68,16 @@ def translate(retired: dict, *, data: Any, precision: Any, placement: Any, callb
                                                    "checkpoint_best") if k in retired}
     if checkpoint_keys.get("checkpoint_dir") is not None:
         _warn("checkpoint_dir", "callbacks=[jaxnets.checkpoint.Checkpoint(directory, ...)]")
-        checkpoint = importlib.import_module("jaxnets.checkpoint")  # this shim alone; train/ never imports it
-        extra.append(checkpoint.Checkpoint.from_fit(checkpoint_keys["checkpoint_dir"],
-                                                    every=checkpoint_keys.get("checkpoint_every", 1),
-                                                    keep=checkpoint_keys.get("checkpoint_keep", 3),
-                                                    best=checkpoint_keys.get("checkpoint_best")))
+        if "factory" not in _CHECKPOINT:
+            raise ImportError("checkpoint_dir= needs jaxnets.checkpoint: import jaxnets (or jaxnets.checkpoint) first")
+        extra.append(_CHECKPOINT["factory"](checkpoint_keys["checkpoint_dir"],
+                                            every=checkpoint_keys.get("checkpoint_every", 1),
+                                            keep=checkpoint_keys.get("checkpoint_keep", 3),
+                                            best=checkpoint_keys.get("checkpoint_best")))
     if "progress" in retired or "verbose" in retired:
         _warn("progress" if "progress" in retired else "verbose", "callbacks=[jaxnets.train.ProgressBar(...)]")
-        extra.append(ProgressBar(enabled=bool(retired.pop("progress", True)), lines=bool(retired.pop("verbose", False))))
+        bar, lines = bool(retired.pop("progress", True)), bool(retired.pop("verbose", False))
+        extra.append(ProgressBar(bar=bar, lines=lines, enabled=bar or lines))
     if "loss_scale" in retired:
         _warn("loss_scale", "precision=jaxnets.precision.MixedPrecision(policy, loss_scale=...)")
         precision = precision_module.MixedPrecision(precision, loss_scale=retired.pop("loss_scale"))

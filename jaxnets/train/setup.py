@@ -30,7 +30,7 @@ __all__ = ["describe_function", "split_data", "source_for", "check_targets", "ca
            "initial_state", "as_placement"]
 
 
-def describe_function(fn: Any, depth: int = 4) -> str:
+def describe_function(fn: Any, depth: int = 8) -> str:
     """A digest of what a function computes: its qualified name and, recursively, the constants it closes over.
 
     Two optimizers built with other names or hyperparameters (``nadam`` for
@@ -42,12 +42,15 @@ def describe_function(fn: Any, depth: int = 4) -> str:
     parts: list[str] = []
 
     def visit(obj, level):
-        if id(obj) in seen or level > depth:
+        if level > depth:
             return
-        seen.add(id(obj))
         if isinstance(obj, (bool, int, float, str, bytes, type(None), np.number)):
             parts.append(repr(obj))
-        elif isinstance(obj, (types.FunctionType, types.MethodType)):
+            return
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, (types.FunctionType, types.MethodType)):
             fn_ = getattr(obj, "__func__", obj)
             parts.append(f"{fn_.__module__}.{fn_.__qualname__}")
             for cell in fn_.__closure__ or ():
@@ -196,6 +199,8 @@ def initial_state(model, optimizer, state, *, key, seed, input_shape, example, l
         raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
     else:
         _inputs.check_not_donated(state, "state")
+        if loss is not None and isinstance(example, tuple):  # data that does not fit the model: the layer's message first
+            check_targets(model, state, example, None)
         if input_shape is not None and model is not None:
             check_state_for_model(model, state, input_shape)
         precision_module.check_scaling_matches(optimizer, state.opt_state, f"precision={precision!r}")

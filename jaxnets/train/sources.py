@@ -67,6 +67,11 @@ class Source:
         """The most steps the call starting at ``position`` may run (None: any)."""
         return None
 
+    def signature(self) -> Any:
+        """What the compiled program depends on besides its arguments: hashable, equal for sources that compile
+        alike, so a later loop reuses the program. None (the default) compiles anew for every loop."""
+        return None
+
     def describe(self) -> dict:
         """What a checkpoint records of this source, compared when a run resumes."""
         return {"kind": type(self).__name__}
@@ -133,6 +138,10 @@ class ArraySource(Source):
         return (f"ArraySource({self.num_examples} examples of {shapes}, batch_size={self.batch_size}, "
                 f"{self.steps_per_epoch} steps per epoch{', drop_last' if self.drop_last else ''})")
 
+    def signature(self) -> tuple:
+        """What the compiled program depends on (the data are an argument): reused by every source alike."""
+        return ("arrays", self.num_examples, self.batch_size, self.drop_last)
+
     def describe(self) -> dict:
         if self._fingerprint is None:
             self._fingerprint = fingerprint(self.data)
@@ -190,6 +199,7 @@ class Sampler(Source):
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(key, step) -> batch (or fn(key, step, data)), got {fn!r}")
         self.fn, self.data = fn, (None if data is None else jax.tree_util.tree_map(jnp.asarray, data))
+        self.takes_data = data is not None
         self.steps_per_epoch = None if steps_per_epoch is None else _checks.positive_int(steps_per_epoch,
                                                                                         "steps_per_epoch")
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
@@ -197,6 +207,9 @@ class Sampler(Source):
 
     def __repr__(self) -> str:
         return f"Sampler({self.name})"
+
+    def signature(self) -> tuple:
+        return ("sampler", self.fn, self.steps_per_epoch, self.takes_data)
 
     def describe(self) -> dict:
         if self._fingerprint is None and self.data is not None:
@@ -208,6 +221,6 @@ class Sampler(Source):
         return {"key": jax.vmap(lambda t: jax.random.fold_in(jax.random.fold_in(key, t), 1))(steps), "step": steps}
 
     def batch(self, data, x):
-        if self.data is None:
+        if not self.takes_data:
             return self.fn(x["key"], x["step"])
         return self.fn(x["key"], x["step"], data)
