@@ -27,7 +27,7 @@ from jaxnets.population import fit_population
 from jaxnets.train import (NonFiniteError, Progress, TrainState, early_stopping, evaluate, fit, init_train_state, make_epoch,
                            make_step, make_train_step, predict, scan_epoch)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # the one place the version is written (pyproject.toml reads it); see CHANGELOG.md
 
 __all__ = [
     "activations",
