@@ -12,10 +12,13 @@ model compiled as one program.
 Example::
 
     >>> print(jaxnets.summary(L.serial(L.Dense(128), L.Relu(), L.Dense(10)), (-1, 64)))
-    serial(Dense(128), Relu(), Dense(10)) on input (1, 64) (batch 1 for -1)
+    serial(Dense(128), Relu(), Dense(10)) on input (1, 64)
     path     layer       output shape  params  state   FLOPs
     dense_0  Dense(128)  (1, 128)       8,320      0  16,512
-    ...
+    relu_0   Relu()      (1, 128)           0      0     128
+    dense_1  Dense(10)   (1, 10)        1,290      0   2,570
+    total                (1, 10)        9,610      0  19,210
+    state: none
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class LayerSummary(NamedTuple):
       params: number of scalars in its params (its children's included).
       state: number of scalars in its state (BatchNorm's running statistics).
       flops: XLA's FLOP count of the layer alone at this input (its children's summed, for a combinator).
+      transcendentals: XLA's count of transcendental operations (``tanh``, ``exp``, ``log``, ...), which it
+        keeps apart from ``flops``.
       depth: nesting depth (0 for the model's own children).
     """
 
@@ -53,6 +58,7 @@ class LayerSummary(NamedTuple):
     params: int
     state: int
     flops: float
+    transcendentals: float
     depth: int
 
 
@@ -72,6 +78,7 @@ class Summary:
       flops: XLA's FLOP count of the whole model compiled as one program; it also
         counts what the combinators compute themselves (a residual's addition),
         so it may exceed the sum of the rows.
+      transcendentals: XLA's count of the whole model's transcendental operations.
       output_shape: the model's output shape.
     """
 
@@ -82,6 +89,7 @@ class Summary:
     state: int
     state_bytes: int
     flops: float
+    transcendentals: float
     output_shape: Any
 
     def __str__(self) -> str:
@@ -141,8 +149,8 @@ def _bytes(tree: Any) -> int:
     return sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def _flops(layer: Layer, params: Any, state: Any, x: Any) -> float:
-    """XLA's FLOP count of ``layer.apply_with_state`` (inference mode) on abstract arguments."""
+def _cost(layer: Layer, params: Any, state: Any, x: Any) -> tuple[float, float]:
+    """XLA's ``(flops, transcendentals)`` of ``layer.apply_with_state`` (inference mode) on abstract arguments."""
 
     def run(params, state, x):
         return layer.apply_with_state(params, state, x, train=False)[0]
@@ -150,7 +158,8 @@ def _flops(layer: Layer, params: Any, state: Any, x: Any) -> float:
     cost = jax.jit(run).lower(params, state, x).compile().cost_analysis()
     if isinstance(cost, (list, tuple)):  # older jax: one dict per program
         cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", 0.0))
+    cost = cost or {}
+    return float(cost.get("flops", 0.0)), float(cost.get("transcendentals", 0.0))
 
 
 def summary(model: Layer, input_shape: Sequence[int] | Sequence[Sequence[int]], *, batch: int = 1,
@@ -174,7 +183,8 @@ def summary(model: Layer, input_shape: Sequence[int] | Sequence[Sequence[int]], 
       compiled alone at the input it gets inside the model (in inference
       mode: dropout off, BatchNorm on its running statistics), and of the
       whole model for the total. A matrix product ``(m, k) @ (k, n)`` counts
-      ``2 m k n``, an element-wise operation one per element.
+      ``2 m k n``, an element-wise operation one per element; XLA counts
+      transcendental functions (``tanh``, ``exp``) apart, in ``transcendentals``.
 
     Raises:
       TypeError: if ``model`` is not a Layer.
@@ -208,21 +218,20 @@ def summary(model: Layer, input_shape: Sequence[int] | Sequence[Sequence[int]], 
     y = jax.eval_shape(forward, params, state, x)
     layers = _layers_by_path(model)
 
-    primitive_flops = {path: _flops(layer, _subtree(params, path), _subtree(state, path), x_in)
-                       for path, (layer, x_in) in inputs.items()}
-    total_flops = _flops(model, params, state, x)
+    costs = {path: _cost(layer, _subtree(params, path), _subtree(state, path), x_in)
+             for path, (layer, x_in) in inputs.items()}
+    flops, transcendentals = _cost(model, params, state, x)
+    totals = (_size(params), _size(state), _bytes(state), flops, transcendentals, _out_shape(y))
     if not model.children:  # a primitive model is its own only row
-        return Summary(repr(model), shape, (LayerSummary(model.name, repr(model), _out_shape(y), _size(params),
-                                                         _size(state), total_flops, 0),),
-                       _size(params), _size(state), _bytes(state), total_flops, _out_shape(y))
+        row = LayerSummary(model.name, repr(model), _out_shape(y), _size(params), _size(state), flops, transcendentals, 0)
+        return Summary(repr(model), shape, (row,), *totals)
     rows = []
-    for path in _call_order(outputs, layers):
-        layer = layers[path]
-        flops = sum(f for p, f in primitive_flops.items() if p == path or p.startswith(path + "/"))
-        rows.append(LayerSummary(path, repr(layer), outputs[path], _size(_subtree(params, path)),
-                                 _size(_subtree(state, path)), flops, path.count("/")))
-    return Summary(repr(model), shape, tuple(rows), _size(params), _size(state), _bytes(state), total_flops,
-                   _out_shape(y))
+    for path in [p for p in layers if p in outputs]:  # definition order: a combinator before its children
+        inside = [c for p, c in costs.items() if p == path or p.startswith(path + "/")]
+        rows.append(LayerSummary(path, repr(layers[path]), outputs[path], _size(_subtree(params, path)),
+                                 _size(_subtree(state, path)), sum(c[0] for c in inside), sum(c[1] for c in inside),
+                                 path.count("/")))
+    return Summary(repr(model), shape, tuple(rows), *totals)
 
 
 def _layers_by_path(model: Layer) -> dict[str, Layer]:
@@ -236,8 +245,3 @@ def _layers_by_path(model: Layer) -> dict[str, Layer]:
 
     walk(model, "")
     return found
-
-
-def _call_order(outputs: dict, layers: dict) -> list[str]:
-    """Paths in the order the layers are defined (a combinator before its children), those that ran."""
-    return [p for p in layers if p in outputs]
