@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import pathlib
 import sys
 
@@ -118,6 +119,29 @@ def test_run_folder_is_all_or_nothing(tmp_path):
     with common.run_folder(str(out)) as folder:
         (pathlib.Path(folder) / "b.txt").write_text("third")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and sorted(p.name for p in out.iterdir()) == ["b.txt"]
+
+
+def test_atomic_writes_are_fsynced_file_then_folder(tmp_path, monkeypatch):
+    """The file's data reaches the disk before the rename that publishes it, and the rename before the call returns."""
+    common = load("_common")
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    common.write_json_atomic(str(tmp_path / "m.json"), {"a": 1})
+    assert len(synced) == 2 and synced[0].startswith(str(tmp_path) + "/") and synced[0].endswith(".tmp")
+    assert synced[1] == str(tmp_path) and json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+    synced.clear()
+    with common.run_folder(str(tmp_path / "run")) as folder:
+        (pathlib.Path(folder) / "a.txt").write_text("a")
+        (pathlib.Path(folder) / "sub").mkdir()
+        (pathlib.Path(folder) / "sub" / "b.txt").write_text("b")
+    staged = {str(pathlib.Path(folder) / n) for n in ("a.txt", "sub/b.txt", "sub", "")} | {folder}
+    assert set(synced[:-1]) == {s.rstrip("/") for s in staged} and synced[-1] == str(tmp_path)
 
 
 def test_run_record_holds_versions_and_device():
