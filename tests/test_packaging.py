@@ -4,7 +4,8 @@ The build runs ``python -m build --no-isolation`` (the ``build`` and
 ``setuptools`` of the test extra) on a copy of the files the sdist is made
 from, so the working tree gets no ``build/`` or ``*.egg-info`` folder. The
 wheel is built from the sdist, as an installer from a package index would
-build it, so a file missing from the sdist fails here too.
+build it, so a file missing from the sdist fails here too. The tests that
+build are marked slow (CI's first step runs them; the floor step does not).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def _metadata(text: str):
     return email.parser.Parser().parsestr(text)
 
 
+@pytest.mark.slow  # builds the package: 2-7 s
 def test_wheel_holds_every_module_and_py_typed_and_nothing_else(built):
     wheel, _ = built
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -71,6 +73,7 @@ def test_wheel_holds_every_module_and_py_typed_and_nothing_else(built):
     assert not [n for n in names if "test" in n.split("/")[0] or n.startswith(("experiments/", "docs/"))]
 
 
+@pytest.mark.slow  # builds the package: 2-7 s
 def test_wheel_metadata(built):
     wheel, _ = built
     with zipfile.ZipFile(wheel) as archive:
@@ -91,6 +94,7 @@ def test_wheel_metadata(built):
         assert sorted(r.split(";")[0].strip() for r in requires if f'extra == "{extra}"' in r) == sorted(requirements)
 
 
+@pytest.mark.slow  # builds the package: 2-7 s
 def test_sdist_holds_the_package_and_leaves_the_tests_out(built):
     """The tests read the docs, the experiments, README and .ci: the sdist leaves them all out rather than ship tests that fail."""
     wheel, sdist = built
