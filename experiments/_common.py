@@ -43,19 +43,41 @@ def require_positive(config, *names: str, allow_zero: tuple = ()) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be a number {bound}, got {value!r}")
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename: never a half-written file."""
+def fsync_path(path: str) -> None:
+    """Flush a file's or a directory's data and metadata to the disk (a directory's fsync makes a rename in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` through a temporary file beside ``path`` and a rename: never a half-written file.
+
+    The file is fsynced before the rename and its directory after it, so a
+    crash or a power loss leaves the old file or the whole new one, never an
+    empty or truncated one (a rename alone orders nothing on disk).
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    fsync_path(folder)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write JSON atomically and durably (:func:`write_atomic`)."""
+    write_atomic(path, json.dumps(obj, indent=2))
 
 
 @contextlib.contextmanager
@@ -67,7 +89,9 @@ def run_folder(out: str) -> Iterator[str]:
     (a previous ``out`` is moved aside first and then removed). On an
     exception the staging folder is removed; one left by a killed process is
     removed by the next run into the same ``out``. So ``out`` always holds
-    one whole run, and no temporary file outlives the next run.
+    one whole run, and no temporary file outlives the next run. Every file in
+    the staging folder, the folder itself, and after the rename the parent
+    folder are fsynced, so the run survives a crash or a power loss whole.
     """
     out = os.path.abspath(out)
     parent, name = os.path.split(out)
@@ -81,12 +105,17 @@ def run_folder(out: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    for root, _, files in os.walk(staging):
+        for file in files:
+            fsync_path(os.path.join(root, file))
+        fsync_path(root)
     aside = None
     if os.path.exists(out):
         aside = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
         os.rmdir(aside)  # only the name is needed
         os.rename(out, aside)
     os.rename(staging, out)
+    fsync_path(parent)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 
@@ -222,13 +251,5 @@ def interleaved_medians(contenders: dict, rounds: int, steps: int) -> dict:
 
 def write_results(out: str, name: str, result: dict, table: str) -> None:
     """``<out>/<name>.json`` (written atomically) and ``<out>/<name>.md`` (the table)."""
-    os.makedirs(out, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".md.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(table + "\n")
-        os.replace(tmp, os.path.join(out, f"{name}.md"))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(os.path.join(out, f"{name}.md"), table + "\n")
     write_json_atomic(os.path.join(out, f"{name}.json"), {**versions(), **result})

@@ -15,20 +15,23 @@ Modules, from the bottom up:
 * :mod:`jaxnets.population`: many models (seeds, hyperparameters) trained at once under ``vmap``
 * :mod:`jaxnets.distributed`: meshes, shardings, processes (data parallel ``fit``, FSDP, ``jax.distributed``)
 * :mod:`jaxnets.per_example`: per-example gradients and clipping
+* :mod:`jaxnets.privacy`: epsilon of a DP-SGD run through Google's dp-accounting (the ``privacy`` extra)
+* :mod:`jaxnets.summary`: a model's table of layers, output shapes, params, state and FLOPs (``jaxnets.summary(model, input_shape)``)
 * :mod:`jaxnets.data`: the embedded digits, synthetic sets, local files
 * :mod:`jaxnets.streaming`: training from host arrays, memory-mapped files or grain sources, in prefetched chunks
 * :mod:`jaxnets.porting`: params trained with stax or flax.linen, loaded into jaxnets models
 """
 
 from jaxnets import (activations, backprop, checkpoint, data, distributed, evaluation, gradcheck, initializers, layers,
-                     losses, optim, per_example, population, porting, streaming, train)
+                     losses, optim, per_example, population, porting, privacy, streaming, train)
 from jaxnets.layers import Layer, count_params, define_layer, parallel, residual, serial
 from jaxnets.population import fit_population
+from jaxnets.summary import summary  # the function; its module stays importable as jaxnets.summary's sys.modules entry
 from jaxnets.train import (ArraySource, Callback, EarlyStopping, Evaluate, History, HistoryFile, NonFiniteError, Progress,
                            ProgressBar, Sampler, Source, TensorBoard, TrainState, early_stopping, evaluate, fit,
                            init_train_state, loop, make_epoch, make_step, make_train_step, predict, scan_epoch, with_ema)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # the one place the version is written (pyproject.toml reads it); see CHANGELOG.md
 
 __all__ = [
     "activations",
@@ -46,6 +49,7 @@ __all__ = [
     "population",
     "per_example",
     "porting",
+    "privacy",
     "streaming",
     "Layer",
     "define_layer",
@@ -53,6 +57,7 @@ __all__ = [
     "parallel",
     "residual",
     "count_params",
+    "summary",
     "TrainState",
     "init_train_state",
     "make_train_step",

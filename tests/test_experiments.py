@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import pathlib
 import sys
 
@@ -120,6 +121,29 @@ def test_run_folder_is_all_or_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and sorted(p.name for p in out.iterdir()) == ["b.txt"]
 
 
+def test_atomic_writes_are_fsynced_file_then_folder(tmp_path, monkeypatch):
+    """The file's data reaches the disk before the rename that publishes it, and the rename before the call returns."""
+    common = load("_common")
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    common.write_json_atomic(str(tmp_path / "m.json"), {"a": 1})
+    assert len(synced) == 2 and synced[0].startswith(str(tmp_path) + "/") and synced[0].endswith(".tmp")
+    assert synced[1] == str(tmp_path) and json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+    synced.clear()
+    with common.run_folder(str(tmp_path / "run")) as folder:
+        (pathlib.Path(folder) / "a.txt").write_text("a")
+        (pathlib.Path(folder) / "sub").mkdir()
+        (pathlib.Path(folder) / "sub" / "b.txt").write_text("b")
+    staged = {str(pathlib.Path(folder) / n) for n in ("a.txt", "sub/b.txt", "sub", "")} | {folder}
+    assert set(synced[:-1]) == {s.rstrip("/") for s in staged} and synced[-1] == str(tmp_path)
+
+
 def test_run_record_holds_versions_and_device():
     record = load("_common").versions()
     assert {"jax", "jaxlib", "optax", "numpy", "device_kind", "backend"} <= set(record)
@@ -142,10 +166,16 @@ def test_stax_vae_port_quick(tmp_path):
 
 
 def test_dp_sgd_port_quick(tmp_path):
+    from jaxnets import privacy
+
     result = load("dp_sgd").main(["--quick", "--out", str(tmp_path / "run")])
-    privacy = load("_privacy")
+    hand_written = load("_privacy")
     steps_per_epoch = 1437 // 64
-    assert result["epsilon"] == [privacy.epsilon(64 / 1437, 1.1, e * steps_per_epoch, 1e-5)[0] for e in (1, 2)]
+    assert result["epsilon"] == [privacy.epsilon(1.1, 64 / 1437, e * steps_per_epoch, 1e-5) for e in (1, 2)]
+    final = result["final_epsilon_by_accountant"]
+    assert final["rdp"] == result["epsilon"][-1]
+    assert final["pld"] == privacy.epsilon(1.1, 64 / 1437, 2 * steps_per_epoch, 1e-5, accountant="pld") < final["rdp"]
+    assert final["hand_written_rdp"] == hand_written.epsilon(64 / 1437, 1.1, 2 * steps_per_epoch, 1e-5)[0] > final["rdp"]
     assert result["final_test_accuracy"] > 0.3
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["history.jsonl", "metrics.json", "privacy.png"]
 
@@ -171,6 +201,7 @@ def test_privacy_accountant_against_closed_form_and_published_figures():
 def test_privacy_accountant_agrees_with_dp_accounting():
     dp_accounting = pytest.importorskip("dp_accounting")
     from dp_accounting import rdp
+    from dp_accounting.rdp import rdp_privacy_accountant
 
     privacy = load("_privacy")
     for q, sigma, steps in ((64 / 1437, 1.1, 660), (256 / 60000, 1.1, 14063), (0.1, 0.8, 50)):
@@ -181,7 +212,19 @@ def test_privacy_accountant_agrees_with_dp_accounting():
         np.testing.assert_allclose(ours[integer], theirs[integer], rtol=1e-9)  # the same finite sum
         # At fractional orders dp-accounting sums the series' terms in absolute value, an upper bound of ours
         # (the alternating series of Mironov et al. 2019, as in TensorFlow Privacy, which the published figures use).
-        assert np.all(ours[~integer] <= theirs[~integer] * (1 + 1e-9))
+        # Where its series does not converge, dp-accounting drops the order (NaN here).
+        fractional = ~integer & np.isfinite(theirs)
+        assert np.all(ours[fractional] <= theirs[fractional] * (1 + 1e-9))
+        # Epsilon: the hand-written epsilon() converts RDP with Mironov's (2017) bound, T RDP(a) + log(1/delta) / (a - 1);
+        # dp-accounting with the tighter one of Balle et al. (2020), which is all that separates the figures: its
+        # conversion of our RDP is dp-accounting's epsilon, never above it (our RDP is never above its RDP, and the
+        # conversion is increasing in RDP), and within 0.5% (the orders' series differ at fractional orders only,
+        # by < 0.05% at the best order for the first two settings; for the third dp-accounting drops the fractional
+        # orders near 1 where its series does not converge, and its best remaining order is 0.25% worse).
+        ours_eps, _ = rdp_privacy_accountant.compute_epsilon(privacy.DEFAULT_ORDERS, ours, 1e-5)
+        theirs_eps = accountant.get_epsilon(1e-5)
+        assert theirs_eps * (1 - 5e-3) <= ours_eps <= theirs_eps * (1 + 1e-9)
+        assert privacy.epsilon(q, sigma, steps, 1e-5)[0] > theirs_eps  # the older conversion is the looser
 
 
 def test_mixed_precision_quick(tmp_path):

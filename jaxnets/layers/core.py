@@ -46,7 +46,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
+import types
 from typing import Any, Callable
 
 import jax
@@ -83,6 +85,37 @@ class Layer:
       backward_fn: ``(params, state, tape, y_bar, *, key, train) -> (params_bar,
         x_bar)``, or ``None`` for a layer without a hand rule.
       children: ``((name, layer), ...)`` of a combinator, in params-key order.
+
+    **Equality and hashing are by structure.** Two layers built separately
+    in the same way (same builders, same hyperparameters, same nesting)
+    compare equal and hash equal, so a rebuilt identical model finds what
+    was compiled for the first (``fit``'s programs, ``jax.jit(...,
+    static_argnums=...)``, ``functools.lru_cache``)::
+
+        serial(Dense(128), Relu(), Dense(10)) == serial(Dense(128), Relu(), Dense(10))  # True
+        Dense(128) == Dense(64)                                                        # False
+
+    A layer is its functions, and a builder's functions are closures, so
+    the structure compared is: ``name``, ``spec``, the children, and for
+    each of ``init_fn``, ``forward_fn``, ``backward_fn`` its code object
+    (the very one: a function defined at another place differs even when
+    its text is the same) with its defaults and the values its closure
+    captured, compared recursively: numbers, strings, dtypes and other
+    hashable values by value (and type: ``1`` is not ``1.0``), tuples,
+    lists, sets and dicts item by item (as they are at the first comparison), arrays by dtype, shape and contents,
+    functions and ``functools.partial`` objects in the same way, layers by
+    their structure. Anything else (an object without value equality, a
+    traced array) compares by identity, which can only make two layers
+    differ. So hyperparameters that ``spec`` does not show (``Dense``'s
+    ``w_init``) count, and two layers of one's own from :func:`define_layer`
+    are equal only when they are built from the same functions with equal
+    captured values. The structure is computed once per layer, at the first
+    comparison or hash. A function's globals are not part of it: a layer
+    whose function reads a module-level variable that is later rebound is
+    still equal to one built before.
+
+    ``repr(layer)`` is ``spec``, nested for combinators:
+    ``serial(Dense(128), Relu(), Dense(10))``.
     """
 
     name: str
@@ -94,6 +127,26 @@ class Layer:
 
     def __repr__(self) -> str:
         return self.spec
+
+    def _structure(self) -> tuple:
+        """The hashable structure that equality and hashing compare (computed once, see the class docstring)."""
+        cached = self.__dict__.get("_structure_key")
+        if cached is None:
+            cached = _layer_key(self, {})
+            object.__setattr__(self, "_structure_key", cached)
+            object.__setattr__(self, "_structure_hash", hash(cached))
+        return cached
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Layer):
+            return NotImplemented
+        return hash(self) == hash(other) and self._structure() == other._structure()
+
+    def __hash__(self) -> int:
+        self._structure()
+        return self.__dict__["_structure_hash"]
 
     # -- tier 1 ---------------------------------------------------------------
 
@@ -158,6 +211,90 @@ class Layer:
     def has_rule(self) -> bool:
         """Whether this layer and every layer inside it has a hand-derived rule."""
         return not _missing_rules(self)
+
+
+class _Identity:
+    """A value that compares by identity (kept alive, so its ``id`` is not reused)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Identity) and other.value is self.value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+
+_VALUE_TYPES = (int, float, complex, str, bytes, bool, type(None), type(Ellipsis), np.dtype, np.generic, type, range,
+                slice)
+
+
+def _layer_key(layer: Layer, active: dict) -> tuple:
+    if "_structure_key" in layer.__dict__:
+        return layer.__dict__["_structure_key"]
+    return ("layer", layer.name, layer.spec, _value_key(layer.init_fn, active), _value_key(layer.forward_fn, active),
+            _value_key(layer.backward_fn, active),
+            tuple((name, _value_key(child, active)) for name, child in layer.children))
+
+
+def _value_key(value: Any, active: dict) -> Any:
+    """A hashable key equal for values that behave the same (see :class:`Layer`); identity where unsure.
+
+    ``active`` holds the ids of the containers and functions being keyed, so a
+    closure that refers to itself (a recursive inner function) ends.
+    """
+    if isinstance(value, _VALUE_TYPES):
+        return (type(value), value)
+    if id(value) in active:
+        return ("cycle", active[id(value)])
+    active[id(value)] = len(active)
+    try:
+        if isinstance(value, Layer):
+            return _layer_key(value, active)
+        if isinstance(value, types.FunctionType):
+            cells = []
+            for cell in value.__closure__ or ():
+                try:
+                    cells.append(_value_key(cell.cell_contents, active))
+                except ValueError:  # an empty cell
+                    cells.append(("empty",))
+            return ("function", _Identity(value.__code__), _value_key(value.__defaults__, active),
+                    _value_key(value.__kwdefaults__, active), tuple(cells))
+        if isinstance(value, functools.partial):
+            return ("partial", _value_key(value.func, active), _value_key(value.args, active),
+                    _value_key(value.keywords, active))
+        if isinstance(value, types.MethodType):
+            return ("method", _value_key(value.__func__, active), _value_key(value.__self__, active))
+        if isinstance(value, (tuple, list)) and type(value) in (tuple, list) or isinstance(value, tuple):
+            return (type(value), tuple(_value_key(v, active) for v in value))  # named tuples included
+        if type(value) in (set, frozenset):
+            return (type(value), frozenset(_value_key(v, active) for v in value))
+        if type(value) is dict:
+            return (dict, tuple(sorted(((repr(k), _value_key(k, active), _value_key(v, active)) for k, v in value.items()),
+                                       key=lambda item: item[0])))
+        if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer):
+            try:
+                array = np.asarray(value)
+            except Exception:  # not addressable here (a sharded global array): identity
+                return _Identity(value)
+            digest = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+            return ("array", type(value).__name__, array.dtype.str, array.shape, digest)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type) and getattr(value, "__hash__", None):
+            # a frozen dataclass of hyperparameters (a precision policy, say): its fields
+            fields = tuple(_value_key(getattr(value, f.name), active) for f in dataclasses.fields(value))
+            return ("dataclass", type(value), fields)
+        if type(value).__eq__ is not object.__eq__:  # a value type of its own (a sharding, an enum-like object)
+            try:
+                hash(value)
+                return ("value", type(value), value)
+            except TypeError:  # unhashable: identity
+                pass
+        return _Identity(value)
+    finally:
+        del active[id(value)]
 
 
 def _static_mode(train: Any) -> bool | None:
