@@ -248,7 +248,7 @@ def scheduled(schedule: Callable, count: jax.Array, name: str, *, lower: float =
     if not isinstance(value, jax.core.Tracer):
         v = float(np.asarray(value, np.float64))
         if not (np.isfinite(v) and v >= lower):
-            raise ValueError(f"{name} schedule must return finite values >= {lower:g}, got {v} at step {int(count)}")
+            raise ValueError(f"{name} schedule must return finite values >= {lower:g}, got {v:.7g} at step {int(count)}")
     return value
 
 
