@@ -997,3 +997,64 @@ def test_coverage():
     assert not missing, f"public functions without bad-input cases (add cases, or a reason in EXEMPT): {missing}"
     stale = [f for f in list(CASES) + list(EXEMPT) if f.rsplit(".", 1)[0] in MODULES and f not in {g for m in MODULES for g in public_functions(m)}]
     assert not stale, f"cases for functions that are not public (renamed?): {stale}"
+
+
+# ---------------------------------------------------------------------------
+# What the checks must keep accepting: schedules, inject_hyperparams (eager and jitted), traced hyperparameters
+# ---------------------------------------------------------------------------
+
+_G = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.array([0.5, 0.0, -0.25])}
+_P = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+
+
+def _run_steps(opt, steps=3, jit=True):
+    update = jax.jit(opt.update) if jit else opt.update
+    state, params = opt.init(_P), _P
+    for _ in range(steps):
+        u, state = update(_G, state, params)
+        params = optax.apply_updates(params, u)
+    return params
+
+
+@pytest.mark.standard_promotion("optax's inject_hyperparams and schedules mix int32 counts with floats")
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+def test_inject_hyperparams_and_schedules_still_work(name, jit):
+    """A warm-up schedule starting at 0, injected as a (traced or 0-d concrete) array, equals optax's twin step by step."""
+    schedule = optax.linear_schedule(0.0, 0.1, 4)
+    ours = _run_steps(optax.inject_hyperparams(getattr(optim, name))(learning_rate=schedule), jit=jit)
+    theirs = _run_steps(optax.inject_hyperparams(getattr(optax, name))(learning_rate=schedule), jit=jit)
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    plain = _run_steps(getattr(optim, name)(schedule), jit=jit)  # a schedule passed directly, against optax's
+    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(_run_steps(getattr(optax, name)(schedule), jit=jit))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "lion"])
+def test_traced_hyperparameters_under_vmap(name):
+    """A population's members each get a traced scalar learning rate (and b1): accepted, one result per member."""
+    def member(lr, b1):
+        kwargs = {} if name == "sgd" else {"b1": b1}
+        opt = getattr(optim, name)(lr, **kwargs)
+        return opt.update(_G, opt.init(_P), _P)[0]["w"]
+
+    out = jax.vmap(member)(jnp.array([0.1, 0.2]), jnp.array([0.9, 0.5]))
+    assert out.shape == (2, 2, 3) and bool(jnp.all(jnp.isfinite(out)))
+
+
+@pytest.mark.standard_promotion("optax's adamax mixes int32 counts with floats")
+def test_adamax_float16_zero_gradient_gets_no_update_not_nan():
+    """eps=1e-8 rounds to 0 in float16: optax's adamax divides 0/0 where a gradient is 0; ours leaves it alone.
+    In float32 (u > 0 everywhere) the two agree bit for bit, zero gradients included."""
+    g16 = {"w": jnp.array([0.0, 0.5, -0.25], jnp.float16)}
+    p16 = {"w": jnp.ones(3, jnp.float16)}
+    opt = optim.adamax(1e-2)
+    u, _ = opt.update(g16, opt.init(p16), p16)
+    assert u["w"].dtype == jnp.float16 and float(u["w"][0]) == 0.0 and bool(jnp.all(jnp.isfinite(u["w"])))
+    ref, _ = optax.adamax(1e-2).update(g16, optax.adamax(1e-2).init(p16), p16)
+    np.testing.assert_array_equal(u["w"][1:], ref["w"][1:])  # equal where optax is finite
+    g32, p32 = {"w": g16["w"].astype(jnp.float32)}, {"w": p16["w"].astype(jnp.float32)}
+    u32, _ = opt.update(g32, opt.init(p32), p32)
+    ref32, _ = optax.adamax(1e-2).update(g32, optax.adamax(1e-2).init(p32), p32)
+    np.testing.assert_array_equal(u32["w"], ref32["w"])
