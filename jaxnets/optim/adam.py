@@ -205,8 +205,8 @@ def adamax(learning_rate: _base.ScalarOrSchedule, b1: float = 0.9, b2: float = 0
     ``Adamax`` adds ``eps`` the same way. One difference, in low precision:
     with float16 gradients ``eps = 1e-8`` rounds to 0, so a coordinate whose
     gradients have all been 0 has ``u = 0``; optax divides ``0 / 0`` there and
-    returns NaN, this version gives it no update (:func:`jaxnets.optim._base.safe_div`;
-    bit for bit the same wherever ``u > 0``, so always in float32). The Adam
+    returns NaN, this version gives it no update (bit for bit the same
+    wherever ``u > 0``, so always in float32 with ``eps > 0``). The Adam
     family and RMSProp treat a zero denominator the same way.
     """
     _check_adam_args(learning_rate, b1, b2, eps)

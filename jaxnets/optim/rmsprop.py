@@ -60,8 +60,9 @@ def rmsprop(
     _base.check_nonnegative(initial_scale, "initial_scale")
     if momentum is not None:
         _base.check_decay(momentum, "momentum")
-    for flag in ("eps_in_sqrt", "centered", "nesterov", "bias_correction"):
-        _base.check_flag(locals()[flag], flag)
+    for name, flag in (("eps_in_sqrt", eps_in_sqrt), ("centered", centered), ("nesterov", nesterov),
+                       ("bias_correction", bias_correction)):
+        _base.check_flag(flag, name)
 
     def init(params):
         zeros = lambda: jax.tree_util.tree_map(jnp.zeros_like, params)  # noqa: E731
