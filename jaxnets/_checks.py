@@ -178,3 +178,73 @@ def axis_index(axis: Any, ndim: int, name: str = "axis") -> int:
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name} must be in [{-ndim}, {ndim}) for an array of {ndim} dimensions, got {axis}")
     return int(axis)
+
+
+#: The message of a check that would check nothing (an empty selection, no dtypes, no leaves): always an error.
+NOTHING_TO_CHECK = "{what} would check nothing: {why}"
+
+#: What an empty batch gets where a mean over it is taken (the mean of no elements is NaN).
+EMPTY_MSG = "{name} must hold at least one element, got shape {shape} (a mean over no elements is NaN)"
+
+
+def boolean(value: Any, name: str) -> bool:
+    """Return ``value`` as a bool if it is ``True``/``False`` (Python or NumPy); raise TypeError otherwise."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}")
+    return bool(value)
+
+
+def _dtype_name(x: Any) -> str:
+    return np.dtype(x.dtype).name if hasattr(x, "dtype") else type(x).__name__
+
+
+def float_array(x: Any, name: str, *, scalars: bool = True) -> Any:
+    """``x`` if it is an array (or tracer) of a real floating dtype; a Python or NumPy real scalar (with
+    ``scalars``) as a weakly typed JAX float. Complex, bool and integer arrays get a TypeError naming ``name``."""
+    if scalars and isinstance(x, (numbers.Real, np.floating, np.integer)) and not isinstance(x, (bool, np.bool_)):
+        return jax.numpy.asarray(float(x))
+    if isinstance(x, np.generic):
+        x = np.asarray(x)
+    if not isinstance(x, (jax.Array, np.ndarray, jax.core.Tracer)):
+        raise TypeError(f"{name} must be an array of floats, got {type(x).__name__} {_short(x)}")
+    floating(x, name)
+    return x
+
+
+def real_array(x: Any, name: str) -> Any:
+    """``x`` if it is an array (or tracer) of real numbers (floating, integer or bool); complex gets a TypeError."""
+    array_like(x, name)
+    if np.issubdtype(np.dtype(x.dtype), np.complexfloating):
+        raise TypeError(f"{name} must hold real numbers, got dtype {np.dtype(x.dtype).name}")
+    return x
+
+
+def not_empty(x: Any, name: str) -> None:
+    """Raise ValueError when the array ``x`` has no elements (its shape is static, so this runs under ``jit`` too)."""
+    if int(np.prod(np.shape(x))) == 0:
+        raise ValueError(EMPTY_MSG.format(name=name, shape=tuple(np.shape(x))))
+
+
+def dtype_like(value: Any, name: str, *, floating_only: bool = False) -> np.dtype:
+    """``value`` as a NumPy dtype (``'float32'``, ``jnp.bfloat16``, ...); with ``floating_only`` a real floating one."""
+    try:
+        dtype = jax.numpy.dtype(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a dtype such as jnp.float32 or 'float32', got {value!r}") from None
+    if value is None or isinstance(value, (bool, int, float)) and not isinstance(value, type):
+        raise TypeError(f"{name} must be a dtype such as jnp.float32 or 'float32', got {value!r}")
+    if floating_only and not jax.numpy.issubdtype(dtype, jax.numpy.floating):
+        raise TypeError(f"{name} must be a floating dtype (float16, bfloat16, float32, float64), got {dtype.name}")
+    return dtype
+
+
+def callable_arg(value: Any, name: str, signature: str) -> Any:
+    """``value`` if callable; else a TypeError showing how it is called (``signature``)."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable as {signature}, got {_short(value)}")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

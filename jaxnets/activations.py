@@ -1,7 +1,12 @@
 """Activation functions, written out so their numerics are visible.
 
 Every function is elementwise except ``softmax`` and ``log_softmax``, which
-normalise along ``axis``. Each one is stable for extreme inputs: no overflow
+normalise along ``axis``. Every function takes a real floating array (any
+shape; float16, bfloat16, float32, float64) or a Python number: a complex,
+bool or integer array raises a ``TypeError`` naming ``x``, as does anything
+that is not an array, and ``axis`` must be an int in range for ``x``'s rank.
+The checks read dtypes and shapes only, so they cost nothing under ``jit``.
+Each one is stable for extreme inputs: no overflow
 in ``exp``, no ``nan`` in values or gradients for finite inputs of any size.
 
 Conventions at kinks (pinned by tests): ``relu'(0) = 0`` (as ``jax.nn.relu``)
@@ -63,11 +68,13 @@ def relu(x: jax.Array) -> jax.Array:
     derivative at 0 equal to 0 (plain ``jnp.maximum`` would split it, 1/2 and
     1/2, between its arguments).
     """
+    x = _checks.float_array(x, "x")
     return jax.nn.relu(x)
 
 
 def relu_grad(x: jax.Array) -> jax.Array:
     """``relu'(x) = 1`` for ``x > 0``, else 0 (0 at the kink ``x = 0``)."""
+    x = _checks.float_array(x, "x")
     return (x > 0).astype(x.dtype)
 
 
@@ -79,12 +86,14 @@ def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
     uses the other side (``where(x >= 0, x, ...)``: derivative 1 at 0);
     PyTorch uses this one. The values agree everywhere.
     """
+    x = _checks.float_array(x, "x")
     _checks.real_number(negative_slope, "negative_slope")
     return jnp.where(x > 0, x, negative_slope * x)
 
 
 def leaky_relu_grad(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
     """1 for ``x > 0``, else ``negative_slope`` (including at ``x = 0``)."""
+    x = _checks.float_array(x, "x")
     _checks.real_number(negative_slope, "negative_slope")
     return jnp.where(x > 0, jnp.ones_like(x), jnp.full_like(x, negative_slope))
 
@@ -98,12 +107,14 @@ def elu(x: jax.Array, alpha: float = 1.0) -> jax.Array:
     derivative in halves and give ``alpha / 2`` instead of the left limit
     ``alpha`` that :func:`elu_grad` states.
     """
+    x = _checks.float_array(x, "x")
     _checks.real_number(alpha, "alpha")
     return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.where(x > 0, jnp.zeros_like(x), x)))
 
 
 def elu_grad(x: jax.Array, alpha: float = 1.0) -> jax.Array:
     """1 for ``x > 0``, else ``alpha exp(x)`` (``alpha`` at 0, the left limit)."""
+    x = _checks.float_array(x, "x")
     _checks.real_number(alpha, "alpha")
     return jnp.where(x > 0, jnp.ones_like(x), alpha * jnp.exp(jnp.minimum(x, 0)))
 
@@ -127,6 +138,7 @@ def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
         approximation ``Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``
         (``jax.nn.gelu``'s default).
     """
+    x = _checks.float_array(x, "x")
     _approximate_flag(approximate)
     if approximate:
         inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
@@ -142,6 +154,7 @@ def gelu_grad(x: jax.Array, approximate: bool = False) -> jax.Array:
     tiny, and ``1 + erf`` would round ``Phi`` to 0). Tanh form: with ``u = c (x + a x^3)``, ``c = sqrt(2/pi)``, ``a = 0.044715``,
     ``t = tanh(u)``: ``(1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2``.
     """
+    x = _checks.float_array(x, "x")
     _approximate_flag(approximate)
     if approximate:
         c = math.sqrt(2.0 / math.pi)
@@ -158,23 +171,27 @@ def sigmoid(x: jax.Array) -> jax.Array:
     With ``z = exp(-|x|)`` (always in (0, 1]): ``1 / (1 + z)`` for ``x >= 0``
     and ``z / (1 + z)`` for ``x < 0``. Neither branch can overflow.
     """
+    x = _checks.float_array(x, "x")
     z = jnp.exp(-jnp.abs(x))
     return jnp.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
 
 
 def sigmoid_grad(x: jax.Array) -> jax.Array:
     """``sigmoid'(x) = s (1 - s)`` with ``s = sigmoid(x)``."""
+    x = _checks.float_array(x, "x")
     s = sigmoid(x)
     return s * (1.0 - s)
 
 
 def tanh(x: jax.Array) -> jax.Array:
     """Hyperbolic tangent."""
+    x = _checks.float_array(x, "x")
     return jnp.tanh(x)
 
 
 def tanh_grad(x: jax.Array) -> jax.Array:
     """``tanh'(x) = 1 - tanh(x)^2``."""
+    x = _checks.float_array(x, "x")
     t = jnp.tanh(x)
     return 1.0 - t * t
 
@@ -186,21 +203,25 @@ def softplus(x: jax.Array) -> jax.Array:
     through ``max`` and ``|x|`` at exactly ``x = 0`` gives 0 instead of
     ``sigmoid(0) = 1/2`` (a test pins autodiff against :func:`softplus_grad` at 0).
     """
+    x = _checks.float_array(x, "x")
     return jnp.logaddexp(x, jnp.zeros_like(x))
 
 
 def softplus_grad(x: jax.Array) -> jax.Array:
     """``softplus'(x) = sigmoid(x)``."""
+    x = _checks.float_array(x, "x")
     return sigmoid(x)
 
 
 def silu(x: jax.Array) -> jax.Array:
     """Sigmoid linear unit (swish), ``x * sigmoid(x)``."""
+    x = _checks.float_array(x, "x")
     return x * sigmoid(x)
 
 
 def silu_grad(x: jax.Array) -> jax.Array:
     """``d/dx [x s(x)] = s + x s (1 - s) = s (1 + x (1 - s))``."""
+    x = _checks.float_array(x, "x")
     s = sigmoid(x)
     return s * (1.0 + x * (1.0 - s))
 
@@ -219,6 +240,7 @@ def _cotangent_shape(x, y_bar) -> None:
 
 def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     """``x - logsumexp(x)`` along ``axis``, with the max subtracted first."""
+    x = _checks.float_array(x, "x")
     axis = _checks.axis_index(axis, jnp.ndim(x))
     shifted = x - _stable_max(x, axis)
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
@@ -230,12 +252,16 @@ def log_softmax_vjp(x: jax.Array, y_bar: jax.Array, axis: int = -1) -> jax.Array
     The Jacobian is ``I - 1 softmax(x)^T`` along ``axis``, so
     ``x_bar = J^T y_bar = y_bar - softmax(x) * sum_j y_bar_j``.
     """
+    x = _checks.float_array(x, "x")
+    y_bar = _checks.float_array(y_bar, "y_bar")
+    axis = _checks.axis_index(axis, jnp.ndim(x))
     _cotangent_shape(x, y_bar)
     return y_bar - softmax(x, axis) * jnp.sum(y_bar, axis=axis, keepdims=True)
 
 
 def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     """``exp(x_i) / sum_j exp(x_j)`` along ``axis``, with the max subtracted first."""
+    x = _checks.float_array(x, "x")
     axis = _checks.axis_index(axis, jnp.ndim(x))
     unnormalised = jnp.exp(x - _stable_max(x, axis))
     return unnormalised / jnp.sum(unnormalised, axis=axis, keepdims=True)
@@ -247,6 +273,9 @@ def softmax_vjp(x: jax.Array, y_bar: jax.Array, axis: int = -1) -> jax.Array:
     The Jacobian is ``diag(s) - s s^T`` (symmetric) along ``axis``, so
     ``x_bar = s * y_bar - s (s . y_bar)``.
     """
+    x = _checks.float_array(x, "x")
+    y_bar = _checks.float_array(y_bar, "y_bar")
+    axis = _checks.axis_index(axis, jnp.ndim(x))
     _cotangent_shape(x, y_bar)
     s = softmax(x, axis)
     return s * (y_bar - jnp.sum(y_bar * s, axis=axis, keepdims=True))
@@ -254,16 +283,19 @@ def softmax_vjp(x: jax.Array, y_bar: jax.Array, axis: int = -1) -> jax.Array:
 
 def identity(x: jax.Array) -> jax.Array:
     """Returns ``x`` unchanged (a linear output layer)."""
+    x = _checks.float_array(x, "x")
     return x
 
 
 def identity_grad(x: jax.Array) -> jax.Array:
     """1 everywhere."""
+    x = _checks.float_array(x, "x")
     return jnp.ones_like(x)
 
 
 def _from_derivative(derivative):
     def vjp(x, y_bar, **kwargs):
+        y_bar = _checks.float_array(y_bar, "y_bar")
         return y_bar * derivative(x, **kwargs)
 
     return vjp

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import jax
 
+from jaxnets import _checks
 from jaxnets.layers import Layer, require_rule
 
 __all__ = ["vjp", "grad", "value_and_grad", "hand_gradients", "loss_gradient"]
@@ -40,6 +41,7 @@ def loss_gradient(loss: Callable, loss_grad: Callable | None = None) -> Callable
     y_bar)`` (every loss in :mod:`jaxnets.losses` has one; the convention of
     every hand rule: the forward's arguments, then the output's cotangent).
     """
+    _checks.callable_arg(loss, "loss", "loss(predictions, targets) -> scalar")
     if loss_grad is not None:
         if not callable(loss_grad):
             raise TypeError(f"loss_grad must be callable as loss_grad(predictions, targets), got {loss_grad!r}")
@@ -59,6 +61,11 @@ def vjp(model: Layer, params: Any, x: Any, *, state: Any = None, key: jax.Array 
     in reverse, from the tape recorded on the way forward.
     """
     model = _check_model(model)
+    train = _checks.boolean(train, "train")
+    if key is not None:
+        _checks.prng_key(key, "key")
+    for leaf in jax.tree_util.tree_leaves(x):
+        _checks.real_array(leaf, "x")
     state = {} if state is None else state
     y, new_state, tape = model.tape_forward(params, state, x, key=key, train=train)
 
@@ -71,6 +78,7 @@ def vjp(model: Layer, params: Any, x: Any, *, state: Any = None, key: jax.Array 
 def value_and_grad(model: Layer, loss: Callable, *, loss_grad: Callable | None = None, train: bool = True):
     """Like :func:`grad`, returning ``(loss value, grads)``."""
     model = _check_model(model)
+    train = _checks.boolean(train, "train")
     rule = loss_gradient(loss, loss_grad)
 
     def value_and_grad_fn(params, x, y, *, state=None, key=None):

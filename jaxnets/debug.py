@@ -23,6 +23,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from jaxnets import _checks
 from jaxnets.layers import Layer
 from jaxnets.layers.core import observing
 
@@ -97,6 +98,13 @@ def locate_nonfinite(model: Layer, params: Any, x: Any, y: Any = None, *, loss: 
         raise TypeError(f"model must be a jaxnets Layer, got {type(model).__name__}")
     if loss is not None and y is None:
         raise ValueError("loss needs the targets: pass y=...")
+    if loss is not None:
+        _checks.callable_arg(loss, "loss", "loss(outputs, targets) -> scalar")
+    train = _checks.boolean(train, "train")
+    if key is not None:
+        _checks.prng_key(key, "key")
+    for leaf in jax.tree_util.tree_leaves(x):
+        _checks.real_array(leaf, "x")
     state = {} if state is None else state
     labels: list[tuple[str, str]] = []
 

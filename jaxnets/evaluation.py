@@ -106,6 +106,13 @@ def objective_means(objective: Callable, batch_size: int, params, model_state, d
     return {k: v / n for k, v in total.items()}
 
 
+def _check_params(params: Any) -> None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not isinstance(leaf, (jax.Array, np.ndarray, jax.core.Tracer)):
+            raise TypeError(f"params must be a pytree of arrays (as the model's init returns), got {type(leaf).__name__} "
+                            f"{leaf!r:.40} at params{jax.tree_util.keystr(path)}")
+
+
 def predict(model: Layer, params: Any, x: Any, *, model_state: Any = None, batch_size: int = 1024,
             key: jax.Array | None = None) -> Any:
     """The model's outputs on ``x`` (an array or a pytree of arrays) in evaluation mode, in batches of ``batch_size``.
@@ -116,7 +123,10 @@ def predict(model: Layer, params: Any, x: Any, *, model_state: Any = None, batch
     model = _inputs.check_model(model)
     batch_size = _checks.positive_int(batch_size, "batch_size")
     for leaf in jax.tree_util.tree_leaves(x):
-        _checks.array_like(leaf, "x")
+        _checks.real_array(leaf, "x")
+    _check_params(params)
+    if key is not None:
+        _checks.prng_key(key, "key")
     _inputs.check_not_donated(params, "params")
     model_state = {} if model_state is None else model_state
     n = _inputs.leading(x)
@@ -175,6 +185,8 @@ def evaluate(
     if objective is None or model is not None:  # an objective needs no model
         model = _inputs.check_model(model)
     batch_size = _checks.positive_int(batch_size, "batch_size")
+    if key is not None:
+        _checks.prng_key(key, "key")
     _inputs.check_not_donated(params, "params")
     model_state = {} if model_state is None else model_state
     if (loss is None) == (objective is None):

@@ -23,11 +23,15 @@ GPU/TPU cannot decide its outcome.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+import numbers
+import re
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxnets import _checks
 
 __all__ = ["LeafReport", "GradReport", "check_grads", "assert_grads_close", "check_layer", "dtype_tolerance", "DEFAULT_TOLERANCES", "FD_RTOL", "FD_ATOL"]
 
@@ -81,6 +85,7 @@ class GradReport:
 
     leaves: list
     tolerances: dict
+    notes: tuple = ()  # why a column does not count, e.g. a layer that truncates its gradient by design
 
     @property
     def passed(self) -> bool:
@@ -132,7 +137,8 @@ class GradReport:
 
     def __str__(self) -> str:
         verdict = "all leaves passed" if self.passed else f"{sum(not leaf.passed for leaf in self.leaves)} leaves FAILED"
-        return f"GradReport: {verdict}\n{self.table()}"
+        notes = "".join(f"\nnote: {note}" for note in self.notes)
+        return f"GradReport: {verdict}\n{self.table()}{notes}"
 
 
 def _path(key_path) -> str:
@@ -230,6 +236,58 @@ def _finite_difference_projections(loss_fn, params, args, directions, max_full, 
     return out
 
 
+def _nothing(why: str) -> ValueError:
+    return ValueError(_checks.NOTHING_TO_CHECK.format(what="this gradient check", why=why))
+
+
+def _check_arguments(grad_fn, loss_fn, params, dtypes, finite_differences, tolerances, fd_rtol, fd_atol,
+                     directions, max_full, seed) -> tuple:
+    """Every argument of :func:`check_grads` checked before anything is traced; returns the dtype names and
+    the numbers as Python values. A check that would compare nothing is a ValueError, never a passing report."""
+    _checks.callable_arg(grad_fn, "grad_fn", "grad_fn(params, *args) -> grads")
+    _checks.callable_arg(loss_fn, "loss_fn", "loss_fn(params, *args) -> scalar")
+    finite_differences = _checks.boolean(finite_differences, "finite_differences")
+    if isinstance(dtypes, (str, bytes)) or not isinstance(dtypes, Sequence):
+        raise TypeError(f"dtypes must be a sequence of floating dtypes such as ('float32', 'float64'), got {dtypes!r}")
+    names = tuple(_checks.dtype_like(d, f"dtypes[{i}]", floating_only=True).name for i, d in enumerate(dtypes))
+    if not names and not finite_differences:
+        raise _nothing("dtypes=() and finite_differences=False leave no comparison; give dtypes=('float32', ...) "
+                       "or finite_differences=True")
+    sizes = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        where = f"params{jax.tree_util.keystr(path)}"
+        if isinstance(leaf, float):
+            sizes.append(1)
+            continue
+        if not isinstance(leaf, (jax.Array, np.ndarray)):
+            raise TypeError(f"{where} must be an array of floats, got {type(leaf).__name__}")
+        _checks.floating(leaf, where)
+        sizes.append(int(leaf.size))
+    if sum(sizes) == 0:
+        raise _nothing(f"params has no entries to differentiate ({len(sizes)} leaves, all empty)" if sizes
+                       else "params has no leaves")
+    fd_rtol = _checks.positive_float(fd_rtol, "fd_rtol")
+    fd_atol = _checks.positive_float(fd_atol, "fd_atol", allow_zero=True)
+    directions = _checks.positive_int(directions, "directions")
+    if isinstance(max_full, bool) or not isinstance(max_full, numbers.Integral) or max_full < 0:
+        raise (TypeError if not isinstance(max_full, numbers.Integral) or isinstance(max_full, bool) else ValueError)(
+            f"max_full must be an int >= 0 (leaves up to this size are checked entry by entry), got {max_full!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {seed!r} of type {type(seed).__name__}")
+    if tolerances is not None:
+        if not isinstance(tolerances, Mapping):
+            raise TypeError(f"tolerances must be a dict {{dtype name: (rtol, atol)}}, got {tolerances!r}")
+        checked = {}
+        for name, pair in tolerances.items():
+            dtype = _checks.dtype_like(name, f"tolerances key {name!r}", floating_only=True).name
+            if not isinstance(pair, Sequence) or isinstance(pair, str) or len(pair) != 2:
+                raise TypeError(f"tolerances[{name!r}] must be a pair (rtol, atol), got {pair!r}")
+            checked[dtype] = (_checks.positive_float(pair[0], f"tolerances[{name!r}] rtol", allow_zero=True),
+                              _checks.positive_float(pair[1], f"tolerances[{name!r}] atol", allow_zero=True))
+        tolerances = checked
+    return names, finite_differences, tolerances, fd_rtol, fd_atol, directions, int(max_full), int(seed)
+
+
 def check_grads(
     grad_fn: Callable,
     loss_fn: Callable,
@@ -267,8 +325,15 @@ def check_grads(
       structure or shapes gets failing rows naming the leaf, not an exception.
 
     Raises:
-      ValueError: if ``loss_fn`` does not return a scalar.
+      TypeError: an argument of the wrong type: a ``grad_fn`` or ``loss_fn``
+        that is not callable, params leaves that are not float arrays
+        (integer, bool, complex), a dtype that is not a floating dtype.
+      ValueError: ``loss_fn`` does not return a scalar; a negative or zero
+        tolerance or count; a check that would compare nothing (no dtypes
+        and no finite differences, params without entries).
     """
+    dtypes, finite_differences, tolerances, fd_rtol, fd_atol, directions, max_full, seed = _check_arguments(
+        grad_fn, loss_fn, params, dtypes, finite_differences, tolerances, fd_rtol, fd_atol, directions, max_full, seed)
     reduction = max([int(np.size(a)) for a in jax.tree_util.tree_leaves((params, args))] or [1])
     derived = {d: dtype_tolerance(d, reduction) for d in dtypes if d in LOW_PRECISION}
     tolerances = {**DEFAULT_TOLERANCES, **derived, **(tolerances or {})}
@@ -348,16 +413,63 @@ def _random_input(key, shape_or_x, integer_input: bool):
     if isinstance(shape_or_x, (tuple, list)) and shape_or_x and all(isinstance(s, (tuple, list)) for s in shape_or_x):
         return tuple(_random_input(k, s, integer_input) for k, s in zip(jax.random.split(key, len(shape_or_x)), shape_or_x))
     if isinstance(shape_or_x, (tuple, list)) and all(isinstance(d, (int, np.integer)) for d in shape_or_x):
-        if any(d < 1 for d in shape_or_x):
-            raise ValueError(f"x must be an array or a concrete input shape (no -1), got {tuple(shape_or_x)}")
+        if not shape_or_x or any(d < 1 for d in shape_or_x):
+            raise ValueError(f"x must be an array or a concrete input shape of positive sizes (no -1, no 0), "
+                             f"got {tuple(shape_or_x)}")
         if integer_input:
             return jax.random.randint(key, tuple(shape_or_x), 0, 8)
         return jax.random.normal(key, tuple(shape_or_x))
     return shape_or_x
 
 
+_TRUNCATE = re.compile(r"\btruncate=\d+")
+
+
+def _truncating(layer: Any, path: str = "") -> list[str]:
+    """``"path: spec"`` of every layer in ``layer`` (itself or a child) whose rule truncates its gradient by
+    design (a recurrent layer built with ``truncate=k``: backpropagation through time cut every k steps)."""
+    found = [f"{path or layer.name}: {layer.spec}"] if _TRUNCATE.search(layer.spec) and not layer.children else []
+    for name, child in layer.children:
+        found += _truncating(child, f"{path}/{name}" if path else name)
+    return found
+
+
+def _finite_differences_not_counted(report: GradReport, note: str) -> GradReport:
+    """The same report, its verdict taken from the jax.grad columns only, with ``note`` saying why."""
+    leaves = []
+    for leaf in report.leaves:
+        ok = not leaf.problem
+        for column, (abs_err, rel_err) in leaf.errors.items():
+            if "finite" in column:
+                continue
+            rtol, atol = report.tolerances.get(column, (FD_RTOL, 0.0))
+            ok = ok and bool(np.isfinite(rel_err)) and (rel_err <= rtol or abs_err <= atol)
+        leaves.append(dataclasses.replace(leaf, passed=bool(ok)))
+    return GradReport(leaves, report.tolerances, report.notes + (note,))
+
+
+def _is_shape(x: Any) -> bool:
+    return isinstance(x, (tuple, list)) and all(isinstance(d, (int, np.integer)) for d in x)
+
+
+def _check_input(x: Any, integer_input: bool) -> None:
+    """An input array, a tuple of them, a shape or a tuple of shapes; arrays not empty, float unless
+    ``integer_input`` (ids). Shapes are checked by :func:`_random_input`."""
+    if _is_shape(x) or (isinstance(x, (tuple, list)) and x and all(_is_shape(s) for s in x)):
+        return
+    for item in jax.tree_util.tree_leaves(tuple(x) if isinstance(x, (tuple, list)) else x):
+        if not isinstance(item, (jax.Array, np.ndarray)):
+            raise TypeError(f"x must be an array, a tuple of arrays, or a concrete input shape, got {type(item).__name__}")
+        if integer_input:
+            _checks.integer(item, "x")
+        else:
+            _checks.floating(item, "x")
+        if item.size == 0:
+            raise ValueError(f"x must not be empty (the check needs at least one example), got shape {tuple(item.shape)}")
+
+
 def check_layer(layer: Any, x: Any, *, key: jax.Array | None = None, train: bool = True,
-                integer_input: bool = False, **kwargs: Any) -> GradReport:
+                integer_input: bool = False, truncated: bool | None = None, **kwargs: Any) -> GradReport:
     """Check one layer's hand-derived rule: its params and input cotangents against
     ``jax.grad`` (float32, float64) and finite differences (float64), per leaf.
 
@@ -374,6 +486,13 @@ def check_layer(layer: Any, x: Any, *, key: jax.Array | None = None, train: bool
       key: for init, the input, ``r`` and the layer's randomness; default ``key(0)``.
       train: the mode to check (Dropout draws the same mask in both passes).
       integer_input: the input is integer ids (no input cotangent is checked).
+      truncated: whether the layer's rule is a truncated gradient by design
+        (``LSTM(..., truncate=k)``: the rule and ``jax.grad`` both cut
+        backpropagation through time every k steps, finite differences of
+        the loss see the whole derivative and cannot agree). ``None``
+        (default) finds such layers by their ``truncate=`` option. When
+        truncated, the finite-difference columns are still shown but do not
+        count toward the verdict, and the report's notes say so and why.
       **kwargs: passed to :func:`check_grads` (``dtypes``, ``tolerances``, ...).
 
     Returns:
@@ -389,7 +508,17 @@ def check_layer(layer: Any, x: Any, *, key: jax.Array | None = None, train: bool
     if not isinstance(layer, Layer):
         raise TypeError(f"layer must be a jaxnets Layer, got {type(layer).__name__}")
     require_rule(layer)
-    key = jax.random.key(0) if key is None else key
+    train = _checks.boolean(train, "train")
+    integer_input = _checks.boolean(integer_input, "integer_input")
+    cut = _truncating(layer)
+    if truncated is not None:
+        truncated = _checks.boolean(truncated, "truncated")
+    elif cut:
+        truncated = True
+    if isinstance(x, (str, bytes)) or not isinstance(x, (tuple, list, jax.Array, np.ndarray)):
+        raise TypeError(f"x must be an array, a tuple of arrays, or a concrete input shape, got {type(x).__name__} {x!r:.60}")
+    _check_input(x, integer_input)
+    key = jax.random.key(0) if key is None else _checks.prng_key(key, "key")
     k_init, k_x, k_r, k_apply = jax.random.split(key, 4)
     x = _random_input(k_x, x, integer_input)
     shapes = jax.tree_util.tree_map(lambda a: tuple(a.shape), x)
@@ -410,4 +539,14 @@ def check_layer(layer: Any, x: Any, *, key: jax.Array | None = None, train: bool
         p_bar, x_bar = layer.backward(pt["params"], state, inputs, r, key=k_apply, train=train)
         return {"params": p_bar} if integer_input else {"params": p_bar, "x": x_bar}
 
-    return check_grads(hand, loss, point, r, state, **kwargs)
+    if truncated and not tuple(kwargs.get("dtypes", ("float32", "float64"))):
+        raise _nothing("a truncated rule is compared with jax.grad only (finite differences see the untruncated "
+                       "derivative), and dtypes=() leaves no such comparison")
+    report = check_grads(hand, loss, point, r, state, **kwargs)
+    if truncated:
+        which = "; ".join(cut) if cut else "the caller marked it truncated=True"
+        report = _finite_differences_not_counted(report, (
+            f"the rule truncates the gradient by design ({which}): it and jax.grad cut backpropagation through time, "
+            "finite differences of the loss see the untruncated derivative, so the finite-difference columns do not "
+            "count toward the verdict (check the untruncated layer against them)"))
+    return report

@@ -33,6 +33,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnets import _checks
 
@@ -53,11 +54,23 @@ __all__ = [
     "orthogonal",
 ]
 
+def _shape(shape) -> tuple[int, ...]:
+    """A concrete array shape: a tuple (or list) of ints >= 0 (an int alone is one axis)."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
+        shape = (shape,)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)) or any(
+            isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+        raise TypeError(f"shape must be a tuple of ints >= 0 (a concrete array shape, no -1), got {shape!r}")
+    return tuple(int(d) for d in shape)
+
+
 def _keyed(init: Initializer) -> Initializer:
-    """``init`` with its key checked first: an int seed gets jaxnets' TypeError, not JAX's PRNG message."""
+    """``init`` with its arguments checked first: an int seed gets jaxnets' TypeError, not JAX's PRNG message;
+    a shape that is no shape and a dtype that is not a floating dtype get theirs."""
 
     def checked(key, shape, dtype=jnp.float32):
-        return init(_checks.prng_key(key, "key"), shape, dtype)
+        key = _checks.prng_key(key, "key")
+        return init(key, _shape(shape), _checks.dtype_like(dtype, "dtype", floating_only=True))
 
     checked.__name__ = getattr(init, "__name__", "initializer")
     checked.__doc__ = init.__doc__
@@ -118,12 +131,13 @@ def orthogonal(scale: float = 1.0) -> Initializer:
 
 
 def zeros(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
-    """All zeros (the default for biases). Takes a key only to share the contract (it is checked all the same)."""
+    """All zeros (the default for biases). Takes a key only to share the contract (it is checked all the same).
+    Any numeric dtype (an integer counter is all zeros too)."""
     _checks.prng_key(key, "key")
-    return jnp.zeros(shape, dtype)
+    return jnp.zeros(_shape(shape), _checks.dtype_like(dtype, "dtype"))
 
 
 def ones(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
     """All ones (the default for normalisation scales)."""
     _checks.prng_key(key, "key")
-    return jnp.ones(shape, dtype)
+    return jnp.ones(_shape(shape), _checks.dtype_like(dtype, "dtype"))

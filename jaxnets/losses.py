@@ -6,7 +6,11 @@ single examples with a leading axis of 1, or use the optax functions the
 tests compare against (``optax.softmax_cross_entropy`` and friends), which
 return per-example values.
 
-Label values are checked when they are concrete (called outside ``jit``);
+Predictions (logits, scores) must be real floating arrays and targets real
+(a complex, bool or integer prediction, or a complex target, raises a
+``TypeError`` naming it); an empty batch raises a ``ValueError`` (the mean
+over no elements would be NaN). These read shapes and dtypes only, so they
+run under ``jit`` too, at trace time. Label values are checked when they are concrete (called outside ``jit``);
 ``fit`` and ``evaluate`` check every data set before tracing.
 
 Each loss's hand-derived gradient with respect to its predictions sits
@@ -45,10 +49,14 @@ __all__ = [
 
 
 def _same_shape(a, b, a_name: str, b_name: str) -> None:
+    """Both arrays, of one shape, not empty; ``a`` (the predictions) real floating, ``b`` (the targets) real."""
     _checks.array_like(a, a_name)
     _checks.array_like(b, b_name)
+    _checks.floating(a, a_name)
+    _checks.real_array(b, b_name)
     if a.shape != b.shape:
         raise ValueError(f"{a_name} and {b_name} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    _checks.not_empty(a, a_name)
 
 
 def _logits_and_labels(logits, labels) -> None:
@@ -61,6 +69,7 @@ def _logits_and_labels(logits, labels) -> None:
             f"labels must have the shape of logits without the class axis: logits {tuple(logits.shape)} "
             f"needs labels {tuple(logits.shape[:-1])}, got {tuple(labels.shape)}"
         )
+    _checks.not_empty(logits, "logits")
     _checks.labels_in_range(labels, logits.shape[-1])
 
 
@@ -82,6 +91,11 @@ def mean_squared_error_grad(predictions: jax.Array, targets: jax.Array) -> jax.A
 mean_squared_error.grad = mean_squared_error_grad
 
 
+def _class_axis(logits) -> None:
+    if logits.ndim < 1:
+        raise ValueError(f"logits must have a class axis (the last), got a scalar of shape {tuple(logits.shape)}")
+
+
 def softmax_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Cross-entropy of ``softmax(logits)`` against target distributions.
 
@@ -92,7 +106,7 @@ def softmax_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
       targets: same shape; one-hot rows or probability rows ``t``.
     """
     _same_shape(logits, targets, "logits", "targets")
-    _checks.floating(logits, "logits")
+    _class_axis(logits)
     return -jnp.mean(jnp.sum(targets * log_softmax(logits), axis=-1))
 
 
@@ -103,7 +117,7 @@ def softmax_cross_entropy_grad(logits: jax.Array, targets: jax.Array) -> jax.Arr
     ``B`` is the number of rows (the product of the leading axes).
     """
     _same_shape(logits, targets, "logits", "targets")
-    _checks.floating(logits, "logits")
+    _class_axis(logits)
     rows = logits.size // logits.shape[-1]
     return (softmax(logits) * jnp.sum(targets, axis=-1, keepdims=True) - targets) / rows
 
@@ -157,7 +171,6 @@ def binary_cross_entropy_with_logits(logits: jax.Array, targets: jax.Array) -> j
         cross-entropy (it is unbounded below for such targets).
     """
     _same_shape(logits, targets, "logits", "targets")
-    _checks.floating(logits, "logits")
     _checks.values_in_interval(targets, 0.0, 1.0, "targets")
     return jnp.mean(softplus(logits) - targets * logits)
 
@@ -165,7 +178,6 @@ def binary_cross_entropy_with_logits(logits: jax.Array, targets: jax.Array) -> j
 def binary_cross_entropy_with_logits_grad(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """``dL/dz = (sigmoid(z) - t) / N``, since ``softplus' = sigmoid``."""
     _same_shape(logits, targets, "logits", "targets")
-    _checks.floating(logits, "logits")
     _checks.values_in_interval(targets, 0.0, 1.0, "targets")
     return (sigmoid(logits) - targets) / logits.size
 

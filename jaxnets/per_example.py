@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnets import _checks
 from jaxnets.layers import Layer
@@ -72,9 +73,14 @@ def grads(
         raise TypeError(f"model must be a jaxnets Layer, got {type(model).__name__}")
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(outputs, targets), got {loss!r}")
-    x, y = _checks.array_like(x, "x"), _checks.array_like(y, "y")
+    x, y = _checks.real_array(x, "x"), _checks.real_array(y, "y")
     if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must have the same number of examples, got x {tuple(x.shape)} and y {tuple(y.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one example, got shape {tuple(x.shape)}")
+    train = _checks.boolean(train, "train")
+    if key is not None:
+        _checks.prng_key(key, "key")
     model_state = {} if model_state is None else model_state
     if train and jax.tree_util.tree_leaves(model_state):
         raise ValueError("per-example gradients in training mode need a model without state; BatchNorm would "
@@ -101,9 +107,16 @@ def norms(per_example_grads: Any) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(per_example_grads)
     if not leaves:
         raise ValueError("per_example_grads has no leaves")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(per_example_grads):
+        where = f"per_example_grads{jax.tree_util.keystr(path)}"
+        if not isinstance(leaf, (jax.Array, np.ndarray, jax.core.Tracer)):
+            raise TypeError(f"{where} must be an array with a leading example axis, got {type(leaf).__name__}")
+        _checks.floating(leaf, where)
     sizes = {leaf.shape[0] if jnp.ndim(leaf) else None for leaf in leaves}
     if len(sizes) != 1 or None in sizes:
         raise ValueError(f"every leaf of per_example_grads needs the same leading (example) axis, got sizes {sorted(map(str, sizes))}")
+    if sizes == {0}:
+        raise ValueError("per_example_grads must hold at least one example, got leaves with a leading axis of 0")
     squares = [jnp.sum(jnp.square(leaf).reshape(leaf.shape[0], -1), axis=1) for leaf in leaves]
     return jnp.sqrt(sum(squares))
 
@@ -130,10 +143,18 @@ def clip(per_example_grads: Any, max_norm: float) -> Any:
 
 def _per_example(objective: Callable, params: Any, batch: Any, key: jax.Array, model_state: Any):
     """Per-example ``(losses (B,), aux means, grads with leaves (B, ...))`` of an objective, each example a batch of one."""
+    _checks.callable_arg(objective, "objective", "objective(params, batch, key, model_state) -> (loss, aux)")
+    _checks.prng_key(key, "key")
     if jax.tree_util.tree_leaves(model_state):
         raise ValueError("per-example gradients need a model without state; BatchNorm would normalise each example "
                          "by its own statistics (use LayerNorm)")
-    n = jax.tree_util.tree_leaves(batch)[0].shape[0]
+    leaves = jax.tree_util.tree_leaves(batch)
+    for leaf in leaves:
+        if not isinstance(leaf, (jax.Array, np.ndarray, jax.core.Tracer)) or np.ndim(leaf) < 1:
+            raise TypeError(f"batch must be a pytree of arrays with a leading example axis, got a leaf {leaf!r:.60}")
+    if not leaves or leaves[0].shape[0] == 0:
+        raise ValueError(f"batch must hold at least one example, got {'no arrays' if not leaves else f'shape {tuple(leaves[0].shape)}'}")
+    n = leaves[0].shape[0]
     keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(n))
 
     def one(example, k):

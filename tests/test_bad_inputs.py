@@ -74,8 +74,8 @@ def _optimizer_cases(name: str) -> list[Case]:
         Case("lr string", lambda: make("fast"), TypeError, r"learning_rate must be a scalar number, got 'fast'", "learning_rate"),
         Case("lr bool", lambda: make(True), TypeError, r"learning_rate must be a scalar number, got True", "learning_rate"),
         Case("negative array lr", lambda: make(jnp.asarray(-0.1)), ValueError, r"learning_rate must be finite and >= 0, got -0.1\b", "learning_rate"),
-        Case("nan array lr in a population", lambda: make(np.array([0.1, np.nan])), ValueError,
-             r"learning_rate must be finite and >= 0, got nan at index 1", "learning_rate"),
+        Case("nan 0-d array lr (inject_hyperparams)", lambda: make(np.array(np.nan)), ValueError,
+             r"learning_rate must be finite and >= 0, got nan", "learning_rate"),
         Case("grad (4,) on param (4, 4)", lambda: _update(make(1e-3), {"w": jnp.ones(4)}), ValueError,
              r"grads\['w'\] must have the shape of the .*\['w'\], \(4, 4\), got \(4,\) \(gradients are not broadcast\)", "grads"),
         Case("grads of another structure", lambda: _update(make(1e-3), {"v": jnp.ones((4, 4))}), ValueError,
@@ -99,8 +99,8 @@ for _name in optim.OPTIMIZERS:
             f"jaxnets.optim.{_name}",
             Case(f"{_arg}=1.5", lambda n=_name, a=_arg: getattr(optim, n)(1e-3, **{a: 1.5}), ValueError, rf"{_arg} must be in \[0, 1\), got 1.5", _arg),
             Case(f"{_arg}=1.0", lambda n=_name, a=_arg: getattr(optim, n)(1e-3, **{a: 1.0}), ValueError, rf"{_arg} must be in \[0, 1\), got 1.0", _arg),
-            Case(f"{_arg} array out of range", lambda n=_name, a=_arg: getattr(optim, n)(1e-3, **{a: jnp.asarray([0.9, 1.5, 0.5])}),
-                 ValueError, rf"{_arg} must be in \[0, 1\), got 1.5 at index 1", _arg),
+            Case(f"{_arg} 0-d array out of range", lambda n=_name, a=_arg: getattr(optim, n)(1e-3, **{a: jnp.asarray(1.5)}),
+                 ValueError, rf"{_arg} must be in \[0, 1\), got 1.5\b", _arg),
         )
     for _arg in _NONNEGATIVE[_name]:
         cases(
@@ -157,10 +157,6 @@ cases(
 
 X = jnp.linspace(-2.0, 2.0, 6).reshape(2, 3)
 A = activations
-
-for _name in ("relu", "sigmoid", "tanh", "softplus", "silu", "identity"):
-    for _suffix in ("", "_grad"):
-        EXEMPT[f"jaxnets.activations.{_name}{_suffix}"] = "elementwise with the array as its only argument: any array or scalar is valid input"
 
 for _fn in ("leaky_relu", "leaky_relu_grad"):
     cases(f"jaxnets.activations.{_fn}",
@@ -296,6 +292,25 @@ cases("jaxnets._checks.prng_key",
 cases("jaxnets._checks.real_number",
       Case("a string", lambda: C.real_number("0.1", "alpha"), TypeError, r"alpha must be a real number, got '0.1' of type str", "alpha"),
       Case("a vector", lambda: C.real_number(jnp.ones(2), "alpha"), TypeError, r"alpha must be a real number, got .* of type", "alpha"))
+cases("jaxnets._checks.boolean",
+      Case("a string", lambda: C.boolean("yes", "nesterov"), TypeError, r"nesterov must be True or False, got 'yes' of type str", "nesterov"),
+      Case("an int", lambda: C.boolean(1, "train"), TypeError, r"train must be True or False, got 1 of type int", "train"))
+cases("jaxnets._checks.float_array",
+      Case("complex", lambda: C.float_array(jnp.ones(2, jnp.complex64), "x"), TypeError, r"x must have a floating dtype, got complex64", "x"),
+      Case("a Python bool", lambda: C.float_array(True, "x"), TypeError, r"x must be an array of floats, got bool True", "x"),
+      Case("a scalar when scalars are refused", lambda: C.float_array(1.0, "x", scalars=False), TypeError, r"x must be an array of floats, got float", "x"))
+cases("jaxnets._checks.real_array",
+      Case("complex", lambda: C.real_array(np.ones(2, np.complex128), "targets"), TypeError, r"targets must hold real numbers, got dtype complex128", "targets"))
+cases("jaxnets._checks.not_empty",
+      Case("no rows", lambda: C.not_empty(jnp.ones((0, 3)), "predictions"), ValueError,
+           r"predictions must hold at least one element, got shape \(0, 3\) \(a mean over no elements is NaN\)", "predictions"))
+cases("jaxnets._checks.dtype_like",
+      Case("no dtype", lambda: C.dtype_like("fast", "mu_dtype"), TypeError, r"mu_dtype must be a dtype such as jnp.float32 or 'float32', got 'fast'", "mu_dtype"),
+      Case("None", lambda: C.dtype_like(None, "dtype"), TypeError, r"dtype must be a dtype such as jnp.float32 or 'float32', got None", "dtype"),
+      Case("an integer dtype where floats are needed", lambda: C.dtype_like("int8", "dtype", floating_only=True), TypeError,
+           r"dtype must be a floating dtype \(float16, bfloat16, float32, float64\), got int8", "dtype"))
+cases("jaxnets._checks.callable_arg",
+      Case("a string", lambda: C.callable_arg("mse", "loss", "loss(outputs, targets)"), TypeError, r"loss must be callable as loss\(outputs, targets\), got 'mse'", "loss"))
 cases("jaxnets._checks.axis_index",
       Case("out of range", lambda: C.axis_index(3, 2), ValueError, r"axis must be in \[-2, 2\) for an array of 2 dimensions, got 3", "axis"),
       Case("a string", lambda: C.axis_index("last", 2, "dim"), TypeError, r"dim must be an int, got 'last' of type str", "dim"))
@@ -556,7 +571,7 @@ cases("jaxnets.layers.Elu", Case("zero alpha", lambda: L.Elu(0.0), ValueError, r
 cases("jaxnets.gradcheck.check_layer",
       Case("not a layer", lambda: gradcheck.check_layer(3, (2, 4)), TypeError, r"layer must be a jaxnets Layer, got int", "layer"),
       Case("a shape with -1", lambda: gradcheck.check_layer(L.Dense(3), (-1, 4)), ValueError,
-           r"x must be an array or a concrete input shape \(no -1\), got \(-1, 4\)", "x"),
+           r"x must be an array or a concrete input shape of positive sizes \(no -1, no 0\), got \(-1, 4\)", "x"),
       Case("a layer without a rule", lambda: gradcheck.check_layer(L.Elementwise(jnp.sin, "sin"), (2, 4)), ValueError,
            r"Sin\(\) has no hand-derived backward rule", "backward"))
 cases("jaxnets.gradcheck.dtype_tolerance",
@@ -740,6 +755,214 @@ def _with_env(env: dict, call: Callable):
 
 
 # ---------------------------------------------------------------------------
+# By class (issue 21): each class of bad input, over every public name it applies to
+# ---------------------------------------------------------------------------
+
+_ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "sigmoid", "tanh", "softplus", "silu", "identity", "softmax", "log_softmax")
+_ACTIVATION_FNS = [f for n in _ACTIVATIONS for f in (n, f"{n}_grad" if n not in ("softmax", "log_softmax") else f"{n}_vjp")]
+
+
+def _activation(fn: str, x: Any, y_bar: Any = None):
+    f = getattr(A, fn)
+    return f(x, X if y_bar is None else y_bar) if fn.endswith("_vjp") else f(x)
+
+
+# complex, bool and integer inputs where real floats are needed; anything that is no array
+for _fn in _ACTIVATION_FNS:
+    cases(f"jaxnets.activations.{_fn}",
+          Case("complex x", lambda f=_fn: _activation(f, X.astype(jnp.complex64)), TypeError, r"x must have a floating dtype, got complex64", "x"),
+          Case("bool x", lambda f=_fn: _activation(f, X > 0), TypeError, r"x must have a floating dtype, got bool", "x"),
+          Case("int x", lambda f=_fn: _activation(f, jnp.ones((2, 3), jnp.int32)), TypeError, r"x must have a floating dtype, got int32", "x"),
+          Case("a string", lambda f=_fn: _activation(f, "abc"), TypeError, r"x must be an array of floats, got str 'abc'", "x"),
+          Case("a list", lambda f=_fn: _activation(f, [1.0, 2.0]), TypeError, r"x must be an array of floats, got list", "x"))
+for _fn in ("softmax_vjp", "log_softmax_vjp"):
+    cases(f"jaxnets.activations.{_fn}",
+          Case("complex y_bar", lambda f=_fn: _activation(f, X, X.astype(jnp.complex64)), TypeError, r"y_bar must have a floating dtype, got complex64", "y_bar"))
+# axes: ints in range for the input's rank, nothing else
+for _fn in ("softmax", "log_softmax", "softmax_vjp", "log_softmax_vjp"):
+    _call = (lambda f, axis: getattr(A, f)(X, X, axis=axis)) if _fn.endswith("_vjp") else (lambda f, axis: getattr(A, f)(X, axis=axis))
+    cases(f"jaxnets.activations.{_fn}",
+          Case("axis a list", lambda f=_fn, c=_call: c(f, [1]), TypeError, r"axis must be an int, got \[1\] of type list", "axis"),
+          Case("axis a bool", lambda f=_fn, c=_call: c(f, True), TypeError, r"axis must be an int, got True of type bool", "axis"),
+          Case("axis None", lambda f=_fn, c=_call: c(f, None), TypeError, r"axis must be an int, got None", "axis"),
+          Case("axis too negative", lambda f=_fn, c=_call: c(f, -3), ValueError, r"axis must be in \[-2, 2\) for an array of 2 dimensions, got -3", "axis"))
+
+# losses: complex/bool/int predictions, complex targets, empty batches (the mean would be NaN)
+_PAIRED = {"mean_squared_error": ("predictions", "targets"), "softmax_cross_entropy": ("logits", "targets"),
+           "binary_cross_entropy_with_logits": ("logits", "targets"), "huber": ("predictions", "targets"), "hinge": ("scores", "targets")}
+for _loss, (_p, _t) in _PAIRED.items():
+    _targets = jnp.ones((4, 3)) if _loss == "hinge" else jnp.full((4, 3), 0.25)
+    for _fn in (_loss, f"{_loss}_grad"):
+        cases(f"jaxnets.losses.{_fn}",
+              Case(f"complex {_p}", lambda f=_fn, t=_targets: getattr(Lo, f)(Z.astype(jnp.complex64), t), TypeError,
+                   rf"{_p} must have a floating dtype, got complex64", _p),
+              Case(f"bool {_p}", lambda f=_fn, t=_targets: getattr(Lo, f)(Z > 0, t), TypeError, rf"{_p} must have a floating dtype, got bool", _p),
+              Case(f"int {_p}", lambda f=_fn, t=_targets: getattr(Lo, f)(Z.astype(jnp.int32), t), TypeError, rf"{_p} must have a floating dtype, got int32", _p),
+              Case("complex targets", lambda f=_fn, t=_targets: getattr(Lo, f)(Z, t.astype(jnp.complex64)), TypeError,
+                   r"targets must hold real numbers, got dtype complex64", "targets"),
+              Case("an empty batch", lambda f=_fn: getattr(Lo, f)(jnp.zeros((0, 3)), jnp.zeros((0, 3))), ValueError,
+                   rf"{_p} must hold at least one element, got shape \(0, 3\) \(a mean over no elements is NaN\)", _p))
+for _fn in ("softmax_cross_entropy", "softmax_cross_entropy_grad"):
+    cases(f"jaxnets.losses.{_fn}",
+          Case("no class axis", lambda f=_fn: getattr(Lo, f)(jnp.zeros(()), jnp.zeros(())), ValueError, r"logits must have a class axis", "logits"))
+for _fn in ("softmax_cross_entropy_with_integer_labels", "softmax_cross_entropy_with_integer_labels_grad", "accuracy"):
+    cases(f"jaxnets.losses.{_fn}",
+          Case("complex logits", lambda f=_fn: getattr(Lo, f)(Z.astype(jnp.complex64), Y), TypeError, r"logits must have a floating dtype, got complex64", "logits"),
+          Case("bool labels", lambda f=_fn: getattr(Lo, f)(Z, Y > 0), TypeError, r"labels must have an integer dtype, got bool", "labels"),
+          Case("an empty batch", lambda f=_fn: getattr(Lo, f)(jnp.zeros((0, 3)), jnp.zeros((0,), jnp.int32)), ValueError,
+               r"logits must hold at least one element, got shape \(0, 3\)", "logits"),
+          Case("no classes", lambda f=_fn: getattr(Lo, f)(jnp.zeros((4, 0)), Y), ValueError, r"logits must hold at least one element, got shape \(4, 0\)", "logits"))
+
+# optimizers: array hyperparameters (any but 0-d), switches that are no bools, integer/bool gradients, moment dtypes
+_HYPERPARAMETERS = {"sgd": ["learning_rate", "momentum"], "adagrad": ["learning_rate", "initial_accumulator_value", "eps"],
+                    "rmsprop": ["learning_rate", "decay", "eps", "initial_scale", "momentum"],
+                    "adam": ["learning_rate", "b1", "b2", "eps", "eps_root"], "adamw": ["learning_rate", "b1", "b2", "eps", "eps_root", "weight_decay"],
+                    "nadam": ["learning_rate", "b1", "b2", "eps", "eps_root"], "adamax": ["learning_rate", "b1", "b2", "eps"],
+                    "amsgrad": ["learning_rate", "b1", "b2", "eps", "eps_root"], "lion": ["learning_rate", "b1", "b2", "weight_decay"]}
+_FLAGS = {"sgd": ["nesterov"], "rmsprop": ["eps_in_sqrt", "centered", "nesterov", "bias_correction"], "adam": ["nesterov"],
+          "adamw": ["nesterov"], "nadam": ["nesterov"], "amsgrad": ["bias_correction_mu", "bias_correction_nu"], "adagrad": [], "adamax": [], "lion": []}
+
+
+def _with(name: str, **kwargs):
+    kwargs.setdefault("learning_rate", 1e-3)
+    return getattr(optim, name)(**kwargs)
+
+
+for _name in optim.OPTIMIZERS:
+    assert set(_HYPERPARAMETERS[_name]) >= set(_DECAYS[_name]) | set(_NONNEGATIVE[_name]), _name
+    for _arg in _HYPERPARAMETERS[_name]:
+        cases(f"jaxnets.optim.{_name}",
+              Case(f"{_arg} a vector", lambda n=_name, a=_arg: _with(n, **{a: jnp.asarray([0.5, 0.1])}), ValueError,
+                   rf"{_arg} must be a scalar \(a number, a 0-d array or a schedule\), got an array of shape \(2,\)", _arg),
+              Case(f"{_arg} complex", lambda n=_name, a=_arg: _with(n, **{a: 0.1 + 0j}), TypeError, rf"{_arg} must be a scalar number, got \(0.1\+0j\)", _arg),
+              Case(f"{_arg} a complex array", lambda n=_name, a=_arg: _with(n, **{a: jnp.asarray(0.1 + 0j)}), TypeError,
+                   rf"{_arg} must be a real number, got an array of dtype complex64", _arg),
+              Case(f"{_arg} NaN", lambda n=_name, a=_arg: _with(n, **{a: float("nan")}), ValueError, rf"{_arg} must .*, got nan", _arg))
+    for _arg in _FLAGS[_name]:
+        cases(f"jaxnets.optim.{_name}",
+              Case(f"{_arg} a string", lambda n=_name, a=_arg: _with(n, **{a: "yes"}), TypeError, rf"{_arg} must be True or False, got 'yes'", _arg),
+              Case(f"{_arg} None", lambda n=_name, a=_arg: _with(n, **{a: None}), TypeError, rf"{_arg} must be True or False, got None", _arg))
+    cases(f"jaxnets.optim.{_name}",
+          Case("integer grads", lambda n=_name: _update(_with(n), {"w": jnp.ones((4, 4), jnp.int32)}), TypeError,
+               r"grads\['w'\] must have a floating \(or complex\) dtype, got int32", "grads"),
+          Case("bool grads", lambda n=_name: _update(_with(n), {"w": jnp.ones((4, 4), bool)}), TypeError,
+               r"grads\['w'\] must have a floating \(or complex\) dtype, got bool", "grads"),
+          Case("string grads", lambda n=_name: _update(_with(n), {"w": "abc"}), TypeError, r"grads\['w'\] must be an array, got str", "grads"),
+          Case("a schedule of vectors", lambda n=_name: _update(_with(n, learning_rate=lambda count: jnp.full(2, 0.1)), P44), ValueError,
+               r"learning_rate schedule must return a scalar, got shape \(2,\)", "learning_rate"),
+          Case("a schedule gone negative", lambda n=_name: _update(_with(n, learning_rate=lambda count: jnp.asarray(-0.1)), P44), ValueError,
+               r"learning_rate schedule must return finite values >= 0, got -0.1", "learning_rate"))
+for _name, _arg in (("adam", "mu_dtype"), ("adamw", "mu_dtype"), ("nadam", "mu_dtype"), ("amsgrad", "mu_dtype"), ("lion", "mu_dtype"),
+                    ("sgd", "accumulator_dtype")):
+    cases(f"jaxnets.optim.{_name}",
+          Case(f"{_arg} int32", lambda n=_name, a=_arg: _with(n, **{a: "int32"}, **({"momentum": 0.9} if n == "sgd" else {})), TypeError,
+               rf"{_arg} must be a floating \(or complex, for complex params\) dtype or None, got int32", _arg))
+for _name in ("adamw", "lion"):
+    cases(f"jaxnets.optim.{_name}",
+          Case("a mask of strings", lambda n=_name: _with(n, mask={"w": "yes"}).init(P44), TypeError,
+               r"mask must be None, a callable params -> tree of bools, .*got str 'yes' at mask\['w'\]", "mask"),
+          Case("params of another structure", lambda n=_name: _with(n).update(P44, _with(n).init(P44), {"v": jnp.ones((4, 4))}), ValueError,
+               r"params must have the structure of grads", "params"),
+          Case("a weight decay schedule gone negative", lambda n=_name: _update(_with(n, weight_decay=lambda count: jnp.asarray(-1e-3)), P44),
+               ValueError, r"weight_decay schedule must return finite values >= 0, got -0.001", "weight_decay"))
+cases("jaxnets.optim.compare",
+      Case("grad_fn not callable", lambda: optim.compare(optim.sgd(0.1), optim.sgd(0.1), _problem().params, "grad"), TypeError,
+           r"grad_fn must be callable as grad_fn\(params, step\) -> grads, got 'grad'", "grad_fn"))
+cases("jaxnets.optim.quadratic_problem",
+      Case("an integer dtype", lambda: optim.quadratic_problem(3, dtype=jnp.int32), TypeError, r"dtype must be a floating dtype .*got int32", "dtype"),
+      Case("a seed array", lambda: optim.quadratic_problem(3, seed=jnp.arange(2)), TypeError, r"seed must be an int, got", "seed"))
+cases("jaxnets.optim.rosenbrock_problem",
+      Case("an unknown dtype", lambda: optim.rosenbrock_problem(dtype="fast"), TypeError, r"dtype must be a dtype such as jnp.float32 or 'float32', got 'fast'", "dtype"))
+
+# checks that would check nothing, and gradcheck's other arguments
+_GC = dict(dtypes=("float32",), finite_differences=False)
+
+
+def _gc(**kwargs):
+    params = kwargs.pop("params", {"w": jnp.ones(3)})
+    return gradcheck.check_grads(lambda p: jax.grad(lambda q: jnp.sum(q["w"] ** 2))(p), lambda p: jnp.sum(p["w"] ** 2), params,
+                                 **{**_GC, **kwargs})
+
+
+for _fn in ("check_grads", "assert_grads_close"):
+    _call = (lambda f, **kw: getattr(gradcheck, f)(lambda p: 2 * p["w"], lambda p: jnp.sum(p["w"] ** 2), kw.pop("params", {"w": jnp.ones(3)}),
+                                                   **{**_GC, **kw}))
+    cases(f"jaxnets.gradcheck.{_fn}",
+          Case("no dtypes, no finite differences", lambda f=_fn, c=_call: c(f, dtypes=()), ValueError,
+               r"this gradient check would check nothing: dtypes=\(\) and finite_differences=False leave no comparison", "dtypes"),
+          Case("params without leaves", lambda f=_fn, c=_call: c(f, params={}), ValueError, r"would check nothing: params has no leaves", "params"),
+          Case("params of size 0", lambda f=_fn, c=_call: c(f, params={"w": jnp.ones((3, 0))}), ValueError,
+               r"would check nothing: params has no entries to differentiate \(1 leaves, all empty\)", "params"),
+          Case("integer params", lambda f=_fn, c=_call: c(f, params={"w": jnp.ones(3, jnp.int32)}), TypeError,
+               r"params\['w'\] must have a floating dtype, got int32", "params"),
+          Case("complex params", lambda f=_fn, c=_call: c(f, params={"w": jnp.ones(3, jnp.complex64)}), TypeError,
+               r"params\['w'\] must have a floating dtype, got complex64", "params"),
+          Case("dtypes a string", lambda f=_fn, c=_call: c(f, dtypes="float32"), TypeError, r"dtypes must be a sequence of floating dtypes", "dtypes"),
+          Case("an integer dtype", lambda f=_fn, c=_call: c(f, dtypes=("int32",)), TypeError, r"dtypes\[0\] must be a floating dtype .*got int32", "dtypes"),
+          Case("tolerances a string", lambda f=_fn, c=_call: c(f, tolerances="tight"), TypeError, r"tolerances must be a dict", "tolerances"),
+          Case("a negative tolerance", lambda f=_fn, c=_call: c(f, tolerances={"float32": (-1.0, 0.0)}), ValueError,
+               r"tolerances\['float32'\] rtol must be finite and >= 0, got -1.0", "tolerances"),
+          Case("negative directions", lambda f=_fn, c=_call: c(f, directions=-1), ValueError, r"directions must be a positive integer, got -1", "directions"),
+          Case("max_full an array", lambda f=_fn, c=_call: c(f, max_full=jnp.ones(2)), TypeError, r"max_full must be an int >= 0", "max_full"),
+          Case("fd_rtol negative", lambda f=_fn, c=_call: c(f, fd_rtol=-1e-6), ValueError, r"fd_rtol must be finite and > 0, got -1e-06", "fd_rtol"),
+          Case("seed a string", lambda f=_fn, c=_call: c(f, seed="abc"), TypeError, r"seed must be an int, got 'abc'", "seed"),
+          Case("grad_fn not callable", lambda f=_fn: getattr(gradcheck, f)("grad", lambda p: jnp.sum(p), jnp.ones(3)), TypeError,
+               r"grad_fn must be callable as grad_fn\(params, \*args\) -> grads, got 'grad'", "grad_fn"))
+cases("jaxnets.gradcheck.check_layer",
+      Case("no dtypes, no finite differences", lambda: gradcheck.check_layer(L.Dense(3), (2, 4), dtypes=(), finite_differences=False), ValueError,
+           r"would check nothing: dtypes=\(\) and finite_differences=False", "dtypes"),
+      Case("a truncated layer with no dtypes", lambda: gradcheck.check_layer(L.LSTM(3, truncate=2), (2, 5, 4), dtypes=()), ValueError,
+           r"would check nothing: a truncated rule is compared with jax.grad only", "dtypes"),
+      Case("an empty input", lambda: gradcheck.check_layer(L.Dense(3), jnp.ones((0, 4))), ValueError,
+           r"x must not be empty \(the check needs at least one example\), got shape \(0, 4\)", "x"),
+      Case("a complex input", lambda: gradcheck.check_layer(L.Dense(3), jnp.ones((2, 4), jnp.complex64)), TypeError,
+           r"x must have a floating dtype, got complex64", "x"),
+      Case("a shape with a 0", lambda: gradcheck.check_layer(L.Dense(3), (2, 0)), ValueError, r"concrete input shape of positive sizes .*got \(2, 0\)", "x"),
+      Case("x a string", lambda: gradcheck.check_layer(L.Dense(3), "2x4"), TypeError, r"x must be an array, a tuple of arrays, or a concrete input shape, got str", "x"),
+      Case("an int key", lambda: gradcheck.check_layer(L.Dense(3), (2, 4), key=0), TypeError, KEY_MESSAGE, "key"),
+      Case("train a string", lambda: gradcheck.check_layer(L.Dense(3), (2, 4), train="yes"), TypeError, r"train must be True or False, got 'yes'", "train"),
+      Case("truncated a string", lambda: gradcheck.check_layer(L.Dense(3), (2, 4), truncated="auto"), TypeError,
+           r"truncated must be True or False, got 'auto'", "truncated"))
+
+# initializers: shapes and dtypes of the returned functions
+for _fn in ("glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform", "normal", "uniform", "orthogonal"):
+    cases(f"jaxnets.initializers.{_fn}",
+          Case("a shape with -1", lambda f=_fn: getattr(I, f)()(K, (-1, 3)), TypeError, r"shape must be a tuple of ints >= 0 .*got \(-1, 3\)", "shape"),
+          Case("a shape of floats", lambda f=_fn: getattr(I, f)()(K, (3.0, 4)), TypeError, r"shape must be a tuple of ints >= 0", "shape"),
+          Case("an integer dtype", lambda f=_fn: getattr(I, f)()(K, (3, 4), jnp.int32), TypeError, r"dtype must be a floating dtype .*got int32", "dtype"),
+          Case("a complex dtype", lambda f=_fn: getattr(I, f)()(K, (3, 4), jnp.complex64), TypeError, r"dtype must be a floating dtype .*got complex64", "dtype"),
+          Case("no dtype", lambda f=_fn: getattr(I, f)()(K, (3, 4), "fast"), TypeError, r"dtype must be a dtype such as jnp.float32", "dtype"))
+for _fn in ("normal", "uniform", "orthogonal"):
+    cases(f"jaxnets.initializers.{_fn}",
+          Case("an array scale", lambda f=_fn: getattr(I, f)(jnp.ones(2)), TypeError, r"(stddev|scale) must be a real number, got", "must be a real number"))
+for _fn in ("zeros", "ones"):
+    cases(f"jaxnets.initializers.{_fn}",
+          Case("a shape string", lambda f=_fn: getattr(I, f)(K, "3"), TypeError, r"shape must be a tuple of ints >= 0 .*got '3'", "shape"),
+          Case("no dtype", lambda f=_fn: getattr(I, f)(K, (3,), "fast"), TypeError, r"dtype must be a dtype such as jnp.float32", "dtype"))
+
+# keys, switches, callables, empty batches of evaluation, backprop, debug, per_example
+_M = L.serial(L.Dense(3), L.Relu(), L.Dense(2))
+_MP = _M.init(K, (-1, 4))[1]
+_XB, _YB = jnp.ones((5, 4)), jnp.array([0, 1, 0, 1, 1])
+_CE = losses.softmax_cross_entropy_with_integer_labels
+cases("jaxnets.backprop.vjp",
+      Case("an int key", lambda: backprop.vjp(_M, _MP, _XB, key=3), TypeError, KEY_MESSAGE, "key"),
+      Case("train a string", lambda: backprop.vjp(_M, _MP, _XB, train="yes"), TypeError, r"train must be True or False", "train"),
+      Case("complex x", lambda: backprop.vjp(_M, _MP, _XB.astype(jnp.complex64)), TypeError, r"x must hold real numbers, got dtype complex64", "x"))
+for _fn in ("grad", "value_and_grad"):
+    cases(f"jaxnets.backprop.{_fn}",
+          Case("loss not callable", lambda f=_fn: getattr(backprop, f)(_M, "mse"), TypeError, r"loss must be callable as loss\(predictions, targets\)", "loss"),
+          Case("train None", lambda f=_fn: getattr(backprop, f)(_M, _CE, train=None), TypeError, r"train must be True or False, got None", "train"))
+cases("jaxnets.backprop.loss_gradient",
+      Case("loss not callable", lambda: backprop.loss_gradient(None), TypeError, r"loss must be callable", "loss"))
+cases("jaxnets.debug.locate_nonfinite",
+      Case("loss not callable", lambda: debug.locate_nonfinite(_M, _MP, _XB, _YB, loss="ce"), TypeError, r"loss must be callable", "loss"),
+      Case("an int key", lambda: debug.locate_nonfinite(_M, _MP, _XB, _YB, loss=_CE, key=0), TypeError, KEY_MESSAGE, "key"),
+      Case("train a string", lambda: debug.locate_nonfinite(_M, _MP, _XB, _YB, loss=_CE, train="no"), TypeError, r"train must be True or False", "train"),
+      Case("complex x", lambda: debug.locate_nonfinite(_M, _MP, _XB.astype(jnp.complex64)), TypeError, r"x must hold real numbers", "x"))
+
+
+# ---------------------------------------------------------------------------
 # The tests
 # ---------------------------------------------------------------------------
 
@@ -774,3 +997,64 @@ def test_coverage():
     assert not missing, f"public functions without bad-input cases (add cases, or a reason in EXEMPT): {missing}"
     stale = [f for f in list(CASES) + list(EXEMPT) if f.rsplit(".", 1)[0] in MODULES and f not in {g for m in MODULES for g in public_functions(m)}]
     assert not stale, f"cases for functions that are not public (renamed?): {stale}"
+
+
+# ---------------------------------------------------------------------------
+# What the checks must keep accepting: schedules, inject_hyperparams (eager and jitted), traced hyperparameters
+# ---------------------------------------------------------------------------
+
+_G = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.array([0.5, 0.0, -0.25])}
+_P = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+
+
+def _run_steps(opt, steps=3, jit=True):
+    update = jax.jit(opt.update) if jit else opt.update
+    state, params = opt.init(_P), _P
+    for _ in range(steps):
+        u, state = update(_G, state, params)
+        params = optax.apply_updates(params, u)
+    return params
+
+
+@pytest.mark.standard_promotion("optax's inject_hyperparams and schedules mix int32 counts with floats")
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+def test_inject_hyperparams_and_schedules_still_work(name, jit):
+    """A warm-up schedule starting at 0, injected as a (traced or 0-d concrete) array, equals optax's twin step by step."""
+    schedule = optax.linear_schedule(0.0, 0.1, 4)
+    ours = _run_steps(optax.inject_hyperparams(getattr(optim, name))(learning_rate=schedule), jit=jit)
+    theirs = _run_steps(optax.inject_hyperparams(getattr(optax, name))(learning_rate=schedule), jit=jit)
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    plain = _run_steps(getattr(optim, name)(schedule), jit=jit)  # a schedule passed directly, against optax's
+    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(_run_steps(getattr(optax, name)(schedule), jit=jit))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "lion"])
+def test_traced_hyperparameters_under_vmap(name):
+    """A population's members each get a traced scalar learning rate (and b1): accepted, one result per member."""
+    def member(lr, b1):
+        kwargs = {} if name == "sgd" else {"b1": b1}
+        opt = getattr(optim, name)(lr, **kwargs)
+        return opt.update(_G, opt.init(_P), _P)[0]["w"]
+
+    out = jax.vmap(member)(jnp.array([0.1, 0.2]), jnp.array([0.9, 0.5]))
+    assert out.shape == (2, 2, 3) and bool(jnp.all(jnp.isfinite(out)))
+
+
+@pytest.mark.standard_promotion("optax's adamax mixes int32 counts with floats")
+def test_adamax_float16_zero_gradient_gets_no_update_not_nan():
+    """eps=1e-8 rounds to 0 in float16: optax's adamax divides 0/0 where a gradient is 0; ours leaves it alone.
+    In float32 (u > 0 everywhere) the two agree bit for bit, zero gradients included."""
+    g16 = {"w": jnp.array([0.0, 0.5, -0.25], jnp.float16)}
+    p16 = {"w": jnp.ones(3, jnp.float16)}
+    opt = optim.adamax(1e-2)
+    u, _ = opt.update(g16, opt.init(p16), p16)
+    assert u["w"].dtype == jnp.float16 and float(u["w"][0]) == 0.0 and bool(jnp.all(jnp.isfinite(u["w"])))
+    ref, _ = optax.adamax(1e-2).update(g16, optax.adamax(1e-2).init(p16), p16)
+    np.testing.assert_array_equal(u["w"][1:], ref["w"][1:])  # equal where optax is finite
+    g32, p32 = {"w": g16["w"].astype(jnp.float32)}, {"w": p16["w"].astype(jnp.float32)}
+    u32, _ = opt.update(g32, opt.init(p32), p32)
+    ref32, _ = optax.adamax(1e-2).update(g32, optax.adamax(1e-2).init(p32), p32)
+    np.testing.assert_array_equal(u32["w"], ref32["w"])

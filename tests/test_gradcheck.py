@@ -124,3 +124,20 @@ def test_zero_gradient_leaf_passes_on_atol():
 
     report = gradcheck.check_grads(lambda p: {"a": 2 * p["a"], "unused": jnp.full(2, 1e-17)}, f, params)
     assert report.passed
+
+
+def test_truncated_recurrent_layer_says_why_finite_differences_disagree():
+    """LSTM(truncate=k): the rule and jax.grad cut the gradient, finite differences see all of it. The report
+    counts only the jax.grad columns, names the layer in a note, and still shows the finite-difference errors."""
+    from jaxnets import layers as L
+
+    report = gradcheck.check_layer(L.serial(L.Dense(4), L.LSTM(3, truncate=2)), (2, 5, 4), dtypes=("float32",))
+    assert report.passed, str(report)
+    assert any(": LSTM(3, truncate=2)" in note and "truncates the gradient by design" in note for note in report.notes)
+    assert "note: the rule truncates the gradient by design" in str(report)
+    assert report.max_relative_error("float64 vs finite diff.") > 1e-2  # the untruncated derivative, shown
+    # marked untruncated by the caller: the finite differences count, and the verdict is FAILED
+    strict = gradcheck.check_layer(L.LSTM(3, truncate=2), (2, 5, 4), dtypes=("float32",), truncated=False)
+    assert not strict.passed and not strict.notes
+    # the same layer without truncation passes every column, finite differences included
+    assert gradcheck.check_layer(L.LSTM(3), (2, 5, 4), dtypes=("float32",)).passed

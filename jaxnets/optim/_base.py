@@ -16,30 +16,42 @@ import numpy as np
 import optax
 from jax import lax
 
+from jaxnets import _checks
+
 
 ScalarOrSchedule = Any  # a float, a scalar array, or a callable count -> float
 
 
-def _concrete(value: Any, name: str) -> tuple[np.ndarray, bool] | None:
-    """``(values, is_array)`` for a hyperparameter whose value is known now; None for dynamic ones.
+SCALAR_HYPERPARAMETER = "{name} must be a scalar (a number, a 0-d array or a schedule), got an array of shape {shape}"
 
-    Schedules (callables) and traced values (under ``jit``/``vmap``) are
-    dynamic and cannot be checked here. A Python number gives
-    ``is_array=False``. A concrete array (NumPy, or JAX outside ``jit``: a
-    population's per-member values, or ``optax.inject_hyperparams`` in eager
-    mode, which rebuilds the optimizer with array hyperparameters at every
-    update) gives ``is_array=True``, and is checked entry by entry.
+
+def _concrete(value: Any, name: str) -> tuple[np.ndarray, bool] | None:
+    """``(value, is_array)`` for a hyperparameter whose value is known now; None for dynamic ones.
+
+    Schedules (callables) and traced values (under ``jit``/``vmap``, or
+    ``optax.inject_hyperparams`` inside a compiled step) are dynamic: their
+    values cannot be checked here, but a traced value's dtype and shape are
+    static and are checked all the same. A Python number gives
+    ``is_array=False``. A concrete 0-d array (``optax.inject_hyperparams`` in
+    eager mode rebuilds the optimizer with 0-d array hyperparameters at every
+    update) gives ``is_array=True``. An array of any other shape is refused: it
+    would broadcast against the params, a per-coordinate hyperparameter
+    nobody asked for (a population's members each get a scalar, under ``vmap``).
     """
-    if callable(value) or isinstance(value, jax.core.Tracer):
+    if callable(value):
         return None
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a scalar number, got {value!r}")
     if isinstance(value, numbers.Real):
         return np.asarray(float(value)), False
-    if isinstance(value, (jax.Array, np.ndarray)):
+    if isinstance(value, (jax.Array, np.ndarray, jax.core.Tracer)):
         dtype = np.dtype(value.dtype)
         if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"):
-            raise TypeError(f"{name} must be a real number or an array of them, got an array of dtype {dtype.name}")
+            raise TypeError(f"{name} must be a real number, got an array of dtype {dtype.name}")
+        if np.ndim(value) != 0:
+            raise ValueError(SCALAR_HYPERPARAMETER.format(name=name, shape=tuple(np.shape(value))))
+        if isinstance(value, jax.core.Tracer):
+            return None
         return np.asarray(value, np.float64), True
     raise TypeError(f"{name} must be a scalar number, got {value!r}")
 
@@ -91,17 +103,41 @@ def check_nonnegative(value: Any, name: str) -> None:
 
 
 def check_dtype(dtype: Any, name: str):
+    """None, or a floating (or complex) dtype to store a moment in (an integer or bool moment would round every update away)."""
     if dtype is None:
         return None
     try:
-        return jax.dtypes.canonicalize_dtype(dtype)
-    except TypeError:
+        canonical = jax.dtypes.canonicalize_dtype(dtype)
+    except (TypeError, ValueError):
         raise TypeError(f"{name} must be a dtype or None, got {dtype!r}") from None
+    if not (jnp.issubdtype(canonical, jnp.floating) or jnp.issubdtype(canonical, jnp.complexfloating)):
+        raise TypeError(f"{name} must be a floating (or complex, for complex params) dtype or None, got {canonical.name}")
+    return canonical
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """A switch (``nesterov``, ``centered``, ...) is True or False; a string or None is refused."""
+    return _checks.boolean(value, name)
+
+
+def check_grad_leaves(grads: Any) -> None:
+    """Every leaf of ``grads`` is a floating or complex array (or a Python float): an integer or bool
+    gradient would be rounded into the state; a string or None is no gradient. Dtypes are static: no cost under jit."""
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        where = jax.tree_util.keystr(path)
+        if isinstance(g, float):
+            continue
+        if not isinstance(g, (jax.Array, np.ndarray, jax.core.Tracer)):
+            raise TypeError(f"grads{where} must be an array, got {type(g).__name__} {g!r:.60}")
+        dtype = np.dtype(g.dtype)
+        if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating)):
+            raise TypeError(f"grads{where} must have a floating (or complex) dtype, got {dtype.name}")
 
 
 def check_same_structure(grads: Any, reference: Any, what: str) -> None:
     """Raise a ValueError printing both structures when ``grads`` and ``reference`` differ, and one
     naming the leaf's path and both shapes when a leaf's shape differs (never broadcast)."""
+    check_grad_leaves(grads)
     a = jax.tree_util.tree_structure(grads)
     b = jax.tree_util.tree_structure(reference)
     if a != b:
@@ -203,13 +239,42 @@ def increment(count: jax.Array) -> jax.Array:
     return jnp.where(count < top, count + 1, jnp.asarray(top, jnp.int32))
 
 
+def scheduled(schedule: Callable, count: jax.Array, name: str, *, lower: float = 0.0) -> Any:
+    """A schedule's value at ``count``, checked: a scalar (its shape is static, checked under ``jit`` too), and,
+    when its value is concrete (eager updates), finite and ``>= lower``."""
+    value = schedule(count)
+    if np.ndim(value) != 0:
+        raise ValueError(f"{name} schedule must return a scalar, got shape {tuple(np.shape(value))} at step {count}")
+    if not isinstance(value, jax.core.Tracer):
+        v = float(np.asarray(value, np.float64))
+        if not (np.isfinite(v) and v >= lower):
+            raise ValueError(f"{name} schedule must return finite values >= {lower:g}, got {v:.7g} at step {int(count)}")
+    return value
+
+
 def scale_by_learning_rate(updates: Any, learning_rate: ScalarOrSchedule, count: jax.Array) -> Any:
     """``-learning_rate * u``; a schedule is evaluated at the number of steps taken so far."""
     if callable(learning_rate):
-        step = -1 * learning_rate(count)
+        step = -1 * scheduled(learning_rate, count, "learning_rate")
         return jax.tree_util.tree_map(lambda u: jnp.array(step, dtype=u.dtype) * u, updates)
     step = -1 * learning_rate
     return jax.tree_util.tree_map(lambda u: scale(step, u), updates)
+
+
+def safe_div(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a / b`` in their common dtype, and 0 where ``b == 0``.
+
+    The denominators of the adaptive optimizers (``sqrt(v) + eps``, Adamax's
+    ``u``) are 0 only where every gradient so far was 0 *and* ``eps`` rounds
+    to 0 in the state's dtype (1e-8 is below float16's smallest subnormal,
+    6e-8): optax then divides 0 by 0 and returns NaN. Such a coordinate gets
+    no update here instead. Where ``b > 0`` (always, in float32 with ``eps > 0``)
+    this is ``a / b`` bit for bit, so the twins stay equal to optax; the inner
+    ``where`` keeps gradients through the update finite.
+    """
+    a, b = promote(a, b)
+    nonzero = b != 0
+    return jnp.where(nonzero, a / jnp.where(nonzero, b, jnp.ones_like(b)), jnp.zeros_like(a))
 
 
 def resolve_mask(mask: Any, params: Any, name: str = "mask") -> Any:
@@ -217,6 +282,10 @@ def resolve_mask(mask: Any, params: Any, name: str = "mask") -> Any:
     if mask is None:
         return jax.tree_util.tree_map(lambda _: True, params)
     tree = mask(params) if callable(mask) else mask
+    for path, m in jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: isinstance(x, (bool, np.bool_))):
+        if not isinstance(m, (bool, np.bool_)):
+            raise TypeError(f"{name} must be None, a callable params -> tree of bools, or a tree of bools with the structure "
+                            f"of params (or a prefix of it), got {type(m).__name__} {m!r:.40} at {name}{jax.tree_util.keystr(path)}")
     try:
         return jax.tree_util.tree_map(
             lambda m, sub: jax.tree_util.tree_map(lambda _: bool(m), sub), tree, params,
@@ -233,9 +302,12 @@ def add_weight_decay(updates: Any, params: Any, weight_decay: ScalarOrSchedule, 
     """``u + weight_decay * p`` on the leaves the mask selects (decoupled weight decay)."""
     if params is None:
         raise ValueError("this optimizer applies weight decay and needs params: call update(grads, state, params)")
+    if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(updates):
+        raise ValueError(f"params must have the structure of grads:\n  params: {jax.tree_util.tree_structure(params)}\n"
+                         f"  grads: {jax.tree_util.tree_structure(updates)}")
     if isinstance(weight_decay, (int, float)) and weight_decay == 0.0:
         return updates
-    s = weight_decay(count) if callable(weight_decay) else weight_decay
+    s = scheduled(weight_decay, count, "weight_decay") if callable(weight_decay) else weight_decay
     selected = resolve_mask(mask, params)
     return jax.tree_util.tree_map(lambda u, p, m: add(u, scale(s, p)) if m else u, updates, params, selected)
 

@@ -57,7 +57,7 @@ def _adam_direction(grads, state, b1, b2, eps, eps_root, mu_dtype, nesterov):
     else:
         mu_hat = jax.tree_util.tree_map(lambda m: _base.debias(m, b1, count), mu)
     nu_hat = jax.tree_util.tree_map(lambda v: _base.debias(v, b2, count), nu)
-    direction = jax.tree_util.tree_map(lambda m, v: _base.div(m, jnp.sqrt(v + eps_root) + eps), mu_hat, nu_hat)
+    direction = jax.tree_util.tree_map(lambda m, v: _base.safe_div(m, jnp.sqrt(v + eps_root) + eps), mu_hat, nu_hat)
     nu = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), nu, state.nu)
     return direction, AdamState(count=count, mu=_cast(mu, mu_dtype), nu=nu)
 
@@ -102,6 +102,7 @@ def adam(
     """
     _check_adam_args(learning_rate, b1, b2, eps, eps_root)
     mu_dtype = _base.check_dtype(mu_dtype, "mu_dtype")
+    _base.check_flag(nesterov, "nesterov")
 
     def init(params):
         return AdamState(count=jnp.zeros([], jnp.int32), mu=_zeros(params, mu_dtype), nu=_zeros(params))
@@ -169,6 +170,7 @@ def adamw(
     _check_adam_args(learning_rate, b1, b2, eps, eps_root)
     _base.check_nonnegative(weight_decay, "weight_decay")
     mu_dtype = _base.check_dtype(mu_dtype, "mu_dtype")
+    _base.check_flag(nesterov, "nesterov")
 
     def init(params):
         _base.resolve_mask(mask, params)  # a mask that does not fit params fails here, not mid-training
@@ -200,7 +202,12 @@ def adamax(learning_rate: _base.ScalarOrSchedule, b1: float = 0.9, b2: float = 0
         p_t = p_{t-1} - \mathrm{lr}\, \frac{m_t / (1 - \beta_1^t)}{u_t}
 
     ``u`` needs no bias correction. Same as ``optax.adamax``; PyTorch's
-    ``Adamax`` adds ``eps`` the same way.
+    ``Adamax`` adds ``eps`` the same way. One difference, in low precision:
+    with float16 gradients ``eps = 1e-8`` rounds to 0, so a coordinate whose
+    gradients have all been 0 has ``u = 0``; optax divides ``0 / 0`` there and
+    returns NaN, this version gives it no update (bit for bit the same
+    wherever ``u > 0``, so always in float32 with ``eps > 0``). The Adam
+    family and RMSProp treat a zero denominator the same way.
     """
     _check_adam_args(learning_rate, b1, b2, eps)
 
@@ -218,7 +225,7 @@ def adamax(learning_rate: _base.ScalarOrSchedule, b1: float = 0.9, b2: float = 0
             return jnp.maximum(*_base.promote(jnp.abs(g) + eps, _base.scale(b2, u)))
 
         nu = jax.tree_util.tree_map(infinity_norm, grads, state.nu)
-        direction = jax.tree_util.tree_map(lambda m, u: _base.div(_base.debias(m, b1, count), u), mu, nu)
+        direction = jax.tree_util.tree_map(lambda m, u: _base.safe_div(_base.debias(m, b1, count), u), mu, nu)
         updates = _base.scale_by_learning_rate(direction, learning_rate, state.count)
         return updates, AdamaxState(count=count, mu=mu, nu=nu)
 
@@ -257,6 +264,8 @@ def amsgrad(
     """
     _check_adam_args(learning_rate, b1, b2, eps, eps_root)
     mu_dtype = _base.check_dtype(mu_dtype, "mu_dtype")
+    _base.check_flag(bias_correction_mu, "bias_correction_mu")
+    _base.check_flag(bias_correction_nu, "bias_correction_nu")
 
     def init(params):
         return AmsgradState(
@@ -273,7 +282,7 @@ def amsgrad(
         mu_hat = jax.tree_util.tree_map(lambda m: _base.debias(m, b1, count), mu) if bias_correction_mu else mu
         nu_eff = jax.tree_util.tree_map(lambda v: _base.debias(v, b2, count), nu) if bias_correction_nu else nu
         nu_max = jax.tree_util.tree_map(lambda a, b: jnp.maximum(*_base.promote(a, b)), state.nu_max, nu_eff)
-        direction = jax.tree_util.tree_map(lambda m, v: _base.div(m, jnp.sqrt(v + eps_root) + eps), mu_hat, nu_max)
+        direction = jax.tree_util.tree_map(lambda m, v: _base.safe_div(m, jnp.sqrt(v + eps_root) + eps), mu_hat, nu_max)
         updates = _base.scale_by_learning_rate(direction, learning_rate, state.count)
         return updates, AmsgradState(count=count, mu=_cast(mu, mu_dtype), nu=nu, nu_max=nu_max)
 

@@ -28,6 +28,9 @@ def quadratic_problem(dim: int = 10, *, condition: float = 10.0, seed: int = 0, 
     """
     dim = _checks.positive_int(dim, "dim")
     condition = _checks.positive_float(condition, "condition")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r} of type {type(seed).__name__}")
+    dtype = _checks.dtype_like(dtype, "dtype", floating_only=True)
     k_start, k_opt = jax.random.split(jax.random.key(seed))
     a = jnp.linspace(1.0, condition, dim, dtype=dtype)
     target = jax.random.normal(k_opt, (dim,), dtype)
@@ -48,6 +51,7 @@ def rosenbrock_problem(a: float = 1.0, b: float = 100.0, *, dtype=jnp.float32) -
     if isinstance(a, bool) or not isinstance(a, (int, float)):
         raise TypeError(f"a must be a real number, got {a!r}")
     b = _checks.positive_float(b, "b")
+    dtype = _checks.dtype_like(dtype, "dtype", floating_only=True)
 
     def loss(p):
         x, y = p
@@ -129,6 +133,7 @@ def compare(
     for name, opt in (("optimizer", optimizer), ("reference", reference)):
         if not (hasattr(opt, "init") and hasattr(opt, "update")):
             raise TypeError(f"{name} must be an optax.GradientTransformation, got {opt!r}")
+    _checks.callable_arg(grad_fn, "grad_fn", "grad_fn(params, step) -> grads")
 
     @jax.jit
     def run(params):

@@ -60,6 +60,9 @@ def rmsprop(
     _base.check_nonnegative(initial_scale, "initial_scale")
     if momentum is not None:
         _base.check_decay(momentum, "momentum")
+    for name, flag in (("eps_in_sqrt", eps_in_sqrt), ("centered", centered), ("nesterov", nesterov),
+                       ("bias_correction", bias_correction)):
+        _base.check_flag(flag, name)
 
     def init(params):
         zeros = lambda: jax.tree_util.tree_map(jnp.zeros_like, params)  # noqa: E731
@@ -83,9 +86,13 @@ def rmsprop(
             mu_hat = jax.tree_util.tree_map(lambda m: _base.debias(m, decay, count), mu) if bias_correction else mu
             nu_hat = jax.tree_util.tree_map(lambda m, v: _base.add(v, -_base.abs_sq(m)), mu_hat, nu_hat)
         if eps_in_sqrt:
-            scaling = jax.tree_util.tree_map(lambda v: lax.rsqrt(v + eps), nu_hat)
+            def inverse_root(v):  # rsqrt as optax computes it; 0 where v + eps rounds to 0 (see _base.safe_div)
+                d = v + eps
+                return jnp.where(d != 0, lax.rsqrt(jnp.where(d != 0, d, jnp.ones_like(d))), jnp.zeros_like(d))
+
+            scaling = jax.tree_util.tree_map(inverse_root, nu_hat)
         else:
-            scaling = jax.tree_util.tree_map(lambda v: 1 / (jnp.sqrt(v) + eps), nu_hat)
+            scaling = jax.tree_util.tree_map(lambda v: _base.safe_div(jnp.ones_like(v), jnp.sqrt(v) + eps), nu_hat)
         updates = jax.tree_util.tree_map(lambda s, g: _base.scale(s, g), scaling, grads)
         updates = _base.scale_by_learning_rate(updates, learning_rate, state.count)
         velocity = None

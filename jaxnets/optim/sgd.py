@@ -50,6 +50,7 @@ def sgd(
     _base.check_learning_rate(learning_rate)
     if momentum is not None:
         _base.check_decay(momentum, "momentum")
+    _base.check_flag(nesterov, "nesterov")
     accumulator_dtype = _base.check_dtype(accumulator_dtype, "accumulator_dtype")
 
     def init(params):
@@ -60,6 +61,7 @@ def sgd(
 
     def update(grads, state, params=None):
         _base.check_state(state, SgdState, "sgd")
+        _base.check_grad_leaves(grads)
         if momentum is None:
             if params is not None:
                 _base.check_same_structure(grads, params, "params")
