@@ -399,7 +399,9 @@ class Checkpoint(Callback):
       keep, best, best_mode, async_save: as for :class:`Checkpoints`.
       save: ``"always"`` or ``"improved"`` (only when ``best`` improved on
         every earlier checkpoint in the folder; the end of the run too).
-      resume: ``"latest"`` (default) or ``"best"`` checkpoint of the folder.
+      resume: ``"latest"`` (default) or ``"best"`` checkpoint of the folder,
+        or None: a fresh run, whatever the folder holds (its saves replace
+        checkpoints of the same number; the retention counts them all).
       check_config: refuse to resume from a checkpoint whose run had another
         configuration (model, optimizer, loss, data, batch size, seed, steps
         per call; :func:`jaxnets.train.loop`'s ``config``), naming what
@@ -414,8 +416,8 @@ class Checkpoint(Callback):
                  async_save: bool = True, check_config: bool = True):
         if save not in ("always", "improved"):
             raise ValueError(f"save must be 'always' or 'improved', got {save!r}")
-        if resume not in ("latest", "best"):
-            raise ValueError(f"resume must be 'latest' or 'best', got {resume!r}")
+        if resume not in ("latest", "best", None):
+            raise ValueError(f"resume must be 'latest', 'best' or None (a fresh run), got {resume!r}")
         if (save == "improved" or resume == "best") and best is None and not isinstance(directory, Checkpoints):
             raise ValueError(f"save={save!r}, resume={resume!r} need best= (a history name such as 'test_loss')")
         self.every, self.save_mode, self.resume_mode, self.check_config = every, save, resume, bool(check_config)
@@ -424,6 +426,8 @@ class Checkpoint(Callback):
         self.directory = directory
         self.saved_at: int | None = None
         self.run = None
+        #: where the run resumed (its absolute step), or None for a fresh one; set when the run starts
+        self.resumed_at: int | None = None
         if self.folder is None:  # checked now: a bad path fails before anything else happens
             self._check_path(directory)
 
@@ -453,7 +457,8 @@ class Checkpoint(Callback):
         self.run = run
         if self.folder is None:
             self.folder = Checkpoints(self.directory, **self._args)
-        if run.state is None:
+        self.resumed_at = None
+        if run.state is None or self.resume_mode is None:
             return None
         choice = self.folder.best_epoch() if self.resume_mode == "best" else None
         restored = self.folder.restore(run.state, epoch=choice)
@@ -470,8 +475,18 @@ class Checkpoint(Callback):
                                  f"configuration (nothing was overwritten):\n{lines}\nResume it with the same "
                                  f"configuration, start this run in another folder, or pass "
                                  f"Checkpoint(..., check_config=False) to continue it anyway")
-        self.saved_at = int(meta["position"])
+        self.saved_at = self.resumed_at = int(meta["position"])
         return Resume(state, int(meta["position"]), int(meta["origin"]), history, self.folder.directory)
+
+    def best_state(self, like: Any) -> tuple[Any, dict, dict]:
+        """``(state, history, meta)`` of the folder's best checkpoint by ``best`` (e.g. to sample from the best params
+        after the run); ``like`` gives the structure (the state the loop returned will do)."""
+        folder = self.folder if self.folder is not None and self.folder._lock is not None else \
+            Checkpoints(getattr(self.folder, "directory", self.directory), lock=False, **{**self._args, "async_save": False})
+        best = folder.best_epoch()
+        if best is None:
+            raise ValueError(f"no checkpoint in {folder.directory} has a value of best={folder.best!r}")
+        return folder.restore(like, epoch=best)
 
     def _improved(self, progress: Progress) -> bool:
         best = self.folder.best

@@ -187,7 +187,7 @@ def test_resume_refuses_another_configuration_naming_what_differs(digits, tmp_pa
     assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
     forced = checkpoint.Checkpoint(tmp_path, check_config=False, async_save=False)
     _, history = _fit(tmp_path, data=digits, epochs=2, callback=forced, **change)
-    assert history["epoch"] == [1, 2]  # continued anyway, when asked
+    assert history["epoch"][-1] == 2  # continued anyway, when asked
 
 
 def test_another_data_set_and_fewer_epochs_are_refused(digits, tmp_path):

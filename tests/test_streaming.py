@@ -217,7 +217,7 @@ def test_divergence_keeps_the_last_finite_state(digits):
     # which is the in-memory run stopped at that step
     assert int(errors[0].state.step) == 0 and 0 < int(errors[1].state.step) <= errors[1].step
     upto, _ = jaxnets.fit(model, CE, opt, (x, digits.y_train), steps=int(errors[1].state.step), metrics={},
-                          callbacks=[])
+                          batch_size=OPTIONS["batch_size"], callbacks=[])
     jax.tree_util.tree_map(np.testing.assert_array_equal, upto.params, errors[1].state.params)
 
 

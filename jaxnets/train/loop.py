@@ -88,6 +88,35 @@ def _compiled(step, source, length, max_count, watch, check, freeze, jit):
     return built
 
 
+def _counter(state: Any) -> int:
+    """The step counter a state carries: its ``.step``, or the first one inside it (a dict of TrainStates); else 0."""
+    held = getattr(state, "step", None) if not isinstance(state, dict) else None
+    if held is not None and np.shape(held) == ():
+        return int(held)
+    inner = getattr(state, "state", None)  # an EmaState
+    children = list(state.values()) if isinstance(state, dict) else ([inner] if inner is not None else [])
+    for child in children:
+        found = _counter(child)
+        if found:
+            return found
+    return 0
+
+
+def _every_step_skipped(run, state, here: int, steps: int, on_nonfinite: str, history, spe) -> None:
+    """A row whose every step a loss scale skipped: gradients never finite, whatever the scale; a divergence."""
+    first = here - steps
+    epoch = (first - run.origin) // spe + 1 if spe else None
+    unit, at = ("epoch", f"epoch {epoch}, steps {first}..{here - 1}") if spe and steps == spe else \
+        ("row", f"steps {first}..{here - 1}")
+    message = (f"training diverged at {at}: every step of that {unit} had non-finite gradients, each skipped by the "
+               f"loss scale: not an overflow the scale can fix")
+    if on_nonfinite == "raise":
+        run.state, run.position = state, here  # skipped steps left the params as they were: this state is finite
+        raise NonFiniteError(f"{message}; the params are those before it (error.state). To find the cause, "
+                             f"{LOCATE_ADVICE}", epoch=epoch, step=first, state=state, history=history)
+    warnings.warn(f"{message}; training goes on (on_nonfinite='warn')", RuntimeWarning, stacklevel=3)
+
+
 def _row_values(sums: dict, lasts: dict, steps: int, prefix: str) -> dict:
     row = {}
     for name, total in sums.items():
@@ -120,7 +149,9 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
         or 100 steps); callbacks due sooner end a call sooner.
       log_every: steps per history row (default: one epoch, or ``steps_per_call``).
       key: the source's key (default: ``state.key``; required for a state without one).
-      start: the absolute step to start at (default: ``state.step``, or 0).
+      start: the absolute step to start at (default: ``state.step``, or the
+        first step counter inside the state, a dict of TrainStates; else 0).
+        Callbacks that restore (a checkpoint) start first, then the others in ``order``.
       on_nonfinite: ``"raise"`` (stop at the first non-finite segment, raise
         :class:`NonFiniteError` holding the last finite state), ``"warn"`` or ``"ignore"``.
       watch: the metrics whose non-finite value is a divergence.
@@ -156,8 +187,7 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
                        key=lambda c: getattr(c, "order", 0))
     periods = [period(getattr(c, "every", None), spe, f"{type(c).__name__}.every") for c in callbacks]
     if start is None:
-        held = getattr(state, "step", None)
-        start = int(held) if held is not None and np.shape(held) == () else 0
+        start = _counter(state)
     _inputs.check_not_donated(state, "state")
     config = {"loop": {"steps": steps, "epochs": epochs, "steps_per_call": steps_per_call, "log_every": log_every,
                        "steps_per_epoch": spe}, "source": source.describe(), **(config or {})}
@@ -207,10 +237,6 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
                           else f"step {where}")
                     message = (f"training diverged: the loss (or a watched metric of {tuple(watch)}) or the state "
                                f"became NaN/Inf at {at}")
-                    if "skipped_steps" in out["sums"]:
-                        unit = "epoch" if spe and seg_len == spe else f"{seg_len}-step segment"
-                        message += (f" (or every step of that {unit} had non-finite gradients, each skipped by the "
-                                    "loss scale: not an overflow the scale can fix)")
                     if on_nonfinite == "raise":
                         position += i * seg_len
                         run.state, run.position = state, position
@@ -227,6 +253,8 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
                 acc["steps"] += seg_len
                 here = position + (i + 1) * seg_len
                 if (here - run.origin) % log_every == 0 or here == run.end:
+                    if acc["sums"].get("skipped_steps", 0.0) >= acc["steps"] and on_nonfinite != "ignore":
+                        _every_step_skipped(run, state, here, acc["steps"], on_nonfinite, history, spe)
                     row = {"step": here - run.origin, **({"epoch": (here - run.origin) / spe} if spe else {})}
                     if spe and (here - run.origin) % spe == 0:
                         row["epoch"] = (here - run.origin) // spe

@@ -115,8 +115,6 @@ def build(step: Callable, source: Any, *, length: int, max_count: int, watch: Se
         for name in watch:
             if name in logged:
                 bad = bad | ~jnp.isfinite(logged[name])
-        if "skipped_steps" in logged:  # every step skipped: gradients never finite, whatever the scale
-            bad = bad | jnp.all(logged["skipped_steps"] > 0)
         last = jnp.where(_finite_state(state), -1, length - 1)
         nonfinite = jnp.where(bad.any(), jnp.argmax(bad), last).astype(jnp.int32)
         return state, sums, lasts, nonfinite

@@ -76,6 +76,8 @@ def describe_function(fn: Any, depth: int = 8) -> str:
                 parts.append(str(k))
                 visit(obj[k], level + 1)
         elif isinstance(obj, (jax.Array, np.ndarray)) and np.size(obj) <= 16:
+            if jnp.issubdtype(obj.dtype, jax.dtypes.prng_key):
+                obj = jax.random.key_data(obj)
             parts.append(repr(np.asarray(obj).tolist()))
         else:
             parts.append(type(obj).__qualname__)
