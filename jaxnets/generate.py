@@ -106,9 +106,8 @@ def _check_top_k(top_k: Any, vocab: int | None = None) -> int | None:
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
         raise TypeError(f"top_k must be a positive int (the number of tokens kept) or None, got {top_k!r} of type "
                         f"{type(top_k).__name__}")
-    if top_k < 1 or (vocab is not None and top_k > vocab):
-        bound = f"[1, {vocab}] (the vocabulary)" if vocab is not None else ">= 1"
-        raise ValueError(f"top_k must be in {bound}, got {top_k}")
+    if vocab is not None and not 1 <= top_k <= vocab:  # the vocabulary is known once the model is traced
+        raise ValueError(f"top_k must be in [1, {vocab}] (the vocabulary), got {top_k}")
     return int(top_k)
 
 

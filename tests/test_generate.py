@@ -161,11 +161,11 @@ def test_tied_embedding_is_the_untied_chain_with_the_table_as_head(key):
     np.testing.assert_allclose(tied.apply(params, ids), untied.apply(params, ids) @ table.T, rtol=1e-5, atol=1e-6)
     # the table's gradient is the sum of its two uses
     r = jax.random.normal(jax.random.key(2), (3, 7, 11))
-    grad = jax.grad(lambda p: jnp.sum(tied.apply(p, ids) * r))(params)["embedding_0"]["table"]
-    as_head = jax.grad(lambda t: jnp.sum((untied.apply(params, ids) @ t.T) * r))(table)
-    as_lookup = jax.grad(lambda t: jnp.sum((untied.apply({**params, "embedding_0": {"table": t}}, ids) @ table.T) * r))(table)
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(tied.apply(p, ids) * r)))(params)["embedding_0"]["table"]
+    as_head = jax.jit(jax.grad(lambda t: jnp.sum((untied.apply(params, ids) @ t.T) * r)))(table)
+    as_lookup = jax.jit(jax.grad(lambda t: jnp.sum((untied.apply({**params, "embedding_0": {"table": t}}, ids) @ table.T) * r)))(table)
     np.testing.assert_allclose(grad, as_head + as_lookup, rtol=1e-5, atol=1e-6)
-    hand, _ = tied.backward(params, {}, ids, r)
+    hand, _ = jax.jit(lambda p: tied.backward(p, {}, ids, r))(params)
     np.testing.assert_allclose(hand["embedding_0"]["table"], grad, rtol=1e-5, atol=1e-6)
 
 
@@ -197,7 +197,8 @@ def test_tied_embedding_bad_body(key):
         L.TiedEmbedding(5, 4, L.Dense(3)).init(key, (-1, 6))
     with pytest.raises(ValueError, match="num_embeddings must be a positive integer, got 0"):
         L.TiedEmbedding(0, 4)
-    with pytest.raises(TypeError, match=r"argument 0 must be a Layer, got .*did you forget to call it"):
+    with pytest.raises(TypeError, match=r"TiedEmbedding: layer 0 \(after num_embeddings and features\) must be a Layer, "
+                                        r"got .*did you forget to call it"):
         L.TiedEmbedding(5, 4, L.LayerNorm)
 
 
@@ -209,9 +210,9 @@ def test_tied_embedding_bad_body(key):
 def _gpt(rotary=False, sinusoidal=False, vocab=17, width=16, context=24):
     positions = L.SinusoidalEncoding() if sinusoidal else L.PositionalEmbedding(context)
     return L.TiedEmbedding(vocab, width, positions, L.Dropout(0.1),
-                           L.TransformerBlock(width, 4, causal=True, rotary=rotary, drop_prob=0.1),
+                           L.TransformerBlock(width, 4, causal=True, rotary=rotary, drop_prob=0.1, mlp_features=16),
                            L.residual(L.LayerNorm(), L.Dense(width), L.Gelu(), L.Dense(width)),
-                           L.TransformerBlock(width, 2, causal=True, rotary=rotary), L.LayerNorm())
+                           L.TransformerBlock(width, 2, causal=True, rotary=rotary, mlp_features=16), L.LayerNorm())
 
 
 def _decode(dec, params, x, chunks):
@@ -283,8 +284,9 @@ def test_decoder_refuses_what_it_cannot_cache(key):
 def _naive(model, params, prompt, n, context, choose):
     """nanoGPT's loop in NumPy: crop to the context, run the model, choose from the last logits, append."""
     tokens = np.asarray(prompt)
+    apply = jax.jit(model.apply)
     for i in range(n):
-        logits = model.apply(params, jnp.asarray(tokens[:, -context:]))[:, -1]
+        logits = apply(params, jnp.asarray(tokens[:, -context:]))[:, -1]
         tokens = np.concatenate([tokens, np.asarray(choose(i, logits))[:, None]], axis=1)
     return tokens
 
@@ -293,24 +295,24 @@ def test_greedy_with_the_cache_equals_recomputation_and_a_plain_loop(key):
     model = _gpt(rotary=True)
     _, params = model.init(key, (-1, 24))
     prompt = jax.random.randint(jax.random.key(1), (3, 6), 0, 17)
-    cached = generate.greedy(model, params, prompt, 12, use_cache=True)
-    recomputed = generate.greedy(model, params, prompt, 12, use_cache=False)
-    naive = _naive(model, params, prompt, 12, 24, lambda i, z: jnp.argmax(z, -1))
+    cached = generate.greedy(model, params, prompt, 6, use_cache=True)
+    recomputed = generate.greedy(model, params, prompt, 6, use_cache=False)
+    naive = _naive(model, params, prompt, 6, 24, lambda i, z: jnp.argmax(z, -1))
     np.testing.assert_array_equal(cached, naive)
     np.testing.assert_array_equal(recomputed, naive)
-    assert cached.dtype == prompt.dtype and cached.shape == (3, 18)
-    np.testing.assert_array_equal(generate.greedy(model, params, prompt[0], 12), naive[0])  # one prompt, no batch axis
+    assert cached.dtype == prompt.dtype and cached.shape == (3, 12)
+    np.testing.assert_array_equal(generate.greedy(model, params, prompt[0], 6), naive[0])  # one prompt, no batch axis
 
 
 def test_past_the_context_the_window_slides(key):
-    model = _gpt(context=10)
-    _, params = model.init(key, (-1, 10))
-    prompt = jax.random.randint(jax.random.key(1), (2, 4), 0, 17)
-    out = generate.greedy(model, params, prompt, 15)  # automatic: 4 + 15 - 1 > 10, so recomputed over the last 10
-    np.testing.assert_array_equal(out, _naive(model, params, prompt, 15, 10, lambda i, z: jnp.argmax(z, -1)))
-    with pytest.raises(ValueError, match=r"use_cache=True, but the key/value cache cannot serve here: the 4 \+ 15 tokens "
-                                         r"exceed the context of 10"):
-        generate.greedy(model, params, prompt, 15, use_cache=True)
+    model = _gpt(context=5)
+    _, params = model.init(key, (-1, 5))
+    prompt = jax.random.randint(jax.random.key(1), (2, 3), 0, 17)
+    out = generate.greedy(model, params, prompt, 6)  # automatic: 3 + 6 - 1 > 5, so recomputed over the last 5
+    np.testing.assert_array_equal(out, _naive(model, params, prompt, 6, 5, lambda i, z: jnp.argmax(z, -1)))
+    with pytest.raises(ValueError, match=r"use_cache=True, but the key/value cache cannot serve here: the 3 \+ 6 tokens "
+                                         r"exceed the context of 5"):
+        generate.greedy(model, params, prompt, 6, use_cache=True)
 
 
 def test_sampling_with_the_cache_equals_recomputation_and_a_plain_loop(key):
@@ -319,13 +321,13 @@ def test_sampling_with_the_cache_equals_recomputation_and_a_plain_loop(key):
     prompt = jax.random.randint(jax.random.key(1), (4, 3), 0, 17)
     options = dict(temperature=0.7, top_k=6, top_p=0.8)
     k = jax.random.key(7)
-    cached = generate.sample(model, params, prompt, 10, key=k, use_cache=True, **options)
-    recomputed = generate.sample(model, params, prompt, 10, key=k, use_cache=False, **options)
-    keys = jax.random.split(k, 10)
-    naive = _naive(model, params, prompt, 10, 24, lambda i, z: generate.sample_logits(keys[i], z, **options))
+    cached = generate.sample(model, params, prompt, 5, key=k, use_cache=True, **options)
+    recomputed = generate.sample(model, params, prompt, 5, key=k, use_cache=False, **options)
+    keys = jax.random.split(k, 5)
+    naive = _naive(model, params, prompt, 5, 24, lambda i, z: generate.sample_logits(keys[i], z, **options))
     np.testing.assert_array_equal(cached, naive)
     np.testing.assert_array_equal(recomputed, naive)
-    assert not np.array_equal(cached, generate.sample(model, params, prompt, 10, key=jax.random.key(8), **options))
+    assert not np.array_equal(cached, generate.sample(model, params, prompt, 5, key=jax.random.key(8), **options))
 
 
 def test_generation_is_one_scan_compiled_once(key):
@@ -340,7 +342,9 @@ def test_generation_is_one_scan_compiled_once(key):
     prompt = jnp.zeros((2, 3), jnp.int32)
     generate.sample(model, params, prompt, 20, key=jax.random.key(0))
     once = len(traces)
-    assert once <= 3  # a shape check at init and the scan's body: not 20
+    generate.sample(model, params, prompt, 4, key=jax.random.key(0))
+    assert len(traces) == 2 * once  # 4 new tokens or 20: the model traced as often (the scan's body, not per token)
+    once = len(traces)
     params2 = jax.tree_util.tree_map(lambda a: a + 1, params)
     generate.sample(model, params2, prompt + 1, 20, key=jax.random.key(1), temperature=0.5, top_p=0.9)
     assert len(traces) == once  # new params, prompt, key, temperature, top_p: the same program

@@ -484,7 +484,7 @@ def MultiHeadAttention(
             axis = cache["k"].ndim - 3  # the cache's position axis
             keys = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), position, axis)
             values = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), position, axis)
-            allowed = jnp.arange(max_length)[None, :] <= position + jnp.arange(t)[:, None]  # (t, max_length)
+            allowed = jnp.arange(max_length, dtype=jnp.int32)[None, :] <= position + jnp.arange(t, dtype=jnp.int32)[:, None]  # (t, L)
             p = _weights(q, keys.astype(q.dtype), allowed, scale_of(h))  # (..., N, t, max_length)
             o = jnp.einsum("...nts,...snh->...tnh", p, values.astype(q.dtype)).reshape(x.shape[:-1] + (num_heads * h,))
             return _project(o, params["out"], use_bias), {"k": keys, "v": values}

@@ -217,6 +217,10 @@ def TiedEmbedding(num_embeddings: int, features: int, *layers: Layer,
     """
     num_embeddings = _checks.positive_int(num_embeddings, "num_embeddings")
     features = _checks.positive_int(features, "features")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            hint = " (did you forget to call it, e.g. LayerNorm()?)" if callable(layer) else ""
+            raise TypeError(f"TiedEmbedding: layer {i} (after num_embeddings and features) must be a Layer, got {layer!r}{hint}")
     inner = serial(Embedding(num_embeddings, features, embedding_init=embedding_init), *layers)
     table_name = inner.children[0][0]  # "embedding_0"
     head = _tied_head(num_embeddings, features)
