@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxnets.layers as L
-from jaxnets import backprop, data, gradcheck, losses
+from jaxnets import backprop, data, gradcheck, initializers, losses
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import run_folder, versions, write_json_atomic  # noqa: E402
@@ -89,6 +89,11 @@ LAYERS = {
     "SinusoidalEncoding": (L.SinusoidalEncoding(), (2, 5, 4), True),
     "RotaryEmbedding": (L.RotaryEmbedding(), (2, 5, 4), True),
     "TransformerBlock (causal)": (L.TransformerBlock(8, 2, causal=True, mlp_features=12), (2, 5, 8), True),
+    "MultiHeadAttention (attention dropout, train)": (L.MultiHeadAttention(2, causal=True, drop_prob=0.3), (2, 5, 8), True),
+    "TransformerBlock (dropout 0.2, GPT-2 init, train)": (L.TransformerBlock(
+        8, 2, causal=True, mlp_features=12, drop_prob=0.2, w_init=initializers.normal(0.3), residual_scale=0.5), (2, 5, 8), True),
+    "TiedEmbedding (GPT: positions, block, LayerNorm, tied head)": (L.TiedEmbedding(
+        9, 6, L.PositionalEmbedding(8), L.TransformerBlock(6, 2, causal=True, drop_prob=0.1), L.LayerNorm()), (3, 5), True),
     "serial": (L.serial(L.Dense(5), L.Tanh(), L.Dropout(0.2), L.Dense(3)), (4, 6), True),
     "residual": (L.residual(L.LayerNorm(), L.Dense(6), L.Silu()), (4, 6), True),
     "parallel": (L.parallel(L.Dense(3), L.Sigmoid()), ((4, 5), (4, 2)), True),
@@ -113,7 +118,7 @@ DTYPES = ("float32", "float64", "bfloat16")
 
 
 def layer_report(layer, shape, train, key):
-    return gradcheck.check_layer(layer, shape, key=key, train=train, integer_input=layer.name == "embedding", dtypes=DTYPES)
+    return gradcheck.check_layer(layer, shape, key=key, train=train, integer_input=layer.name in ("embedding", "tied_embedding"), dtypes=DTYPES)
 
 
 def model_report(model, input_shape, images, key, digits):

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxnets.layers as L
+from jaxnets import initializers as I
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,22 @@ CASES = [
     Case("FanOut", lambda: L.FanOut(3), ((2, 4),)),
     Case("FanInSum", lambda: L.FanInSum(), (((2, 4), (2, 4), (2, 4)),)),
     Case("FanInConcat", lambda: L.FanInConcat(), (((2, 4), (2, 3)),)),
+]
+
+# Options of a layer get cases of their own, named "<public name> (<option>)": the coverage tests read the name
+# up to the first " (". Attention dropout, the block's dropout and initializers, the tied embedding (issue 20):
+CASES += [
+    Case("MultiHeadAttention (attention dropout)", lambda: L.MultiHeadAttention(2, causal=True, drop_prob=0.3),
+         ((2, 5, 8), (3, 1, 4)), train_differs=True, random=True),
+    Case("MultiHeadAttention (cross, rotary, dropout, b_init)", lambda: L.MultiHeadAttention(
+        2, cross=True, rotary=True, drop_prob=0.5, b_init=I.normal(0.5), out_w_init=I.normal(0.1)),
+         (((2, 4, 8), (2, 6, 8)),), train_differs=True, random=True),
+    Case("TransformerBlock (dropout, GPT-2 init)", lambda: L.TransformerBlock(
+        8, 2, causal=True, mlp_features=12, drop_prob=0.2, attention_drop_prob=0.4, w_init=I.normal(0.3),
+        b_init=I.normal(0.1), residual_scale=0.5), ((2, 5, 8), (1, 3, 8)), train_differs=True, random=True),
+    Case("TiedEmbedding", lambda: L.TiedEmbedding(11, 6, L.PositionalEmbedding(8), L.Dropout(0.2),
+                                                  L.TransformerBlock(6, 2, causal=True, drop_prob=0.1), L.LayerNorm()),
+         ((2, 5), (3, 8)), kind="int", train_differs=True, random=True),
 ]
 
 BY_NAME = {case.name: case for case in CASES}

@@ -121,3 +121,10 @@ def test_w2_parallel_benchmark_quick(tmp_path):
                                                         "jaxnets step, data parallel on 1 devices, FSDP state",
                                                         "diagnosis: the split on 1 devices without the all-reduce"]
     assert result["throughput_ratio"] > 0 and json.loads((tmp_path / "w2_parallel.json").read_text())["rows"] == result["rows"]
+
+
+def test_generation_benchmark_quick(tmp_path):
+    result = _load("experiments/benchmarks/generation.py", "generation_benchmark").main(["--quick", "--out", str(tmp_path)])
+    assert [r["contender"] for r in result["rows"]] == ["recompute the context (reference)", "key/value cache"]
+    assert result["same_tokens"] and result["cache_speedup"] > 0 and all(r["tokens_per_second"] > 0 for r in result["rows"])
+    assert (tmp_path / "generation.md").read_text().startswith("| contender |")
