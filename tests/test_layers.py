@@ -54,6 +54,11 @@ def _abstract(shape):
     return (-1,) + tuple(shape[1:])
 
 
+def _batch(shape):
+    """The batch size: the first axis of the first input (shapes may nest: an LSTM cell's ``((h, c), x)``)."""
+    return _batch(shape[0]) if _is_multi(shape) else shape[0]
+
+
 def _shapes_of(y):
     return jax.tree_util.tree_map(lambda a: a.shape, y)
 
@@ -73,7 +78,7 @@ def test_output_shape_matches_init(name, shape, key):
     layer = factory()
     k_init, k_x, k_apply = jax.random.split(key, 3)
     x = _make_input(k_x, shape, kind)
-    batch = shape[0][0] if _is_multi(shape) else shape[0]
+    batch = _batch(shape)
     for train in (False, True):
         predicted, params, state = layer.init_with_state(k_init, _abstract(shape))
         y, _ = layer.apply_with_state(params, state, x, key=k_apply, train=train)
