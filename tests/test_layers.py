@@ -877,3 +877,61 @@ def test_prelu_equals_torch(key):
     layer = L.PReLU(0.3, per_channel=True)
     _, params = layer.init(key, x.shape)
     np.testing.assert_allclose(layer.apply(params, jnp.asarray(x)), ref, rtol=1e-6)
+
+
+def test_define_layer_residuals_reach_the_rule_and_the_forward_runs_once(key):
+    """residuals=True: apply returns (y, residuals), the rule gets them; the rule never calls apply again."""
+    calls = []
+
+    def init(key, shape):
+        return {"w": jax.random.normal(key, (shape[-1], 3))}
+
+    def apply(params, x):
+        calls.append(1)
+        y = jnp.tanh(x @ params["w"])
+        return y, {"y": y}
+
+    def backward(params, x, saved, y_bar):
+        g = y_bar * (1 - saved["y"] ** 2)  # tanh' from the saved output
+        return {"w": x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, 3)}, g @ params["w"].T
+
+    layer = L.define_layer("tanh_dense", init, apply, backward=backward, residuals=True)
+    shape, params = layer.init(key, (-1, 4))
+    assert shape == (-1, 3)
+    x = jax.random.normal(key, (2, 4))
+    assert layer.apply(params, x).shape == (2, 3)  # the output is y alone
+    calls.clear()
+    y_bar = jnp.ones((2, 3))
+    got = layer.backward(params, {}, x, y_bar)
+    assert len(calls) == 1  # the forward ran once; the rule used what it saved
+    ref = jax.vjp(layer.apply, params, x)[1](y_bar)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, ref)
+    report = gradcheck.check_layer(L.serial(L.Dense(4), layer), (3, 5))
+    assert report.passed, report
+    with pytest.raises(ValueError, match=r"an apply with residuals=True must return \(y, residuals\)"):
+        L.define_layer("bad", init, lambda p, x: x @ p["w"], backward=backward, residuals=True).init(key, (-1, 4))
+    with pytest.raises(TypeError, match="residuals must be a bool"):
+        L.define_layer("bad", init, apply, residuals="yes")
+
+
+def test_define_layer_residuals_with_state(key):
+    """A stateful layer with residuals: apply -> (y, state, residuals); backward(params, state, x, residuals, y_bar)."""
+
+    def init(key, shape):
+        return {"scale": jnp.ones(shape[-1])}, {"count": jnp.zeros(())}
+
+    def apply(params, state, x):
+        y = x * params["scale"]
+        return y, {"count": state["count"] + 1}, x * 1.0
+
+    def backward(params, state, x, saved, y_bar):
+        return {"scale": jnp.sum(y_bar * saved, axis=0)}, y_bar * params["scale"]
+
+    layer = L.define_layer("scale", init, apply, backward=backward, stateful=True, residuals=True)
+    _, params, state = layer.init_with_state(key, (-1, 3))
+    x = jax.random.normal(key, (4, 3))
+    y, new_state = layer.apply_with_state(params, state, x)
+    assert float(new_state["count"]) == 1.0
+    p_bar, x_bar = layer.backward(params, state, x, jnp.ones_like(y))
+    np.testing.assert_allclose(p_bar["scale"], jnp.sum(x, axis=0), rtol=1e-6)
+    np.testing.assert_allclose(x_bar, jnp.ones_like(x))
