@@ -405,10 +405,15 @@ def test_lengths_give_each_sequences_own_end(kind, initial, key):
         n = int(lengths[b])
         np.testing.assert_array_equal(ys[b, n:], 0.0)
         if n == 0:
-            start = given if initial == "input" else ((params["h0"], params["c0"]) if kind == "lstm" else (params["h0"],)) \
-                if initial == "learned" else (jnp.zeros((3, 4)),) * (2 if kind == "lstm" else 1)
+            names = ("h0", "c0") if kind == "lstm" else ("h0",)
+            if initial == "input":
+                start = [a[b] for a in given]
+            elif initial == "learned":
+                start = [params[n] for n in names]
+            else:
+                start = [jnp.zeros(4) for _ in names]
             for a, s in zip(jax.tree_util.tree_leaves(carry), start):
-                np.testing.assert_allclose(a[b], s[b] if s.ndim == 2 else s, rtol=1e-6)
+                np.testing.assert_allclose(a[b], s, rtol=1e-6)
             continue
         one = (x[b:b + 1, :n],) + tuple(a[b:b + 1] for a in given)
         y_alone, carry_alone = alone.apply(params, one if len(one) > 1 else one[0])

@@ -106,7 +106,8 @@ def _conv_layer(
                                  f"{k - 1} per side, got {(lo, hi)} on axis {a}")
     w_init = _util.check_initializer(w_init or inits.lecun_normal(), "w_init")
     b_init = _util.check_initializer(b_init, "b_init")
-    extra = ("" if dilation == (1,) * n else f", dilation={dilation}") + ("" if groups == 1 else f", feature_groups={groups}")
+    extra = (("" if dilation == (1,) * n else f", dilation={dilation}")
+             + ("" if groups == 1 else f", feature_groups={groups}"))
     spec = f"{label}({out_channels}, {kernel_size}, strides={strides}, padding={padding!r}{extra})"
     dn = _dimension_numbers(n)
     if impl not in _CONV_IMPLS:

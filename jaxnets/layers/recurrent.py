@@ -334,7 +334,8 @@ def _recurrent(cell: _Cell, spec: str, hidden: int, return_sequences: bool, init
                 dprev = tuple(jnp.where(keep, a, jnp.zeros_like(a)) for a in dprev)
             return dprev, (dzx, dzh)
 
-        d_carry0, (dzx, dzh) = lax.scan(body, tuple(dcarry), (dys, saved, jnp.arange(t_len, dtype=jnp.int32)), reverse=True)
+        steps = jnp.arange(t_len, dtype=jnp.int32)
+        d_carry0, (dzx, dzh) = lax.scan(body, tuple(dcarry), (dys, saved, steps), reverse=True)
         h_prev = saved[0]  # (T, B, H): the state each step received
         rows = lambda a: a.reshape(t_len * b_size, a.shape[-1])  # noqa: E731  (T, B, n) -> (T B, n)
         grads = _cell_grads(cell, rows(xs), rows(h_prev), rows(dzx), rows(dzh))
