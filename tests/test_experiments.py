@@ -266,3 +266,11 @@ def test_scaling_model_counts_the_bytes_of_each_model(tmp_path):
     # XLA's flops count at least the six products of forward and backward: 2 * batch * (in * out) each
     assert w2[0]["flops_per_step_per_device"] >= 3 * 2 * 512 * (784 * 1024 + 1024 * 1024 + 1024 * 10) * (2 / 3)
     assert (tmp_path / "scaling_model.md").exists()
+
+
+def test_seq2seq_addition_quick(tmp_path):
+    result = load("seq2seq_addition").main(["--quick", "--out", str(tmp_path / "run")])
+    curve = result["curve"]
+    assert curve["loss"][-1] < curve["loss"][0]  # teacher-forced training learns
+    assert 0.0 <= result["test_exact_match"] <= 1.0 and len(result["examples"]) == 5
+    assert (tmp_path / "run" / "training_curve.png").exists() and (tmp_path / "run" / "metrics.json").exists()

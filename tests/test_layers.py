@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import jaxnets.layers as L
+from jaxnets import gradcheck
 from layer_cases import BY_NAME, CASES as LAYER_CASES, NOT_LAYERS
 
 # The registry of cases lives in tests/layer_cases.py (a plain module of data).
@@ -55,6 +56,11 @@ def _abstract(shape):
     return (-1,) + tuple(shape[1:])
 
 
+def _batch(shape):
+    """The batch size: the first axis of the first input (shapes may nest: an LSTM cell's ``((h, c), x)``)."""
+    return _batch(shape[0]) if _is_multi(shape) else shape[0]
+
+
 def _shapes_of(y):
     return jax.tree_util.tree_map(lambda a: a.shape, y)
 
@@ -74,7 +80,7 @@ def test_output_shape_matches_init(name, shape, key):
     layer = factory()
     k_init, k_x, k_apply = jax.random.split(key, 3)
     x = _make_input(k_x, shape, kind)
-    batch = shape[0][0] if _is_multi(shape) else shape[0]
+    batch = _batch(shape)
     for train in (False, True):
         predicted, params, state = layer.init_with_state(k_init, _abstract(shape))
         y, _ = layer.apply_with_state(params, state, x, key=k_apply, train=train)
@@ -692,3 +698,241 @@ def test_define_layer_whose_init_and_apply_disagree_is_named_at_init(key):
     layer = L.define_layer("proj", lambda key, shape: {"w": jnp.ones((shape[-1], 2))}, lambda p, x: x @ p["w"].T)
     with pytest.raises(ValueError, match=r"Proj\(\): could not infer the output shape by running apply on an input of shape \(-1, 3\)"):
         layer.init(key, (-1, 3))
+
+
+# ---------------------------------------------------------------------------
+# Convolution options: explicit padding, dilation, feature groups; PReLU
+# ---------------------------------------------------------------------------
+
+CONV_OPTIONS = {
+    "pad-int": dict(padding=1),
+    "pad-pairs-stride": dict(padding=((1, 2), (0, 3)), strides=2),
+    "pad-per-axis": dict(padding=(2, 0)),
+    "dilation-same": dict(dilation=2),
+    "dilation-valid-stride": dict(dilation=(2, 1), padding="VALID", strides=(1, 2)),
+    "groups": dict(feature_groups=2),
+    "depthwise-dilated": dict(feature_groups=4, padding=2, dilation=2),
+}
+
+
+def _lax_padding(padding):
+    if isinstance(padding, str):
+        return padding
+    if isinstance(padding, int):
+        return [(padding, padding)] * 2
+    return [p if isinstance(p, tuple) else (p, p) for p in padding]
+
+
+@pytest.mark.parametrize("impl", ["im2col", "xla"])
+@pytest.mark.parametrize("option", sorted(CONV_OPTIONS))
+def test_conv_options_equal_lax_conv_general_dilated(option, impl, key):
+    kw = CONV_OPTIONS[option]
+    out = 8 if kw.get("feature_groups") == 4 else 6
+    layer = L.Conv2D(out, 3, impl=impl, **kw)
+    x = jax.random.normal(key, (2, 9, 8, 4))
+    shape, params = layer.init(key, (-1, 9, 8, 4))
+    y = layer.apply(params, x)
+    dil = kw.get("dilation", 1)
+    strides = kw.get("strides", 1)
+    ref = jax.lax.conv_general_dilated(
+        x, params["w"], (strides,) * 2 if isinstance(strides, int) else strides, _lax_padding(kw.get("padding", "SAME")),
+        rhs_dilation=(dil,) * 2 if isinstance(dil, int) else dil, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=kw.get("feature_groups", 1)) + params["b"]
+    assert y.shape == ref.shape == (2,) + shape[1:]
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+TRANSPOSE_OPTIONS = {
+    "pad-int": dict(padding=1, strides=2),
+    "pad-pairs-dilated": dict(padding=((1, 0), (2, 1)), strides=2, dilation=2),
+    "groups": dict(feature_groups=2, strides=2),
+    "dilated-valid": dict(dilation=2, padding="VALID", strides=3),
+}
+
+
+@pytest.mark.parametrize("option", sorted(TRANSPOSE_OPTIONS))
+def test_conv_transpose_options_im2col_equals_xla_and_is_convs_adjoint(option, key):
+    """Both impls agree, and the transposed conv is the adjoint (vjp in x) of the convolution with the same kernel."""
+    kw = TRANSPOSE_OPTIONS[option]
+    x = jax.random.normal(key, (2, 5, 4, 4))
+    ys = []
+    for impl in ("im2col", "xla"):
+        layer = L.ConvTranspose2D(6, 3, use_bias=False, impl=impl, **kw)
+        shape, params = layer.init(key, (-1, 5, 4, 4))
+        ys.append(layer.apply(params, x))
+    np.testing.assert_allclose(ys[0], ys[1], rtol=1e-5, atol=1e-5)
+    assert ys[0].shape == (2,) + shape[1:]
+    if kw.get("feature_groups", 1) == 1 and not (isinstance(kw.get("padding"), str)):
+        # <conv(u), x> = <u, convT(x)>: conv with W^T (in and out swapped), PyTorch's padding convention
+        w = jnp.swapaxes(params["w"], -1, -2)  # (kh, kw, 6, 4)
+        pad = kw["padding"]
+        pads = [(pad, pad)] * 2 if isinstance(pad, int) else list(pad)
+        u = jax.random.normal(jax.random.key(5), ys[0].shape)
+        conv_u = jax.lax.conv_general_dilated(u, w, (kw["strides"],) * 2, pads, rhs_dilation=(kw.get("dilation", 1),) * 2,
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        assert conv_u.shape == x.shape
+        np.testing.assert_allclose(jnp.vdot(conv_u, x), jnp.vdot(u, ys[0]), rtol=1e-4)
+
+
+@pytest.mark.slow  # three dtypes and finite differences per option
+@pytest.mark.parametrize("option", sorted(CONV_OPTIONS) + [f"T-{o}" for o in sorted(TRANSPOSE_OPTIONS)])
+def test_conv_option_rules_pass_check_layer_in_three_dtypes(option):
+    if option.startswith("T-"):
+        layer = L.ConvTranspose2D(4, 3, **TRANSPOSE_OPTIONS[option[2:]])
+        shape = (2, 3, 4, 4)
+    else:
+        kw = CONV_OPTIONS[option]
+        layer = L.Conv2D(8 if kw.get("feature_groups") == 4 else 6, 3, **kw)
+        shape = (2, 7, 6, 4)
+    report = gradcheck.check_layer(layer, shape, dtypes=("float32", "float64", "bfloat16"))
+    assert report.passed, report
+
+
+@pytest.mark.parametrize("option", ["pad-pairs-stride", "depthwise-dilated"])
+def test_conv_option_rules_match_jax_vjp(option, key):
+    kw = CONV_OPTIONS[option]
+    layer = L.Conv2D(8 if kw.get("feature_groups") == 4 else 6, 3, **kw)
+    x = jax.random.normal(key, (2, 7, 6, 4))
+    _, params = layer.init(key, x.shape)
+    y_bar = jax.random.normal(jax.random.key(3), layer.apply(params, x).shape)
+    ref = jax.vjp(layer.apply, params, x)[1](y_bar)
+    got = layer.backward(params, {}, x, y_bar)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), got, ref)
+
+
+def test_conv_options_equal_torch_conv2d(key):
+    torch = pytest.importorskip("torch")
+    x = np.asarray(jax.random.normal(key, (2, 9, 8, 4)))
+    layer = L.Conv2D(6, (3, 2), strides=2, padding=(1, 2), dilation=(1, 2), feature_groups=2)
+    _, params = layer.init(key, x.shape)
+    w = torch.from_numpy(np.asarray(params["w"]).transpose(3, 2, 0, 1).copy())  # HWIO -> OIHW
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), w,
+                                     torch.from_numpy(np.asarray(params["b"])), stride=2, padding=(1, 2),
+                                     dilation=(1, 2), groups=2).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(layer.apply(params, jnp.asarray(x)), ref, rtol=1e-5, atol=1e-5)
+    t_layer = L.ConvTranspose2D(6, 4, strides=2, padding=((1, 0), (1, 0)), feature_groups=2)  # PyTorch p=1, output_padding=1
+    _, tp = t_layer.init(key, x.shape)
+    # PyTorch's transposed weight is (in, out / G, kh, kw) and unflipped; ours is the flipped correlation's (kh, kw, in / G, out)
+    g, wt = 2, np.asarray(tp["w"])
+    tw = wt.reshape(4, 4, 2, g, 3).transpose(3, 2, 4, 0, 1).reshape(4, 3, 4, 4)  # (in, out / G, kh, kw)
+    ref_t = torch.nn.functional.conv_transpose2d(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
+                                                 torch.from_numpy(tw.copy()), torch.from_numpy(np.asarray(tp["b"])),
+                                                 stride=2, padding=1, output_padding=1, groups=2)
+    np.testing.assert_allclose(t_layer.apply(tp, jnp.asarray(x)), ref_t.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_options_bad_inputs(key):
+    with pytest.raises(ValueError, match=r"Conv: padding must not be negative, got -1 at axis 0 \(low\)"):
+        L.Conv2D(4, 3, padding=((-1, 0), (0, 0)))
+    with pytest.raises(ValueError, match=r"Conv: padding must not be negative, got -2 at every side"):
+        L.Conv2D(4, 3, padding=-2)
+    with pytest.raises(ValueError, match=r"padding must be 'SAME', 'VALID', an int, 2 ints .* got \(1, 2, 3\)"):
+        L.Conv2D(4, 3, padding=(1, 2, 3))
+    with pytest.raises(ValueError, match=r"padding must be 'SAME' or 'VALID', got 'FULL'"):
+        L.Conv2D(4, 3, padding="FULL")
+    with pytest.raises(ValueError, match=r"dilation\[0\]"):
+        L.Conv2D(4, 3, dilation=0)
+    with pytest.raises(ValueError, match="feature_groups"):
+        L.Conv2D(4, 3, feature_groups=0)
+    with pytest.raises(ValueError, match=r"Conv: out_channels \(5\) must be divisible by feature_groups \(2\)"):
+        L.Conv2D(5, 3, feature_groups=2)
+    with pytest.raises(ValueError, match=r"in_channels \(3\) must be divisible by feature_groups \(2\)"):
+        L.Conv2D(4, 3, feature_groups=2).init(key, (-1, 8, 8, 3))
+    layer = L.Conv2D(4, 3, feature_groups=2)
+    _, params = layer.init(key, (-1, 8, 8, 4))
+    with pytest.raises(ValueError, match=r"expects 4 input channels \(2 per group, 2 groups\)"):
+        layer.apply(params, jnp.ones((1, 8, 8, 6)))
+    with pytest.raises(ValueError, match=r"the \(dilated\) window 5 is larger than the padded input size 4"):
+        L.Conv2D(4, 3, dilation=2, padding=1).init(key, (-1, 2, 8, 1))
+    with pytest.raises(ValueError, match=r"ConvTranspose: padding crops the full output by at most .* = 2 per side, "
+                                         r"got \(3, 3\) on axis 0"):
+        L.ConvTranspose2D(4, 3, padding=3)
+
+
+def test_prelu_values_and_kink_convention(key):
+    """PReLU against its definition; at x = 0 the rule takes the left-hand slope a (as leaky_relu), a_bar gets 0."""
+    layer = L.PReLU(0.2, per_channel=True)
+    x = jnp.array([[-2.0, 0.0, 3.0], [1.0, -1.0, 0.0]])
+    _, params = layer.init(key, (-1, 3))
+    params = {"alpha": jnp.array([0.1, 0.2, 0.3])}
+    np.testing.assert_allclose(layer.apply(params, x), np.where(x > 0, x, x * np.array([0.1, 0.2, 0.3])))
+    p_bar, x_bar = layer.backward(params, {}, x, jnp.ones_like(x))
+    np.testing.assert_allclose(x_bar, [[0.1, 0.2, 1.0], [1.0, 0.2, 0.3]])  # x = 0 gets a
+    np.testing.assert_allclose(p_bar["alpha"], [-2.0, -1.0, 0.0])  # sum of min(x, 0)
+    g = jax.grad(lambda p, x: jnp.sum(layer.apply(p, x)), argnums=(0, 1))(params, x)
+    np.testing.assert_allclose(g[1], x_bar)  # jnp.where(x > 0, ...) takes the same branch at 0
+    scalar = L.PReLU()
+    _, sp = scalar.init(key, (-1, 3))
+    assert sp["alpha"].shape == () and float(sp["alpha"]) == 0.25
+    with pytest.raises(ValueError, match=r"PReLU\(0.2, per_channel=True\) expects 3 channels \(last axis\), got x of shape \(2, 4\)"):
+        layer.apply(params, jnp.ones((2, 4)))
+    with pytest.raises(TypeError, match="per_channel must be a bool"):
+        L.PReLU(per_channel=1)
+
+
+def test_prelu_equals_torch(key):
+    torch = pytest.importorskip("torch")
+    x = np.asarray(jax.random.normal(key, (4, 5, 3)))
+    m = torch.nn.PReLU(num_parameters=3, init=0.3)
+    ref = m(torch.from_numpy(x.transpose(0, 2, 1).copy())).detach().numpy().transpose(0, 2, 1)
+    layer = L.PReLU(0.3, per_channel=True)
+    _, params = layer.init(key, x.shape)
+    np.testing.assert_allclose(layer.apply(params, jnp.asarray(x)), ref, rtol=1e-6)
+
+
+def test_define_layer_residuals_reach_the_rule_and_the_forward_runs_once(key):
+    """residuals=True: apply returns (y, residuals), the rule gets them; the rule never calls apply again."""
+    calls = []
+
+    def init(key, shape):
+        return {"w": jax.random.normal(key, (shape[-1], 3))}
+
+    def apply(params, x):
+        calls.append(1)
+        y = jnp.tanh(x @ params["w"])
+        return y, {"y": y}
+
+    def backward(params, x, saved, y_bar):
+        g = y_bar * (1 - saved["y"] ** 2)  # tanh' from the saved output
+        return {"w": x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, 3)}, g @ params["w"].T
+
+    layer = L.define_layer("tanh_dense", init, apply, backward=backward, residuals=True)
+    shape, params = layer.init(key, (-1, 4))
+    assert shape == (-1, 3)
+    x = jax.random.normal(key, (2, 4))
+    assert layer.apply(params, x).shape == (2, 3)  # the output is y alone
+    calls.clear()
+    y_bar = jnp.ones((2, 3))
+    got = layer.backward(params, {}, x, y_bar)
+    assert len(calls) == 1  # the forward ran once; the rule used what it saved
+    ref = jax.vjp(layer.apply, params, x)[1](y_bar)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, ref)
+    report = gradcheck.check_layer(L.serial(L.Dense(4), layer), (3, 5))
+    assert report.passed, report
+    with pytest.raises(ValueError, match=r"an apply with residuals=True must return \(y, residuals\)"):
+        L.define_layer("bad", init, lambda p, x: x @ p["w"], backward=backward, residuals=True).init(key, (-1, 4))
+    with pytest.raises(TypeError, match="residuals must be a bool"):
+        L.define_layer("bad", init, apply, residuals="yes")
+
+
+def test_define_layer_residuals_with_state(key):
+    """A stateful layer with residuals: apply -> (y, state, residuals); backward(params, state, x, residuals, y_bar)."""
+
+    def init(key, shape):
+        return {"scale": jnp.ones(shape[-1])}, {"count": jnp.zeros(())}
+
+    def apply(params, state, x):
+        y = x * params["scale"]
+        return y, {"count": state["count"] + 1}, x * 1.0
+
+    def backward(params, state, x, saved, y_bar):
+        return {"scale": jnp.sum(y_bar * saved, axis=0)}, y_bar * params["scale"]
+
+    layer = L.define_layer("scale", init, apply, backward=backward, stateful=True, residuals=True)
+    _, params, state = layer.init_with_state(key, (-1, 3))
+    x = jax.random.normal(key, (4, 3))
+    y, new_state = layer.apply_with_state(params, state, x)
+    assert float(new_state["count"]) == 1.0
+    p_bar, x_bar = layer.backward(params, state, x, jnp.ones_like(y))
+    np.testing.assert_allclose(p_bar["scale"], jnp.sum(x, axis=0), rtol=1e-6)
+    np.testing.assert_allclose(x_bar, jnp.ones_like(x))

@@ -125,3 +125,93 @@ def test_defaults_on_the_porting_page_are_flaxs_and_staxs():
     np.testing.assert_allclose(ours, [[0 + 1 + 3 + 4, 2 + 5], [6 + 7, 8]])  # windows {0, 1}, {2, pad}
     conv = nn.Conv(1, (2, 2), strides=(2, 2), kernel_init=nn.initializers.ones)
     np.testing.assert_allclose(conv.apply(conv.init(jax.random.key(0), image), image)[0, :, :, 0], ours)
+
+
+# ---------------------------------------------------------------------------
+# PyTorch and equinox
+# ---------------------------------------------------------------------------
+
+
+def _torch():
+    return pytest.importorskip("torch", reason="torch is a test dependency (CPU wheel): pip install torch")
+
+
+def test_torch_cnn_with_batchnorm_transpose_prelu_loads_and_agrees():
+    torch = _torch()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, dilation=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1, groups=2), torch.nn.PReLU(4),
+                              torch.nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 5), torch.nn.LayerNorm(5))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    model = L.serial(L.Conv2D(8, 3, padding=1), L.BatchNorm(momentum=0.9), L.Relu(),
+                     L.ConvTranspose2D(4, 4, strides=2, padding=1, feature_groups=2), L.PReLU(per_channel=True),
+                     L.Conv2D(4, 3, padding=2, dilation=2, feature_groups=4), L.GlobalAvgPool(), L.Dense(5), L.LayerNorm())
+    x = np.random.RandomState(0).randn(2, 3, 6, 6).astype(np.float32)
+    params, state = porting.from_torch(model, net.state_dict(), (2, 6, 6, 3))
+    np.testing.assert_array_equal(state["batch_norm_0"]["var"], net[1].running_var.numpy())
+    y, _ = model.apply_with_state(params, state, jnp.asarray(x.transpose(0, 2, 3, 1)))  # NCHW -> NHWC
+    _close(y, net(torch.from_numpy(x)).detach().numpy())
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_torch_recurrent_layers_load_with_their_gate_order(kind):
+    torch = _torch()
+    torch.manual_seed(1)
+    net = getattr(torch.nn, kind)(3, 5, batch_first=True)
+    x = np.random.RandomState(1).randn(2, 7, 3).astype(np.float32)
+    ours = {"LSTM": L.LSTM, "GRU": L.GRU, "RNN": L.SimpleRNN}[kind](5)
+    params, _ = porting.from_torch(ours, net.state_dict(), (2, 7, 3))
+    _close(ours.apply(params, jnp.asarray(x)), net(torch.from_numpy(x))[0].detach().numpy())
+
+
+def test_torch_embedding_and_errors_name_the_key_and_both_shapes():
+    torch = _torch()
+    emb = torch.nn.Embedding(10, 4)
+    params, _ = porting.from_torch(L.Embedding(10, 4), emb.state_dict(), (3,))
+    np.testing.assert_array_equal(params["table"], emb.weight.detach().numpy())
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5))
+    with pytest.raises(ValueError, match=r"from_torch: '0.weight' \(shape \(5, 4\)\) converts to dense_0/w of shape "
+                                         r"\(4, 5\), but Dense\(3\) expects \(4, 3\)"):
+        porting.from_torch(L.serial(L.Dense(3)), net.state_dict(), (2, 4))
+    with pytest.raises(ValueError, match=r"the model has 2 layers with params, the source 1 modules with params"):
+        porting.from_torch(L.serial(L.Dense(5), L.Dense(2)), net.state_dict(), (2, 4))
+    bn = torch.nn.BatchNorm1d(4).state_dict()
+    del bn["running_var"]
+    with pytest.raises(ValueError, match=r"from_torch: 'running_var' is missing \(for a BatchNorm"):
+        porting.from_torch(L.BatchNorm(), bn, (2, 4))
+    with pytest.raises(ValueError, match=r"only one-layer, one-direction recurrent modules"):
+        porting.from_torch(L.LSTM(5), torch.nn.LSTM(3, 5, num_layers=2).state_dict(), (2, 7, 3))
+    with pytest.raises(TypeError, match="state_dict must be a mapping"):
+        porting.from_torch(L.Dense(3), [1, 2], (2, 4))
+
+
+def test_equinox_modules_load_and_agree():
+    eqx = pytest.importorskip("equinox", reason="equinox is a test dependency: pip install equinox")
+    k = jax.random.split(jax.random.key(0), 6)
+    net = eqx.nn.Sequential([
+        eqx.nn.Conv2d(3, 8, 3, padding=1, key=k[0]), eqx.nn.Lambda(jax.nn.relu),
+        eqx.nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1, groups=2, key=k[1]),
+        eqx.nn.Sequential([eqx.nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4, key=k[2])]),
+        eqx.nn.Lambda(lambda x: jnp.mean(x, axis=(1, 2))), eqx.nn.Linear(4, 5, key=k[3]), eqx.nn.LayerNorm(5)])
+    model = L.serial(L.Conv2D(8, 3, padding=1), L.Relu(), L.ConvTranspose2D(4, 4, strides=2, padding=1, feature_groups=2),
+                     L.serial(L.Conv2D(4, 3, padding=2, dilation=2, feature_groups=4)), L.GlobalAvgPool(), L.Dense(5),
+                     L.LayerNorm())
+    x = np.random.RandomState(0).randn(2, 3, 6, 6).astype(np.float32)
+    params, _ = porting.from_equinox(model, net, (2, 6, 6, 3))
+    _close(model.apply(params, jnp.asarray(x.transpose(0, 2, 3, 1))), jax.vmap(net)(jnp.asarray(x)))
+    for cell, ours, carry in ((eqx.nn.LSTMCell(3, 5, key=k[4]), L.LSTMCell(5), (jnp.full(5, 0.3), jnp.full(5, -0.2))),
+                              (eqx.nn.GRUCell(3, 5, key=k[5]), L.GRUCell(5), jnp.full(5, 0.3))):
+        x_t = jnp.asarray(np.random.RandomState(1).randn(3).astype(np.float32))
+        shapes = jax.tree_util.tree_map(lambda a: (1,) + a.shape, (carry, x_t))
+        params, _ = porting.from_equinox(ours, cell, shapes)
+        got, _ = ours.apply(params, jax.tree_util.tree_map(lambda a: a[None], (carry, x_t)))
+        jax.tree_util.tree_map(lambda a, b: _close(a[0], b), got, cell(x_t, carry))
+    with pytest.raises(ValueError, match=r"from_equinox: 'layers\[0\].weight' \(shape \(5, 4\)\) converts to dense_0/w"):
+        porting.from_equinox(L.serial(L.Dense(3)), eqx.nn.Sequential([eqx.nn.Linear(4, 5, key=k[0])]), (2, 4))
+    bn = eqx.nn.BatchNorm(4, "batch")
+    with pytest.raises(ValueError, match=r"is an equinox BatchNorm, which from_equinox does not map"):
+        porting.from_equinox(L.BatchNorm(), bn, (2, 4))

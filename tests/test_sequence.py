@@ -320,6 +320,228 @@ def test_recurrent_bad_inputs(key):
         L.LSTM(4, initial_state="random")
 
 
+CELLS = {"rnn": (L.SimpleRNN, L.SimpleRNNCell), "lstm": (L.LSTM, L.LSTMCell), "gru": (L.GRU, L.GRUCell)}
+
+
+def _carry_zeros(kind, batch, hidden):
+    h = jnp.zeros((batch, hidden))
+    return (h, h) if kind == "lstm" else h
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_cell_scanned_over_time_equals_the_layer(kind, key):
+    """The one-step cell on the layer's params, stepped in a Python loop, gives the layer's outputs and final carry."""
+    seq, cell = CELLS[kind][0](5, return_state=True), CELLS[kind][1](5)
+    x = jax.random.normal(key, (3, 6, 4))
+    _, params = seq.init(key, x.shape)
+    cell.init(key, (((-1, 5), (-1, 5)) if kind == "lstm" else (-1, 5), (-1, 4)))  # the shapes agree
+    ys, final = seq.apply(params, x)
+    carry, outs = _carry_zeros(kind, 3, 5), []
+    step = jax.jit(lambda c, x_t: cell.apply(params, (c, x_t)))
+    for t in range(6):
+        carry, y_t = step(carry, x[:, t])
+        outs.append(y_t)
+    np.testing.assert_allclose(jnp.stack(outs, axis=1), ys, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(carry), jax.tree_util.tree_leaves(final)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_lstm_final_carry_is_h_and_c_of_an_independent_loop(key):
+    layer = L.LSTM(3, return_sequences=False, return_state=True)
+    x = jax.random.normal(key, (2, 4, 5))
+    _, params = layer.init(key, x.shape)
+    h = c = jnp.zeros((2, 3))
+    for t in range(4):
+        z = x[:, t] @ params["wx"] + h @ params["wh"] + params["b"]
+        i, f, g, o = (jax.nn.sigmoid(z[:, :3]), jax.nn.sigmoid(z[:, 3:6]), jnp.tanh(z[:, 6:9]), jax.nn.sigmoid(z[:, 9:]))
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+    y, (h_got, c_got) = layer.apply(params, x)
+    np.testing.assert_allclose(y, h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h_got, h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c_got, c, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_encoder_carry_starts_a_decoder_as_one_long_sequence(kind, key):
+    """An encoder's final carry fed to a decoder (initial_state='input', same params) continues the sequence."""
+    x = jax.random.normal(key, (2, 7, 3))
+    encoder = CELLS[kind][0](4, return_state=True)
+    decoder = CELLS[kind][0](4, initial_state="input")
+    _, params = encoder.init(key, x.shape)
+    _, carry = encoder.apply(params, x[:, :4])
+    parts = carry if kind == "lstm" else (carry,)
+    continued = decoder.apply(params, (x[:, 4:],) + tuple(parts))
+    whole = CELLS[kind][0](4).apply(params, x)
+    np.testing.assert_allclose(continued, whole[:, 4:], rtol=1e-5, atol=1e-6)
+
+
+def _with_lengths_input(kind, initial):
+    x = jax.random.normal(jax.random.key(21), (3, 6, 2))
+    lengths = jnp.array([6, 2, 0])
+    parts = (2 if kind == "lstm" else 1) if initial == "input" else 0
+    return (x, lengths) + tuple(jax.random.normal(jax.random.key(22 + i), (3, 4)) for i in range(parts))
+
+
+def _without_lengths(x):
+    """``(x, lengths, *h0) -> ((x, *h0), rebuild)``: the integer lengths are not differentiated."""
+    arrays, lengths = (x[0],) + tuple(x[2:]), x[1]
+    return arrays, lambda part: (part[0], lengths) + tuple(part[1:])
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+@pytest.mark.parametrize("initial", ["zeros", "learned", "input"])
+def test_lengths_give_each_sequences_own_end(kind, initial, key):
+    """With lengths, each sequence's outputs and final carry equal the layer run on that sequence alone;
+    outputs past the end are zero; a zero length keeps the initial state."""
+    layer = CELLS[kind][0](4, lengths_input=True, return_state=True, initial_state=initial)
+    alone = CELLS[kind][0](4, return_state=True, initial_state=initial)
+    inputs = _with_lengths_input(kind, initial)
+    x, lengths, given = inputs[0], inputs[1], inputs[2:]
+    _, params = layer.init(key, jax.tree_util.tree_map(jnp.shape, inputs))
+    params = jax.tree_util.tree_map(lambda a: a + 0.3, params)  # a learned initial state other than zero
+    ys, carry = layer.apply(params, inputs)
+    for b in range(3):
+        n = int(lengths[b])
+        np.testing.assert_array_equal(ys[b, n:], 0.0)
+        if n == 0:
+            names = ("h0", "c0") if kind == "lstm" else ("h0",)
+            if initial == "input":
+                start = [a[b] for a in given]
+            elif initial == "learned":
+                start = [params[n] for n in names]
+            else:
+                start = [jnp.zeros(4) for _ in names]
+            for a, s in zip(jax.tree_util.tree_leaves(carry), start):
+                np.testing.assert_allclose(a[b], s, rtol=1e-6)
+            continue
+        one = (x[b:b + 1, :n],) + tuple(a[b:b + 1] for a in given)
+        y_alone, carry_alone = alone.apply(params, one if len(one) > 1 else one[0])
+        np.testing.assert_allclose(ys[b, :n], y_alone[0], rtol=1e-5, atol=1e-6)
+        for a, e in zip(jax.tree_util.tree_leaves(carry), jax.tree_util.tree_leaves(carry_alone)):
+            np.testing.assert_allclose(a[b], e[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+@pytest.mark.parametrize("variant", [dict(), dict(return_sequences=False, initial_state="learned"),
+                                     dict(initial_state="input", truncate=2)], ids=["all", "last-learned", "input-trunc"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lengths_and_final_carry_rule_matches_jax_vjp(kind, variant, dtype, key):
+    layer = CELLS[kind][0](4, lengths_input=True, return_state=True, **variant)
+    inputs = _with_lengths_input(kind, variant.get("initial_state", "zeros"))
+    err = _rule_vs_vjp_tree(layer, inputs, _without_lengths, key, dtype)
+    assert err <= TOLERANCE[dtype]
+
+
+def _rule_vs_vjp_tree(layer, x, diff, key, dtype):
+    """:func:`_rule_vs_vjp` for a layer whose output is a pytree (``(y, carry)``)."""
+    k_init, k_bar = jax.random.split(key)
+    with jax.enable_x64(dtype == "float64"):
+        x = _cast(x, dtype)
+        _, params = layer.init(k_init, jax.tree_util.tree_map(jnp.shape, x))
+        params = _cast(params, dtype)
+        part, rebuild = diff(x)
+        forward = lambda p, part: layer.apply(p, rebuild(part))  # noqa: E731
+        y = forward(params, part)
+        leaves, tree = jax.tree_util.tree_flatten(y)
+        y_bar = jax.tree_util.tree_unflatten(tree, [jax.random.normal(k, a.shape, a.dtype) for k, a in
+                                                    zip(jax.random.split(k_bar, len(leaves)), leaves)])
+        ref = jax.vjp(forward, params, part)[1](y_bar)
+        got_p, got_x = jax.jit(lambda p, x: layer.backward(p, {}, x, y_bar))(params, x)
+        got_part, _ = diff(got_x)
+        return _rel((got_p, got_part), ref)
+
+
+@pytest.mark.slow  # three dtypes and finite differences per layer
+@pytest.mark.parametrize("name,layer,shapes", [
+    ("lstm-final-carry", L.LSTM(3, return_state=True, return_sequences=False), (2, 4, 2)),
+    ("gru-final-carry", L.GRU(3, return_state=True, initial_state="learned"), (2, 4, 2)),
+    ("lstm-cell", L.LSTMCell(3), (((2, 3), (2, 3)), (2, 2))),
+    ("gru-cell", L.GRUCell(3), ((2, 3), (2, 2))),
+    ("rnn-cell", L.SimpleRNNCell(3), ((2, 3), (2, 2))),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_new_recurrent_rules_pass_check_layer_in_three_dtypes(name, layer, shapes):
+    report = gradcheck.check_layer(layer, shapes, dtypes=("float32", "float64", "bfloat16"))
+    assert report.passed, report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_lengths_rule_passes_check_layer_in_three_dtypes(kind):
+    """The lengths rule through check_layer: fixed lengths closed over by a define_layer wrapper (x in, (y, carry) out)."""
+    layer = CELLS[kind][0](3, lengths_input=True, return_state=True, initial_state="learned")
+    lengths = jnp.array([5, 2, 0])
+
+    def backward(params, x, y_bar):
+        p_bar, (x_bar, _) = layer.backward(params, {}, (x, lengths), y_bar)
+        return p_bar, x_bar
+
+    fixed = L.define_layer(f"{kind}_with_lengths", lambda key, shape: layer.init(key, (shape, shape[:-2]))[1],
+                           lambda params, x: layer.apply(params, (x, lengths)), backward=backward)
+    report = gradcheck.check_layer(fixed, (3, 5, 2), dtypes=("float32", "float64", "bfloat16"))
+    assert report.passed, report
+
+
+@pytest.mark.standard_promotion("the float32/float64 promotion is what is tested (Dense promotes the same way)")
+@pytest.mark.parametrize("kind", sorted(CELLS))
+@pytest.mark.parametrize("initial", ["zeros", "learned", "input"])
+def test_float32_params_with_float64_input_promote(kind, initial, key):
+    """As Dense: float32 params and float64 input run in float64 (the scan's carry included), rule too."""
+    layer = CELLS[kind][0](3, initial_state=initial, return_state=True)
+    parts = (2 if kind == "lstm" else 1) if initial == "input" else 0
+    with jax.enable_x64(True):
+        x = (jax.random.normal(key, (2, 4, 2), jnp.float64),) + tuple(jnp.ones((2, 3), jnp.float32) for _ in range(parts))
+        x = x if parts else x[0]
+        _, params = layer.init(key, jax.tree_util.tree_map(jnp.shape, x))
+        y, carry = layer.apply(params, x)
+        assert y.dtype == jnp.float64 and all(a.dtype == jnp.float64 for a in jax.tree_util.tree_leaves(carry))
+        y_bar = (jnp.ones_like(y), jax.tree_util.tree_map(jnp.ones_like, carry))
+        got_p, got_x = layer.backward(params, {}, x, y_bar)
+        ref_p, ref_x = jax.vjp(lambda p, x: layer.apply(p, x), params, x)[1](y_bar)
+        assert _rel(got_p, ref_p) <= 1e-6 and _rel(got_x, ref_x) <= 1e-6  # jax.vjp rounds params cotangents to float32
+        if parts:  # a given initial state's cotangent in its own dtype
+            assert all(a.dtype == jnp.float32 for a in got_x[1:])
+    cell = CELLS[kind][1](3)
+    with jax.enable_x64(True):
+        carry = _carry_zeros(kind, 2, 3)
+        _, params = cell.init(key, jax.tree_util.tree_map(jnp.shape, (carry, jnp.ones((2, 2)))))
+        new, y_t = cell.apply(params, (carry, jnp.ones((2, 2), jnp.float64)))
+        assert y_t.dtype == jnp.float64
+
+
+def test_new_recurrent_options_bad_inputs(key):
+    layer = L.LSTM(4, lengths_input=True)
+    with pytest.raises(ValueError, match=r"LSTM\(4, lengths_input=True\) expects the input \(x, lengths\), so input_shape "
+                                         r"must be a tuple of 2 shapes"):
+        layer.init(key, (2, 5, 3))
+    with pytest.raises(ValueError, match=r"LSTM\(4, lengths_input=True\): lengths must have shape \(2,\) "
+                                         r"\(x's leading axes\), got \(3,\)"):
+        layer.init(key, ((2, 5, 3), (3,)))
+    _, params = layer.init(key, ((-1, 5, 3), (-1,)))
+    with pytest.raises(TypeError, match="lengths_input=True.*integer"):
+        layer.apply(params, (jnp.ones((2, 5, 3)), jnp.ones((2,))))
+    with pytest.raises(ValueError, match=r"lengths must have shape \(2,\) \(x's leading axes\), got \(2, 1\)"):
+        layer.apply(params, (jnp.ones((2, 5, 3)), jnp.ones((2, 1), jnp.int32)))
+    with pytest.raises(ValueError, match=r"GRU\(4, initial_state='input', lengths_input=True\) expects the input "
+                                         r"\(x, lengths, h0\)"):
+        L.GRU(4, initial_state="input", lengths_input=True).init(key, ((2, 5, 3), (2,)))
+    with pytest.raises(TypeError, match=r"LSTM: return_state must be a bool, got 1"):
+        L.LSTM(4, return_state=1)
+    cell = L.LSTMCell(4)
+    with pytest.raises(ValueError, match=r"LSTMCell\(4\) expects the input_shape \(carry, x_t\), got a tuple of 3"):
+        cell.init(key, (2, 5, 3))
+    with pytest.raises(ValueError, match=r"LSTMCell\(4\): the carry's input_shape must be the pair \(h, c\) of shapes"):
+        cell.init(key, ((2, 4), (2, 3)))
+    with pytest.raises(ValueError, match=r"LSTMCell\(4\): c must have shape \(2, 4\) \(x_t's leading axes, hidden\), "
+                                         r"got \(2, 5\)"):
+        cell.init(key, (((2, 4), (2, 5)), (2, 3)))
+    _, params = cell.init(key, (((-1, 4), (-1, 4)), (-1, 3)))
+    with pytest.raises(ValueError, match=r"LSTMCell\(4\): the carry must be the pair \(h, c\), got one"):
+        cell.apply(params, (jnp.ones((2, 4)), jnp.ones((2, 3))))
+    with pytest.raises(ValueError, match=r"LSTMCell\(4\) expects x_t with 3 features \(last axis\), got \(2, 2\)"):
+        cell.apply(params, ((jnp.ones((2, 4)), jnp.ones((2, 4))), jnp.ones((2, 2))))
+
+
 # ---------------------------------------------------------------------------
 # Pooling
 # ---------------------------------------------------------------------------

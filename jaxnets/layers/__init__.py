@@ -48,13 +48,13 @@ from jaxnets.layers.core import Layer, check_params, count_params, require_rule
 from jaxnets.layers.custom import define_layer
 from jaxnets.layers.dense import Dense, Embedding, TiedEmbedding
 from jaxnets.layers.dropout import Dropout
-from jaxnets.layers.elementwise import (Elementwise, Elu, Gelu, Identity, Lambda, LeakyRelu, LogSoftmax, Relu, Sigmoid,
-                                        Silu, Softmax, Softplus, Tanh)
+from jaxnets.layers.elementwise import (Elementwise, Elu, Gelu, Identity, Lambda, LeakyRelu, LogSoftmax, PReLU, Relu,
+                                        Sigmoid, Silu, Softmax, Softplus, Tanh)
 from jaxnets.layers.normalization import BatchNorm, LayerNorm
 from jaxnets.layers.positional import (PositionalEmbedding, RotaryEmbedding, SinusoidalEncoding, rotary_embedding,
                                        sinusoidal_encoding)
 from jaxnets.layers.pooling import AvgPool, GlobalAvgPool, GlobalMaxPool, MaxPool
-from jaxnets.layers.recurrent import GRU, LSTM, SimpleRNN
+from jaxnets.layers.recurrent import GRU, LSTM, GRUCell, LSTMCell, SimpleRNN, SimpleRNNCell
 from jaxnets.layers.reshape import Flatten, Reshape
 from jaxnets.layers.sequence import SequencePool
 from jaxnets.layers.transformer import TransformerBlock
@@ -85,6 +85,7 @@ __all__ = [
     # activation layers
     "Relu",
     "LeakyRelu",
+    "PReLU",
     "Elu",
     "Gelu",
     "Sigmoid",
@@ -102,6 +103,9 @@ __all__ = [
     "SimpleRNN",
     "LSTM",
     "GRU",
+    "SimpleRNNCell",
+    "LSTMCell",
+    "GRUCell",
     "SequencePool",
     "PositionalEmbedding",
     "SinusoidalEncoding",

@@ -79,6 +79,7 @@ def define_layer(
     stateful: bool = False,
     input_dtype: Any = None,
     spec: str | None = None,
+    residuals: bool = False,
 ) -> Layer:
     """Define a layer from ``init`` and ``apply``, optionally with state and a hand rule.
 
@@ -99,6 +100,15 @@ def define_layer(
       input_dtype: the dtype to infer shapes with (e.g. ``jnp.int32`` for ids);
         default the default float dtype (float32, or float64 with x64 on).
       spec: the ``repr``; default ``Name()``.
+      residuals: ``apply`` also returns what its rule needs, and the rule
+        receives it instead of recomputing the forward pass (the residuals
+        convention, as ``jax.custom_vjp``'s forward): ``apply(params, x) ->
+        (y, residuals)`` (stateful: ``-> (y, new_state, residuals)``) and
+        ``backward(params, x, residuals, y_bar) -> (params_bar, x_bar)``
+        (stateful: ``(params, state, x, residuals, y_bar)``). ``residuals``
+        is any pytree of arrays; the layer's output is ``y`` alone, and the
+        residuals ride on the tape that combinators record on the way
+        forward, so a model's forward pass runs once.
 
     Returns:
       A :class:`Layer`. At every call its output shape is checked against the
@@ -129,16 +139,34 @@ def define_layer(
     if output_shape is not None and not callable(output_shape):
         raise TypeError(f"output_shape must be callable as output_shape(input_shape), got {output_shape!r}")
     spec = spec or f"{''.join(p.capitalize() for p in name.split('_'))}()"
+    if not isinstance(residuals, bool):
+        raise TypeError(f"residuals must be a bool, got {residuals!r}")
     user_apply = _keywords(apply)
     user_backward = _keywords(backward) if backward is not None else None
 
-    def apply_with_state(params, state, x, *, key=None, train=False):
+    def run(params, state, x, *, key=None, train=False):
+        """``-> (y, new_state, residuals)`` (``residuals`` None unless declared)."""
+        out = user_apply(params, state, x, key=key, train=train) if stateful else user_apply(params, x, key=key,
+                                                                                             train=train)
+        if stateful and residuals:
+            if not (isinstance(out, tuple) and len(out) == 3):
+                raise TypeError(f"{spec}: a stateful apply with residuals=True must return (y, new_state, residuals), "
+                                f"got {type(out).__name__}" + (f" of {len(out)}" if isinstance(out, tuple) else ""))
+            return out
         if stateful:
-            out = user_apply(params, state, x, key=key, train=train)
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError(f"{spec}: a stateful apply must return (y, new_state), got {type(out).__name__}")
-            return out
-        return user_apply(params, x, key=key, train=train), state
+            return out[0], out[1], None
+        if residuals:
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError(f"{spec}: an apply with residuals=True must return (y, residuals), "
+                                f"got {type(out).__name__}" + (f" of {len(out)}" if isinstance(out, tuple) else ""))
+            return out[0], state, out[1]
+        return out, state, None
+
+    def apply_with_state(params, state, x, *, key=None, train=False):
+        y, new_state, _ = run(params, state, x, key=key, train=train)
+        return y, new_state
 
     def init_with_state(key, input_shape):
         made = init(key, input_shape)
@@ -168,23 +196,28 @@ def define_layer(
                                  f"check init and apply agree, or pass output_shape=...") from error
         return out, params, state
 
-    def checked_apply(params, state, x, *, key=None, train=False):
-        y, new_state = apply_with_state(params, state, x, key=key, train=train)
+    def checked_run(params, state, x, *, key=None, train=False):
+        y, new_state, saved = run(params, state, x, key=key, train=train)
         promised = output_shape(core.shape_tree(x)) if output_shape is not None else None
         got = _out_shapes(y) if isinstance(y, (tuple, list)) or hasattr(y, "shape") else None
         if promised is not None and not _shape_ok(tuple(promised), got):
             raise ValueError(f"{spec}: apply returned shape {got}, but output_shape promised {tuple(promised)} "
                              f"for input shape {core.shape_tree(x)}")
+        return y, new_state, saved
+
+    def checked_apply(params, state, x, *, key=None, train=False):
+        y, new_state, _ = checked_run(params, state, x, key=key, train=train)
         return y, new_state
 
     rule = None
     if user_backward is not None:
 
-        def rule(params, state, x, y_bar, *, key=None, train=False):
+        def rule(params, state, x, y_bar, *, key=None, train=False, saved=None):
+            given = (x, saved) if residuals else (x,)
             if stateful:
-                out = user_backward(params, state, x, y_bar, key=key, train=train)
+                out = user_backward(params, state, *given, y_bar, key=key, train=train)
             else:
-                out = user_backward(params, x, y_bar, key=key, train=train)
+                out = user_backward(params, *given, y_bar, key=key, train=train)
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError(f"{spec}: backward must return (params_bar, x_bar), got {type(out).__name__}")
             params_bar, x_bar = out
@@ -196,4 +229,22 @@ def define_layer(
                                  + "\n".join(problems))
             return params_bar, x_bar
 
-    return core.build(name, spec, init_with_state, checked_apply, rule)
+    if not residuals:
+        return core.build(name, spec, init_with_state, checked_apply, rule)
+
+    # with residuals the tape is (x, residuals): the rule gets what the forward saved
+    def init_fn(key, input_shape):
+        return init_with_state(key, core.input_shapes(input_shape))
+
+    def forward_fn(params, state, x, *, key=None, train=False):
+        y, new_state, saved = checked_run(params, state, x, key=key, train=train)
+        return y, new_state, (x, saved)
+
+    backward_fn = None
+    if rule is not None:
+
+        def backward_fn(params, state, tape, y_bar, *, key=None, train=False):
+            x, saved = tape
+            return rule(params, state, x, y_bar, key=key, train=train, saved=saved)
+
+    return Layer(name, spec, init_fn, forward_fn, backward_fn)

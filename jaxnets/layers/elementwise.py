@@ -11,14 +11,15 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 from jaxnets import _checks
 from jaxnets import activations as act
-from jaxnets.layers import core
+from jaxnets.layers import _util, core
 from jaxnets.layers.custom import define_layer
 from jaxnets.layers.core import Layer
 
-__all__ = ["Elementwise", "Lambda", "Relu", "LeakyRelu", "Elu", "Gelu", "Sigmoid", "Tanh", "Softplus", "Silu",
+__all__ = ["Elementwise", "Lambda", "Relu", "LeakyRelu", "PReLU", "Elu", "Gelu", "Sigmoid", "Tanh", "Softplus", "Silu",
            "Softmax", "LogSoftmax", "Identity"]
 
 
@@ -114,6 +115,69 @@ def Relu() -> Layer:
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:
     """:func:`jaxnets.activations.leaky_relu` as a layer."""
     return Elementwise(act.leaky_relu, "leaky_relu", negative_slope=_checks.positive_float(negative_slope, "negative_slope", allow_zero=True))
+
+
+def PReLU(init: float = 0.25, *, per_channel: bool = False) -> Layer:
+    """Parametric ReLU (He et al., 2015): a leaky ReLU whose negative slope ``a`` is learned.
+
+    ``y = x`` for ``x > 0``, ``y = a x`` otherwise; ``a`` is one scalar, or
+    one per channel (the last axis) with ``per_channel=True`` (PyTorch's
+    ``PReLU(num_parameters=C)`` on channels-last input).
+
+    Rule: ``x_bar = y_bar`` where ``x > 0``, ``a y_bar`` elsewhere;
+    ``a_bar = sum of y_bar min(x, 0)`` over every axis (over all but the
+    last, per channel; accumulated in float32 for 16-bit dtypes). **At the
+    kink** ``x = 0`` the derivative taken is the left-hand one, ``a`` (as
+    :func:`jaxnets.activations.leaky_relu` and PyTorch; ``jax.nn`` takes 1),
+    and ``a`` gets nothing from ``x = 0`` (``min(0, 0) = 0``).
+
+    Args:
+      init: the initial slope (default 0.25, as PyTorch).
+      per_channel: one slope per channel rather than one for all.
+
+    Shapes: x ``(..., C)``; params ``{"alpha": ()}`` or ``{"alpha": (C,)}``;
+    y like x.
+
+    Raises:
+      ValueError: per-channel slopes for an input whose channel count differs
+        from init's, or an unknown channel count at init.
+    """
+    init_value = float(init)
+    if not isinstance(per_channel, bool):
+        raise TypeError(f"PReLU: per_channel must be a bool, got {per_channel!r}")
+    spec = f"PReLU({init_value!r}{', per_channel=True' if per_channel else ''})"
+
+    def init_fn(key, input_shape):
+        del key
+        if not per_channel:
+            return input_shape, {"alpha": jnp.full((), init_value, jnp.float32)}
+        _util.check_rank(input_shape, spec, min_rank=1)
+        channels = _util.check_last_dim(input_shape, spec)
+        return input_shape, {"alpha": jnp.full((channels,), init_value, jnp.float32)}
+
+    def alpha_of(params, x):
+        a = _util.entry(params, "alpha", "params", spec)
+        _util.check_input(x, spec, min_rank=1 if per_channel else 0)
+        if per_channel and x.shape[-1] != a.shape[-1]:
+            raise ValueError(f"{spec} expects {a.shape[-1]} channels (last axis), got x of shape {tuple(x.shape)}")
+        return a
+
+    def apply(params, x, *, key=None, train=False):
+        del key, train
+        a = alpha_of(params, x)
+        return jnp.where(x > 0, x, a * x)
+
+    def backward(params, x, y_bar, *, key=None, train=False):
+        del key, train
+        a = alpha_of(params, x)
+        positive = x > 0
+        x_bar = jnp.where(positive, y_bar, a * y_bar)  # the left-hand slope a at x = 0
+        contrib = jnp.where(positive, jnp.zeros_like(y_bar), y_bar * x)  # y_bar min(x, 0)
+        acc = _util.accumulation_dtype(contrib.dtype)
+        a_bar = _util.sum_leading(contrib) if per_channel else jnp.sum(contrib, dtype=acc)
+        return {"alpha": a_bar}, x_bar
+
+    return core.build_stateless("prelu", spec, init_fn, apply, backward)
 
 
 def Elu(alpha: float = 1.0) -> Layer:
