@@ -11,6 +11,7 @@ Modules, from the bottom up:
 * :mod:`jaxnets.optim`: hand-written optimizers, twins of optax's
 * :mod:`jaxnets.train`: train state, the general step, sources, the general loop with callbacks, ``fit`` on it
 * :mod:`jaxnets.evaluation`: ``predict`` and ``evaluate`` (pytree outputs, random evaluation)
+* :mod:`jaxnets.generate`: autoregressive sampling (temperature, top-k, top-p) and greedy decoding, with a key/value cache
 * :mod:`jaxnets.checkpoint`: orbax checkpoints of whole runs; params in safetensors (the ``checkpoint`` extra)
 * :mod:`jaxnets.population`: many models (seeds, hyperparameters) trained at once under ``vmap``
 * :mod:`jaxnets.distributed`: meshes, shardings, processes (data parallel ``fit``, FSDP, ``jax.distributed``)
@@ -20,8 +21,8 @@ Modules, from the bottom up:
 * :mod:`jaxnets.porting`: params trained with stax or flax.linen, loaded into jaxnets models
 """
 
-from jaxnets import (activations, backprop, data, distributed, evaluation, gradcheck, initializers, layers, losses, optim,
-                     per_example, population, porting, streaming, train)
+from jaxnets import (activations, backprop, data, distributed, evaluation, generate, gradcheck, initializers, layers, losses,
+                     optim, per_example, population, porting, streaming, train)
 from jaxnets.layers import Layer, count_params, define_layer, parallel, residual, serial
 from jaxnets.population import fit_population
 from jaxnets.train import (ArraySource, Callback, EarlyStopping, Evaluate, History, HistoryFile, NonFiniteError, Progress,
@@ -42,6 +43,7 @@ __all__ = [
     "optim",
     "train",
     "evaluation",
+    "generate",
     "population",
     "per_example",
     "porting",

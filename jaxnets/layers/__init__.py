@@ -30,11 +30,12 @@ kernels ``(*window, in, out)``.
 
 Modules: :mod:`~jaxnets.layers.core` (the record, the builders, the checks),
 :mod:`~jaxnets.layers.custom` (``define_layer``),
-:mod:`~jaxnets.layers.dense` (Dense, Embedding), :mod:`~jaxnets.layers.conv`,
+:mod:`~jaxnets.layers.dense` (Dense, Embedding, TiedEmbedding), :mod:`~jaxnets.layers.conv`,
 :mod:`~jaxnets.layers.pooling`, :mod:`~jaxnets.layers.reshape`,
 :mod:`~jaxnets.layers.dropout`, :mod:`~jaxnets.layers.normalization`,
 :mod:`~jaxnets.layers.elementwise`, :mod:`~jaxnets.layers.combinators`,
 :mod:`~jaxnets.layers.attention`, :mod:`~jaxnets.layers.positional`, :mod:`~jaxnets.layers.transformer`,
+:mod:`~jaxnets.layers.incremental` (cached decoding: the key/value cache),
 :mod:`~jaxnets.layers.recurrent`, :mod:`~jaxnets.layers.sequence`
 (sequences are ``(..., length, features)``),
 and the im2col helpers in ``_im2col``.
@@ -45,7 +46,7 @@ from jaxnets.layers.combinators import FanInConcat, FanInSum, FanOut, parallel, 
 from jaxnets.layers.conv import Conv, Conv1D, Conv2D, ConvTranspose, ConvTranspose2D
 from jaxnets.layers.core import Layer, check_params, count_params, require_rule
 from jaxnets.layers.custom import define_layer
-from jaxnets.layers.dense import Dense, Embedding
+from jaxnets.layers.dense import Dense, Embedding, TiedEmbedding
 from jaxnets.layers.dropout import Dropout
 from jaxnets.layers.elementwise import (Elementwise, Elu, Gelu, Identity, Lambda, LeakyRelu, LogSoftmax, Relu, Sigmoid,
                                         Silu, Softmax, Softplus, Tanh)
@@ -68,6 +69,7 @@ __all__ = [
     "ConvTranspose",
     "ConvTranspose2D",
     "Embedding",
+    "TiedEmbedding",
     "LayerNorm",
     "BatchNorm",
     # parameter-free layers

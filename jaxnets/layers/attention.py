@@ -36,8 +36,7 @@ import numpy as np
 
 from jaxnets import _checks
 from jaxnets import initializers as inits
-from jaxnets.layers import _util
-from jaxnets.layers._taped import build_taped
+from jaxnets.layers import _util, core, incremental
 from jaxnets.layers.positional import rotary_embedding
 from jaxnets.layers.core import Layer
 
@@ -163,11 +162,17 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     return jnp.einsum("...nts,...snh->...tnh", p, v)
 
 
-def _attention_backward(q, k, v, p, o_bar, scale):
-    """The rule from the weights ``P`` (..., N, T, S): ``(q_bar, k_bar, v_bar)`` (module docstring)."""
-    v_bar = jnp.einsum("...nts,...tnh->...snh", p, o_bar)  # P^T O_bar
-    p_bar = jnp.einsum("...tnh,...snh->...nts", o_bar, v)  # O_bar V^T
-    s_bar = p * (p_bar - jnp.sum(p * p_bar, axis=-1, keepdims=True))  # softmax Jacobian, row by row
+def _attention_backward(q, k, v, p, o_bar, scale, dropped=None):
+    """The rule from the weights ``P`` (..., N, T, S): ``(q_bar, k_bar, v_bar)`` (module docstring).
+
+    ``dropped``: the weights after dropout, ``P' = M * P / (1 - d)``, when ``O = P' V``
+    (:func:`MultiHeadAttention`'s ``drop_prob``); ``None`` for ``P' = P``.
+    """
+    dropped = p if dropped is None else dropped
+    v_bar = jnp.einsum("...nts,...tnh->...snh", dropped, o_bar)  # P'^T O_bar
+    p_bar = jnp.einsum("...tnh,...snh->...nts", o_bar, v)  # O_bar V^T: the cotangent of P'
+    g = dropped * p_bar  # = P * (M p_bar / (1 - d)): P times the cotangent of P
+    s_bar = g - p * jnp.sum(g, axis=-1, keepdims=True)  # softmax Jacobian, row by row
     q_bar = jnp.einsum("...nts,...snh->...tnh", s_bar, k) * scale
     k_bar = jnp.einsum("...nts,...tnh->...snh", s_bar, q) * scale
     return q_bar, k_bar, v_bar
@@ -216,7 +221,10 @@ def MultiHeadAttention(
     use_bias: bool = True,
     rotary: bool = False,
     scale: float | None = None,
+    drop_prob: float = 0.0,
     w_init: inits.Initializer | None = None,
+    b_init: inits.Initializer = inits.zeros,
+    out_w_init: inits.Initializer | None = None,
 ) -> Layer:
     """Multi-head attention with query, key, value and output projections.
 
@@ -224,7 +232,8 @@ def MultiHeadAttention(
     the keys' and values' (the same ``X`` for self-attention), per head ``n``:
 
         Q_n = X_q W_q[n] + b_q[n],  K_n = X_kv W_k[n],  V_n = X_kv W_v[n] + b_v[n]
-        O_n = softmax_rows(c Q_n K_n^T + mask) V_n          (see dot_product_attention)
+        P_n = softmax_rows(c Q_n K_n^T + mask)             (see dot_product_attention)
+        O_n = P'_n V_n,   P'_n = M_n * P_n / (1 - d)        (dropout on the weights; P' = P without it)
         Y   = concat_n(O_n) W_o + b_o                       (..., T, out_features)
 
     **Inputs**, fixed when the layer is built (so that shapes, tapes and
@@ -247,12 +256,30 @@ def MultiHeadAttention(
     layer returns ``b_o`` there, and pass no gradient to ``Q``, ``K``, ``V``
     (module docstring).
 
-    **Rule** (linear algebra, from a tape of ``Q, K, V, P, O``): the output
-    projection's rule as Dense's, the attention rule of
-    :func:`dot_product_attention` per head (the softmax Jacobian applied row
-    by row as ``P * (P_bar - rowsum(P * P_bar))``, never built), then the
-    three projections' rules; in self-attention ``X_bar`` is the *sum* of the
+    **Dropout** (``drop_prob = d > 0``, training only): each attention
+    weight is kept with probability ``1 - d`` (mask ``M`` drawn from the
+    ``key`` passed to ``apply``, which training then requires) and the kept
+    ones scaled by ``1 / (1 - d)``, so ``E[P'] = P``: the rows of ``P'`` no
+    longer sum to 1, only in expectation (as in PyTorch's and nanoGPT's
+    attention dropout). Evaluation (``train=False``) uses ``P``, deterministically.
+
+    **Rule** (linear algebra, from a tape of ``Q, K, V, P, P', O``): the
+    output projection's rule as Dense's; then ``V_bar = P'^T O_bar`` and
+    ``P'_bar = O_bar V^T``; dropout's rule ``P_bar = M * P'_bar / (1 - d)``
+    and the softmax Jacobian ``S_bar = P * (P_bar - rowsum(P * P_bar))`` fold
+    into ``S_bar = G - P rowsum(G)`` with ``G = P' * P'_bar`` (since
+    ``P * P_bar = P' * P'_bar``), so the mask itself is never stored; then
+    ``Q_bar = c S_bar K``, ``K_bar = c S_bar^T Q`` per head, and the three
+    projections' rules; in self-attention ``X_bar`` is the *sum* of the
     cotangents through ``Q``, ``K`` and ``V``.
+
+    **Key/value cache** (``causal=True`` self-attention without a mask
+    input): :func:`jaxnets.layers.incremental.decoder` runs the layer on new
+    positions given the keys and values of the earlier ones, a cache
+    ``{"k", "v"}`` of ``(..., max_length, N, H)`` each: the new positions'
+    ``K``, ``V`` are written at their rows, and query ``t`` (absolute
+    position ``pos + i``) attends to rows ``s <= pos + i``, exactly the keys
+    the causal mask allows it in the full forward pass.
 
     Args:
       num_heads: N.
@@ -271,7 +298,13 @@ def MultiHeadAttention(
         so that scores depend on relative positions; the rule rotates
         ``Q_bar``, ``K_bar`` back (a rotation's transpose).
       scale: c; default ``1 / sqrt(H)``.
-      w_init: initializer of the four weight matrices; default ``lecun_normal()``.
+      drop_prob: ``d``, dropout on the attention weights in training, in ``[0, 1)``.
+      w_init: initializer of the query, key and value weights (and of the
+        output weights unless ``out_w_init``); default ``lecun_normal()``.
+      b_init: initializer of the biases; default zeros.
+      out_w_init: initializer of ``W_o``; default ``w_init``. (GPT-2 scales
+        it by ``1 / sqrt(2 n_layers)``: :func:`jaxnets.layers.TransformerBlock`'s
+        ``residual_scale``.)
 
     Params:
       ``{"query": {"w": (D, N H), "b": (N H,)}, "key": {"w": (D_kv, N H)},
@@ -281,15 +314,19 @@ def MultiHeadAttention(
     Raises:
       ValueError: ``num_heads`` not dividing D, an empty sequence, a mask
         that does not broadcast to the scores, inputs of the wrong arity or
-        shape; each naming the layer and the shapes.
+        shape; each naming the layer and the shapes. In training with
+        ``drop_prob > 0`` and no ``key``.
     """
     num_heads = _checks.positive_int(num_heads, "num_heads")
     head_dim = None if head_dim is None else _checks.positive_int(head_dim, "head_dim")
     out_features = None if out_features is None else _checks.positive_int(out_features, "out_features")
+    drop_prob = _checks.in_unit_interval(drop_prob, "drop_prob")
     w_init = _util.check_initializer(w_init or inits.lecun_normal(), "w_init")
+    b_init = _util.check_initializer(b_init, "b_init")
+    out_w_init = _util.check_initializer(out_w_init or w_init, "out_w_init")
     options = [f"causal={causal}" if causal else "", "cross=True" if cross else "",
                "mask_input=True" if mask_input else "", "rotary=True" if rotary else "", f"head_dim={head_dim}" if head_dim else "",
-               f"out_features={out_features}" if out_features else ""]
+               f"out_features={out_features}" if out_features else "", f"drop_prob={drop_prob}" if drop_prob else ""]
     spec = f"MultiHeadAttention({', '.join([str(num_heads)] + [o for o in options if o])})"
     arity = 1 + int(cross) + int(mask_input)
     names = ("x_q", "x_kv", "mask") if cross else ("x", "mask")
@@ -330,7 +367,9 @@ def MultiHeadAttention(
             if s[-2] == 0:
                 raise ValueError(f"{spec}: sequences must not be empty, got {name} of shape {tuple(s)}")
 
-    def init(key, input_shape):
+    def init_fn(key, input_shape):
+        check_shape(input_shape)
+        input_shape = core.input_shapes(input_shape)
         shapes = (input_shape,) if arity == 1 else tuple(input_shape)
         shape_q = shapes[0]
         shape_kv = shapes[1] if cross else shape_q
@@ -345,12 +384,26 @@ def MultiHeadAttention(
         for k, name, (rows, cols) in zip(ks, ("query", "key", "value", "out"),
                                          ((d_q, num_heads * h), (d_kv, num_heads * h), (d_kv, num_heads * h),
                                           (num_heads * h, d_out))):
-            params[name] = {"w": w_init(k, (rows, cols), jnp.float32)}
+            params[name] = {"w": (out_w_init if name == "out" else w_init)(k, (rows, cols), jnp.float32)}
             if use_bias and name != "key":
-                params[name]["b"] = jnp.zeros((cols,), jnp.float32)
-        return tuple(shape_q[:-1]) + (d_out,), params
+                params[name]["b"] = b_init(jax.random.fold_in(k, 1), (cols,), jnp.float32)
+        return tuple(shape_q[:-1]) + (d_out,), params, {}
 
-    def forward(params, x):
+    def scale_of(h):
+        return 1.0 / math.sqrt(h) if scale is None else float(scale)
+
+    def drop(p, key, train):
+        """``(P, P')``: the weights and the weights after dropout (``P'`` is ``P`` in evaluation)."""
+        if not train or drop_prob == 0.0:
+            return p
+        if key is None:
+            raise ValueError(f"{spec} is random in training (attention dropout): pass key=... to apply "
+                             f"(got key=None with train=True)")
+        # a float32 probability: the same mask with x64 on (gradient checks in float64) or off
+        kept = jax.random.bernoulli(key, jnp.float32(1.0 - drop_prob), p.shape)
+        return jnp.where(kept, p / (1.0 - drop_prob), jnp.zeros_like(p))
+
+    def forward_fn(params, state, x, *, key=None, train=False):
         x_q, x_kv, mask = split_input(x)
         for name, a in zip(names, (x_q, x_kv)):
             _util.check_input(a, spec, min_rank=2)
@@ -372,21 +425,24 @@ def MultiHeadAttention(
         v = _project(x_kv, params["value"], use_bias).reshape(x_kv.shape[:-1] + (num_heads, h))  # (..., S, N, H)
         if rotary:
             q, k = rotary_embedding(q, time_axis=-3), rotary_embedding(k, time_axis=-3)
-        c = 1.0 / math.sqrt(h) if scale is None else float(scale)
-        p = _weights(q, k, mask, c)  # (..., N, T, S)
-        o = jnp.einsum("...nts,...snh->...tnh", p, v).reshape(x_q.shape[:-1] + (num_heads * h,))  # (..., T, N H)
+        p = _weights(q, k, mask, scale_of(h))  # (..., N, T, S)
+        dropped = drop(p, key, train)  # (..., N, T, S)
+        o = jnp.einsum("...nts,...snh->...tnh", dropped, v).reshape(x_q.shape[:-1] + (num_heads * h,))  # (..., T, N H)
         y = _project(o, params["out"], use_bias)
         tape = {"x_q": x_q, "x_kv": x_kv if cross else None, "q": q, "k": k, "v": v, "p": p, "o": o}
-        return y, tape
+        if drop_prob:  # the tape's structure depends on the layer only, not on the mode
+            tape["dropped"] = dropped
+        return y, state, tape
 
-    def backward(params, tape, y_bar):
+    def backward_fn(params, state, tape, y_bar, *, key=None, train=False):
+        del state, key, train  # the dropped weights are on the tape
         x_q = tape["x_q"]
         x_kv = tape["x_kv"] if cross else x_q
         q, k, v, p, o = tape["q"], tape["k"], tape["v"], tape["p"], tape["o"]
-        c = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        c = scale_of(q.shape[-1])
         grads = {}
         grads["out"], o_bar = _project_backward(o, params["out"], y_bar, use_bias)
-        q_bar, k_bar, v_bar = _attention_backward(q, k, v, p, o_bar.reshape(q.shape), c)
+        q_bar, k_bar, v_bar = _attention_backward(q, k, v, p, o_bar.reshape(q.shape), c, tape.get("dropped"))
         if rotary:  # back through the rotations: rotate by -t theta
             q_bar, k_bar = (rotary_embedding.backward(a, a_bar, time_axis=-3) for a, a_bar in ((q, q_bar), (k, k_bar)))
         flat = lambda a: a.reshape(a.shape[:-2] + (-1,))  # noqa: E731  (..., L, N, H) -> (..., L, N H)
@@ -399,4 +455,41 @@ def MultiHeadAttention(
         x_bars = (xq_bar, xk_bar + xv_bar)
         return grads, (x_bars + (None,) if mask_input else x_bars)
 
-    return build_taped("attention", spec, init, forward, backward, check_shape)
+    def incremental_rule(max_length, resolve):
+        """The key/value cache (docstring): causal self-attention only."""
+        del resolve
+        if not causal or cross or mask_input:
+            raise incremental.Unsupported(f"{spec} has no incremental (cached) step: a key/value cache serves causal "
+                                          f"self-attention only (causal=True, no cross or mask input)")
+
+        def heads(params):
+            n_h = params["key"]["w"].shape[1]
+            return n_h // num_heads
+
+        def init_cache(params, batch_shape, dtype):
+            shape = tuple(batch_shape) + (max_length, num_heads, heads(params))
+            return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+        def step(params, cache, x, position):
+            _util.check_input(x, spec, min_rank=2)
+            h, t = heads(params), x.shape[-2]
+            if cache["k"].shape[:-3] != x.shape[:-2]:
+                raise ValueError(f"{spec}: the cache holds a batch of shape {tuple(cache['k'].shape[:-3])}, got x of "
+                                 f"shape {tuple(x.shape)}")
+            q = _project(x, params["query"], use_bias).reshape(x.shape[:-1] + (num_heads, h))  # (..., t, N, H)
+            k = _project(x, params["key"], False).reshape(x.shape[:-1] + (num_heads, h))  # (..., t, N, H)
+            v = _project(x, params["value"], use_bias).reshape(x.shape[:-1] + (num_heads, h))  # (..., t, N, H)
+            if rotary:
+                q, k = (rotary_embedding(a, time_axis=-3, offset=position, max_length=max_length) for a in (q, k))
+            axis = cache["k"].ndim - 3  # the cache's position axis
+            keys = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), position, axis)
+            values = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), position, axis)
+            allowed = jnp.arange(max_length)[None, :] <= position + jnp.arange(t)[:, None]  # (t, max_length)
+            p = _weights(q, keys.astype(q.dtype), allowed, scale_of(h))  # (..., N, t, max_length)
+            o = jnp.einsum("...nts,...snh->...tnh", p, values.astype(q.dtype)).reshape(x.shape[:-1] + (num_heads * h,))
+            return _project(o, params["out"], use_bias), {"k": keys, "v": values}
+
+        return incremental.Incremental(init_cache, step)
+
+    layer = Layer("attention", spec, init_fn, forward_fn, backward_fn)
+    return incremental.attach(layer, incremental_rule)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnets import _checks
-from jaxnets.layers import core
+from jaxnets.layers import core, incremental
 from jaxnets.layers.core import Layer
 
 __all__ = ["Dropout"]
@@ -53,4 +53,4 @@ def Dropout(drop_prob: float) -> Layer:
             return {}, y_bar
         return {}, jnp.where(kept(key, x.shape), y_bar / (1.0 - drop_prob), jnp.zeros_like(y_bar))
 
-    return core.build_stateless("dropout", spec, init, apply, backward)
+    return incremental.positionwise(core.build_stateless("dropout", spec, init, apply, backward))  # decoding: evaluation mode

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnets import _checks
-from jaxnets.layers import _util, core
+from jaxnets.layers import _util, core, incremental
 from jaxnets.layers.core import Layer
 
 __all__ = ["LayerNorm", "BatchNorm"]
@@ -104,7 +104,7 @@ def LayerNorm(*, eps: float = 1e-5, use_scale: bool = True, use_bias: bool = Tru
         mean, var = _statistics(x, (-1,), keepdims=True)
         return _normalise_backward(params, x, y_bar, mean, var, eps, (-1,), use_scale, use_bias, spec, True)
 
-    return core.build_stateless("layer_norm", spec, init, apply, backward)
+    return incremental.positionwise(core.build_stateless("layer_norm", spec, init, apply, backward))
 
 
 def BatchNorm(*, momentum: float = 0.99, eps: float = 1e-5, use_scale: bool = True, use_bias: bool = True) -> Layer:

@@ -14,13 +14,15 @@ output); these layers give each position t an identity:
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxnets import _checks
 from jaxnets import initializers as inits
-from jaxnets.layers import _util, core
+from jaxnets.layers import _util, core, incremental
 from jaxnets.layers.core import Layer
 
 __all__ = ["PositionalEmbedding", "SinusoidalEncoding", "RotaryEmbedding", "sinusoidal_encoding", "rotary_embedding"]
@@ -78,7 +80,18 @@ def PositionalEmbedding(max_length: int, *, embedding_init: inits.Initializer | 
         used = _util.sum_leading(y_bar, keep=2)  # (T, D)
         return {"table": jnp.zeros(table.shape, used.dtype).at[: x.shape[-2]].set(used)}, y_bar
 
-    return core.build_stateless("positional_embedding", spec, init, apply, backward)
+    def incremental_rule(cache_length, resolve):
+        check_length(cache_length)
+
+        def step(params, cache, x, position):  # x (..., t, D) at positions position .. position + t - 1
+            _check_sequence(x, spec)
+            table = _util.entry(params, "table", "params", spec)
+            return x + jax.lax.dynamic_slice_in_dim(table, position, x.shape[-2], axis=0), cache
+
+        return incremental.Incremental(lambda p, b, d: {}, step)
+
+    layer = core.build_stateless("positional_embedding", spec, init, apply, backward)
+    return incremental.attach(layer, incremental_rule)
 
 
 def sinusoidal_encoding(length: int, features: int, *, base: float = 10000.0, dtype=jnp.float32) -> jax.Array:
@@ -119,7 +132,16 @@ def SinusoidalEncoding(*, base: float = 10000.0) -> Layer:
         del params, x, key, train
         return {}, y_bar
 
-    return core.build_stateless("sinusoidal_encoding", spec, init, apply, backward)
+    def incremental_rule(cache_length, resolve):
+        def step(params, cache, x, position):  # the rows position .. position + t - 1 of PE (cache_length, D)
+            _check_sequence(x, spec)
+            pe = sinusoidal_encoding(cache_length, x.shape[-1], base=base, dtype=x.dtype)
+            return x + jax.lax.dynamic_slice_in_dim(pe, position, x.shape[-2], axis=0), cache
+
+        return incremental.Incremental(lambda p, b, d: {}, step)
+
+    layer = core.build_stateless("sinusoidal_encoding", spec, init, apply, backward)
+    return incremental.attach(layer, incremental_rule)
 
 
 def _rotary_angles(length: int, features: int, base: float, dtype):
@@ -143,7 +165,24 @@ def _rotary_check(x, time_axis: int, where: str) -> tuple:
     return ax, (x.shape[ax],) + (1,) * (x.ndim - 2 - ax) + (x.shape[-1] // 2,)
 
 
-def rotary_embedding(x: jax.Array, *, base: float = 10000.0, time_axis: int = -2) -> jax.Array:
+def _rotary_tables(x, ax: int, shape: tuple, base: float, offset, max_length, dtype, where: str):
+    """``cos``, ``sin`` of the angles at positions ``offset .. offset + T - 1``, shaped to broadcast against ``x``."""
+    length = x.shape[ax]
+    if _checks.is_traced(offset) or not isinstance(offset, (int, np.integer)):
+        if max_length is None:
+            raise ValueError(f"{where}: a traced offset needs max_length= (the angles are tabulated for positions "
+                             f"0 .. max_length - 1)")
+        cos, sin = _rotary_angles(_checks.positive_int(max_length, "max_length"), x.shape[-1], base, dtype)
+        cos, sin = (jax.lax.dynamic_slice_in_dim(a, offset, length, axis=0) for a in (cos, sin))
+    else:
+        if offset < 0:
+            raise ValueError(f"{where}: offset must be >= 0, got {offset}")
+        cos, sin = (a[offset:] for a in _rotary_angles(int(offset) + length, x.shape[-1], base, dtype))
+    return cos.reshape(shape), sin.reshape(shape)
+
+
+def rotary_embedding(x: jax.Array, *, base: float = 10000.0, time_axis: int = -2, offset: Any = 0,
+                     max_length: int | None = None) -> jax.Array:
     """Rotates feature pairs ``(x1_i, x2_i) = (x[..., i], x[..., D/2 + i])`` by the angle ``t theta_i``.
 
     ``y1 = x1 cos - x2 sin``, ``y2 = x1 sin + x2 cos`` with
@@ -154,20 +193,27 @@ def rotary_embedding(x: jax.Array, *, base: float = 10000.0, time_axis: int = -2
 
     Args:
       x: (..., T, ..., D) with ``D`` even; positions along ``time_axis``.
+      offset: the position of ``x``'s first entry along ``time_axis`` (its
+        entries are at ``offset .. offset + T - 1``): an int, or a traced
+        int scalar (incremental decoding), which then needs ``max_length``.
+      max_length: for a traced ``offset``: the angles are tabulated for
+        positions ``0 .. max_length - 1`` (in float64, as for an int offset,
+        so both give the same values) and sliced at ``offset``.
 
     Rule (a rotation's inverse is its transpose, the rotation by ``-t theta``):
     ``rotary_embedding.backward(x, y_bar, *, base, time_axis)`` gives
     ``x1_bar = y1_bar cos + y2_bar sin``, ``x2_bar = -y1_bar sin + y2_bar cos``.
     """
     ax, shape = _rotary_check(x, time_axis, "rotary_embedding")
-    cos, sin = (a.reshape(shape) for a in _rotary_angles(x.shape[ax], x.shape[-1], base, x.dtype))
+    cos, sin = _rotary_tables(x, ax, shape, base, offset, max_length, x.dtype, "rotary_embedding")
     x1, x2 = jnp.split(x, 2, axis=-1)
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
-def _rotary_backward(x, y_bar, *, base: float = 10000.0, time_axis: int = -2):
+def _rotary_backward(x, y_bar, *, base: float = 10000.0, time_axis: int = -2, offset: Any = 0,
+                     max_length: int | None = None):
     ax, shape = _rotary_check(x, time_axis, "rotary_embedding.backward")
-    cos, sin = (a.reshape(shape) for a in _rotary_angles(x.shape[ax], x.shape[-1], base, y_bar.dtype))
+    cos, sin = _rotary_tables(x, ax, shape, base, offset, max_length, y_bar.dtype, "rotary_embedding.backward")
     y1, y2 = jnp.split(y_bar, 2, axis=-1)
     return jnp.concatenate([y1 * cos + y2 * sin, -y1 * sin + y2 * cos], axis=-1)
 
@@ -200,4 +246,12 @@ def RotaryEmbedding(*, base: float = 10000.0) -> Layer:
         del params, key, train
         return {}, _rotary_backward(x, y_bar, base=base)
 
-    return core.build_stateless("rotary_embedding", spec, init, apply, backward)
+    def incremental_rule(cache_length, resolve):
+        def step(params, cache, x, position):
+            _check_sequence(x, spec)
+            return rotary_embedding(x, base=base, offset=position, max_length=cache_length), cache
+
+        return incremental.Incremental(lambda p, b, d: {}, step)
+
+    layer = core.build_stateless("rotary_embedding", spec, init, apply, backward)
+    return incremental.attach(layer, incremental_rule)
