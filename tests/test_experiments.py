@@ -274,3 +274,46 @@ def test_seq2seq_addition_quick(tmp_path):
     assert curve["loss"][-1] < curve["loss"][0]  # teacher-forced training learns
     assert 0.0 <= result["test_exact_match"] <= 1.0 and len(result["examples"]) == 5
     assert (tmp_path / "run" / "training_curve.png").exists() and (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_char_gpt_quick_learns_logs_the_schedule_and_resumes_from_its_best_checkpoint(tmp_path):
+    """The GPT on the loop: the loss falls, the logged learning rate is the schedule's, samples come from the cache,
+    and a run stopped halfway resumes from its best checkpoint and ends where the uninterrupted run ends."""
+    gpt = load("char_gpt")
+    whole = gpt.main(["--quick", "--out", str(tmp_path / "whole")])
+    h, k = whole["history"], whole["config"]["accumulate"]
+    assert h["train_loss"][-1] < h["train_loss"][0] and whole["best_val_loss"] < np.log(whole["corpus"]["vocabulary"])
+    config = gpt.Config(**whole["config"])
+    _, schedule = gpt.build_optimizer(config)
+    # each row's value is the rate of its last update: the schedule at count (step / accumulate) - 1
+    np.testing.assert_allclose(h["learning_rate"], [float(schedule(s // k - 1)) for s in h["step"]], rtol=1e-5)
+    assert [s % (config.eval_every * k) == 0 for s in h["step"]] == [not np.isnan(v) for v in h["val_loss"]]
+    assert whole["sample"].startswith(config.prompt) and len(whole["sample"]) == len(config.prompt) + config.sample_chars
+    assert whole["speed"]["loop_steps_per_second"] > 0 and whole["speed"]["hand_loop_steps_per_second"] > 0
+    assert (tmp_path / "whole" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    half = 2 * config.eval_every  # a stop at an evaluation: both runs evaluate at the same iterations
+    args = ["--quick", "--out", str(tmp_path / "split"), "--timing-rounds", "0"]
+    first = gpt.main(args + ["--stop-at", str(half)])
+    assert first["iterations"] == half and first["resumed_from_iteration"] == 0
+    second = gpt.main(args + ["--resume"])
+    assert second["resumed_from_iteration"] == first["best_iteration"] and second["iterations"] == config.max_iters
+    rows = first["history"]["step"].index(first["best_iteration"] * k) + 1
+    assert second["history"]["train_loss"][:rows] == first["history"]["train_loss"][:rows]  # the best checkpoint's rows
+    assert second["history"]["train_loss"] == h["train_loss"] and second["best_val_loss"] == whole["best_val_loss"]
+
+
+@pytest.mark.slow
+def test_dcgan_digits_quick_trains_both_networks_in_one_program(tmp_path):
+    result = load("dcgan_digits").main(["--quick", "--out", str(tmp_path)])
+    h, config = result["history"], result["config"]
+    steps_per_epoch = 1437 // config["batch_size"]
+    assert result["steps"] == config["epochs"] * steps_per_epoch and h["epoch"] == list(range(1, config["epochs"] + 1))
+    assert all(np.isfinite(h[name]).all() for name in ("train_d_loss", "train_g_loss", "train_d_real", "train_d_fake"))
+    assert result["sample_shape"] == [config["samples"], 8, 8, 1]
+    assert -1 <= result["sample_range"][0] < result["sample_range"][1] <= 1  # tanh outputs, finite
+    assert all(v > 0 for v in result["batchnorm_mean_moved"].values())  # both BatchNorm states carried by the loop
+    assert result["classifier_scores"]["real_held_out"] > 5 and all(
+        np.isfinite(v) and v >= 1 for v in result["classifier_scores"].values())
+    assert result["speed"]["loop_steps_per_second"] > 0 and result["speed"]["hand_loop_steps_per_second"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["losses.png", "metrics.json", "samples.png"]
