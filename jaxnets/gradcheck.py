@@ -452,10 +452,15 @@ def _is_shape(x: Any) -> bool:
     return isinstance(x, (tuple, list)) and all(isinstance(d, (int, np.integer)) for d in x)
 
 
+def _is_shape_tree(x: Any) -> bool:
+    """A shape, or a (nested) tuple of shapes: a cell's ``(carry, x_t)`` input."""
+    return _is_shape(x) or (isinstance(x, (tuple, list)) and bool(x) and all(_is_shape_tree(s) for s in x))
+
+
 def _check_input(x: Any, integer_input: bool) -> None:
     """An input array, a tuple of them, a shape or a tuple of shapes; arrays not empty, float unless
     ``integer_input`` (ids). Shapes are checked by :func:`_random_input`."""
-    if _is_shape(x) or (isinstance(x, (tuple, list)) and x and all(_is_shape(s) for s in x)):
+    if _is_shape_tree(x):
         return
     for item in jax.tree_util.tree_leaves(tuple(x) if isinstance(x, (tuple, list)) else x):
         if not isinstance(item, (jax.Array, np.ndarray)):

@@ -52,7 +52,8 @@ def test_gradient_report_quick(tmp_path):
 
 def test_w1_benchmark_quick(tmp_path):
     result = _load("experiments/benchmarks/w1.py", "w1").main(["--quick", "--out", str(tmp_path)])
-    assert len(result["rows"]) == 6 and result["rows"][0]["ratio_to_reference"] == 1.0
+    assert len(result["rows"]) == 9 and result["rows"][0]["ratio_to_reference"] == 1.0
+    assert "idle_callbacks_cost" in result
     assert "finiteness_check_cost" in result
     assert all(r["us_per_step"] > 0 for r in result["rows"])
     # The two steps are the same program up to the step counter: XLA counts the same work.

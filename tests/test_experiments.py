@@ -64,7 +64,8 @@ def test_optimizer_study_quick(tmp_path):
     for row in result["rows"]:
         assert row["max_rel_deviation_shared_grads"] <= 1e-6, row
         assert row["jaxnets_test_accuracy"] == pytest.approx(row["optax_test_accuracy"], abs=1e-3)
-        assert row["flops_ratio"] == pytest.approx(1.0, abs=1e-3)
+        # within 2%: the hand-written optimizers guard a zero denominator (float16 adamax gave 0/0), a select per entry
+        assert row["flops_ratio"] == pytest.approx(1.0, abs=0.02)
     for name in ("optimizer_study.json", "optimizer_study.md", "loss_curves.png"):
         assert (tmp_path / name).stat().st_size > 0
 

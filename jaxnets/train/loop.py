@@ -88,6 +88,21 @@ def _compiled(step, source, length, max_count, watch, check, freeze, jit):
     return built
 
 
+def _copy(state: Any) -> Any:
+    """A copy of every array leaf, in its own sharding (arrays spread over processes too)."""
+    try:
+        return jax.device_put(state, may_alias=False)  # compiles nothing
+    except ValueError:  # leaves not fully addressable (several processes): copy each where it lives
+        def one(a):
+            if not isinstance(a, jax.Array):
+                return a
+            if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+                return jax.random.wrap_key_data(jnp.copy(jax.random.key_data(a)), impl=jax.random.key_impl(a))
+            return jnp.copy(a)
+
+        return jax.tree_util.tree_map(one, state)
+
+
 def _counter(state: Any) -> int:
     """The step counter a state carries: its ``.step``, or the first one inside it (a dict of TrainStates); else 0."""
     held = getattr(state, "step", None) if not isinstance(state, dict) else None
@@ -192,7 +207,7 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
     config = {"loop": {"steps": steps, "epochs": epochs, "steps_per_call": steps_per_call, "log_every": log_every,
                        "steps_per_epoch": spe}, "source": source.describe(), **(config or {})}
     run = Run(config, source, start, start + total, History({"step": [], **({"epoch": []} if spe else {})}), spe)
-    state = jax.device_put(state, may_alias=False)  # a copy (compiles nothing): the program donates its input
+    state = _copy(state)  # the program donates its input: the caller's arrays stay valid
     position = start
     run.state = state  # what a restoring callback restores into (its structure, shapes, key kinds)
     began = time.perf_counter()

@@ -146,6 +146,9 @@ def build(step: Callable, source: Any, *, length: int, max_count: int, watch: Se
 
         init = (jnp.int32(0), state, sums, lasts, flags, jnp.bool_(False))
         i, state, sums, lasts, flags, _ = jax.lax.while_loop(cond, body, init)
+        constrain = getattr(step, "constrain_state", None)  # a placed step's sharding (jaxnets.distributed)
+        if constrain is not None:
+            state = constrain(state)
         return state, {"sums": sums, "lasts": lasts, "nonfinite": flags, "done": i}
 
     return program

@@ -154,6 +154,7 @@ def placed_step(step: Callable, placement: Any) -> Callable:
         state, metrics = step(state, placement.constrain_batch(batch))
         return placement.constrain_state(state), metrics
 
+    placed.constrain_state = placement.constrain_state  # the program keeps its output state in this sharding too
     return placed
 
 
