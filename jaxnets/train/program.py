@@ -130,8 +130,8 @@ def build(step: Callable, source: Any, *, length: int, max_count: int, watch: Se
         flags = jnp.full((max_count,), -1, jnp.int32)
 
         def cond(carry):
-            i, *_, stop = carry
-            return (i < count) & ~stop
+            i, *_, stop = carry  # without freezing the counter alone decides (unbatched under vmap: no all-reduce)
+            return (i < count) & ~stop if check_finite and freeze else i < count
 
         def body(carry):
             i, state, sums, lasts, flags, _ = carry
