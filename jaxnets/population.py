@@ -265,9 +265,8 @@ def fit_population(
             out = jax.device_get(out)
             evaluated = jax.device_get(score(state, test)) if test is not None else {}
             for i in range(count):
-                row = {f"train_{k}" if k not in program_module.SUM + program_module.LAST else k:
-                       (v[i] / spe if k not in program_module.SUM + program_module.LAST else v[i])
-                       for k, v in out["sums"].items()}
+                row = program_module.row_values({k: v[i] for k, v in out["sums"].items()},
+                                                {k: v[i] for k, v in out["lasts"].items()}, spe, "train_")
                 if i == count - 1:
                     row.update({f"test_{k}": v for k, v in evaluated.items()})
                 rows.append(row)

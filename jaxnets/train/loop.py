@@ -132,19 +132,6 @@ def _every_step_skipped(run, state, here: int, steps: int, on_nonfinite: str, hi
     warnings.warn(f"{message}; training goes on (on_nonfinite='warn')", RuntimeWarning, stacklevel=3)
 
 
-def _row_values(sums: dict, lasts: dict, steps: int, prefix: str) -> dict:
-    row = {}
-    for name, total in sums.items():
-        if name in program_module.SUM:
-            row[name] = total
-        elif name in program_module.LAST:
-            row[name] = lasts[name]
-        else:
-            row[prefix + name] = total / steps
-    row.update({k: v for k, v in lasts.items() if k not in sums})  # hyperparameters
-    return row
-
-
 def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, epochs: int | None = None,
          callbacks: Sequence[Any] = (), steps_per_call: int | None = None, log_every: int | None = None,
          key: jax.Array | None = None, start: int | None = None, on_nonfinite: str = "raise",
@@ -273,7 +260,7 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
                     row = {"step": here - run.origin, **({"epoch": (here - run.origin) / spe} if spe else {})}
                     if spe and (here - run.origin) % spe == 0:
                         row["epoch"] = (here - run.origin) // spe
-                    row.update(_row_values(acc["sums"], acc["lasts"], acc["steps"], prefix))
+                    row.update(program_module.row_values(acc["sums"], acc["lasts"], acc["steps"], prefix))
                     row["time"] = seconds
                     history.add_row(row)
                     acc = {"sums": {}, "lasts": {}, "steps": 0}

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["build", "hyperparams", "LAST", "SUM"]
+__all__ = ["build", "hyperparams", "row_values", "LAST", "SUM"]
 
 #: metrics reduced to their value at the end of a segment rather than a mean (the loss scale; hyperparameters)
 LAST = ("loss_scale",)
@@ -152,3 +152,17 @@ def build(step: Callable, source: Any, *, length: int, max_count: int, watch: Se
         return state, {"sums": sums, "lasts": lasts, "nonfinite": flags, "done": i}
 
     return program
+
+
+def row_values(sums: dict, lasts: dict, steps: int, prefix: str) -> dict:
+    """A history row from a span's metric sums and last values: means (prefixed), ``SUM``s, ``LAST``s, hyperparameters."""
+    row = {}
+    for name, total in sums.items():
+        if name in SUM:
+            row[name] = total
+        elif name in LAST:
+            row[name] = lasts[name]
+        else:
+            row[prefix + name] = total / steps
+    row.update({k: v for k, v in lasts.items() if k not in sums})  # hyperparameters
+    return row

@@ -24,7 +24,7 @@ from jaxnets.train.epoch import steps_per_epoch
 from jaxnets.train.sources import ArraySource
 from jaxnets.train.state import (TrainState, check_finite_state, check_state_fits, check_state_for_model,
                                  init_train_state)
-from jaxnets.train.step import _check_gradient_fits, default_gradient, make_step, objective_from_loss
+from jaxnets.train.step import check_gradient_fits, default_gradient, make_step, objective_from_loss
 
 __all__ = ["describe_function", "split_data", "source_for", "check_targets", "cached_step", "placed_step",
            "initial_state", "as_placement"]
@@ -209,7 +209,7 @@ def initial_state(model, optimizer, state, *, key, seed, input_shape, example, l
         precision_module.check_scaling_matches(optimizer, state.opt_state, f"precision={precision!r}")
         check_state_fits(optimizer, state)
         check_finite_state(state)
-    _check_gradient_fits(jax.eval_shape(optimizer.init, state.params), default_gradient if gradient is None else gradient)
+    check_gradient_fits(jax.eval_shape(optimizer.init, state.params), default_gradient if gradient is None else gradient)
     return state
 
 

@@ -121,10 +121,12 @@ def check_state_for_model(model: Layer, state: Any, input_shape) -> None:
 
 def check_finite_state(state: Any, name: str = "state") -> None:
     """A state holding NaN/Inf in any floating leaf is refused before training, naming the first such leaf."""
-    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-        if isinstance(leaf, (jax.Array, np.ndarray)) and not isinstance(leaf, jax.core.Tracer) \
-                and jnp.issubdtype(leaf.dtype, jnp.inexact) and not bool(jnp.isfinite(leaf).all()):
-            count = int((~jnp.isfinite(leaf)).sum())
-            raise ValueError(f"{name}{jax.tree_util.keystr(path)} holds {count} non-finite value(s) (NaN or Inf): "
+    flat = [(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+            if isinstance(leaf, (jax.Array, np.ndarray)) and not isinstance(leaf, jax.core.Tracer)
+            and jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    counts = jax.device_get([jnp.sum(~jnp.isfinite(leaf)) for _, leaf in flat])  # one host sync for the whole state
+    for (path, _), count in zip(flat, counts):
+        if count:
+            raise ValueError(f"{name}{jax.tree_util.keystr(path)} holds {int(count)} non-finite value(s) (NaN or Inf): "
                              f"training from it would diverge at once. Start from a finite state (for a NonFiniteError, "
                              f"error.state is the last finite one)")

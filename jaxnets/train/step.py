@@ -39,7 +39,7 @@ from jaxnets.evaluation import normalized_objective, resolve_metrics
 from jaxnets.layers import Layer
 from jaxnets.train.state import TrainState, model_key
 
-__all__ = ["objective_from_loss", "default_gradient", "make_step", "make_train_step", "donating_jit"]
+__all__ = ["objective_from_loss", "default_gradient", "make_step", "make_train_step", "donating_jit", "check_gradient_fits"]
 
 Metrics = Mapping[str, "Callable[[Any, Any], jax.Array] | str"]
 
@@ -80,7 +80,7 @@ _DPSGD_MSG = ("optimizer {name} expects per-example gradients (leaves with a lea
               "noise_multiplier)")
 
 
-def _check_gradient_fits(opt_state: Any, gradient: Callable) -> None:
+def check_gradient_fits(opt_state: Any, gradient: Callable) -> None:
     """``optax.contrib.dpsgd`` (which takes per-example gradients) with a batch gradient fails here, not silently."""
     nodes = jax.tree_util.tree_leaves(opt_state, is_leaf=lambda n: type(n).__name__ == "DifferentiallyPrivateAggregateState")
     wants_per_example = any(type(n).__name__ == "DifferentiallyPrivateAggregateState" for n in nodes)
@@ -136,7 +136,7 @@ def make_step(
         raise TypeError(f"transform must be callable as transform(key, batch) -> batch, got {transform!r}")
 
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
-        _check_gradient_fits(state.opt_state, gradient)
+        check_gradient_fits(state.opt_state, gradient)
         scale = precision_module.loss_scale_of(state.opt_state)
         key = model_key(state)
         if transform is not None:
