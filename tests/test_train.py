@@ -187,7 +187,8 @@ def test_each_program_compiles_once(digits):
 
     jaxnets.fit(small_mlp(), counting_loss, optax.adam(1e-3), digits, epochs=1, progress=False)
     once = traces["n"]
-    assert once == 2  # the step (its accuracy is computed on the training batches), and the test set's evaluation
+    # the step (once more for its metrics' shapes, unless a cached program is found) and the test set's evaluation
+    assert 2 <= once <= 3
     traces["n"] = 0
     jaxnets.fit(small_mlp(), counting_loss, optax.adam(1e-3), digits, epochs=5, epochs_per_call=2, progress=False)
     assert traces["n"] <= once + 1  # calls of up to 2 epochs: one program of its own (traced once), not one per call
