@@ -202,8 +202,7 @@ class Checkpoints:
         _inputs.check_not_donated(state, "state")
         host = _copy_to_host(_to_host(state))
         history = json.loads(json.dumps(history))  # a copy now: the caller appends to its history while this is written
-        meta = {**(config or {}), "shapes": {k: [list(v[0]), v[1]] for k, v in _inputs.shapes_by_path(host).items()},
-                "checksums": _checksums(host)}
+        meta = dict(config or {})  # the shapes and checksums are computed by the writer, off the training thread
         if self.best is not None:
             if self.best not in history:
                 raise ValueError(f"checkpoint best must be one of the history's names {sorted(history)}, got {self.best!r}")
@@ -225,6 +224,8 @@ class Checkpoints:
     def _write(self, item) -> None:
         ocp = self._ocp
         epoch, host, history, meta = item
+        meta = {**meta, "shapes": {k: [list(v[0]), v[1]] for k, v in _inputs.shapes_by_path(host).items()},
+                "checksums": _checksums(host)}
         try:
             if epoch in self.manager.all_steps():  # an unreadable one the run resumed before, or one a resume superseded
                 self.manager.delete(epoch)

@@ -123,7 +123,17 @@ def build(step: Callable, source: Any, *, length: int, max_count: int, watch: Se
         key = state.key if key is None else key
         feed_at = (lambda i: None) if feed is None else (lambda i: jax.tree_util.tree_map(
             lambda a: jax.lax.dynamic_slice_in_dim(a, i * length, length), feed))
-        shapes = jax.eval_shape(segment, state, key, position, origin, data, feed_at(0))
+        # The segment is traced once, to a jaxpr that gives the metrics' names for the carry and that the loop's
+        # body evaluates: tracing the step again there would double the time to compile a large model.
+        flat, in_tree = jax.tree_util.tree_flatten((state, key, position, origin, data, feed_at(0)))
+        traced, shapes = jax.make_jaxpr(lambda *leaves: segment(*jax.tree_util.tree_unflatten(in_tree, leaves)),
+                                        return_shape=True)(*flat)
+        out_tree = jax.tree_util.tree_structure(shapes)
+
+        def run_segment(*args):
+            leaves = jax.tree_util.tree_leaves(args)
+            return jax.tree_util.tree_unflatten(out_tree, jax.core.eval_jaxpr(traced.jaxpr, traced.consts, *leaves))
+
         dtype = jnp.result_type(float)
         sums = {k: jnp.zeros((max_count,), dtype) for k in shapes[1]}
         lasts = {k: jnp.zeros((max_count,), dtype) for k in shapes[2]}
@@ -135,7 +145,7 @@ def build(step: Callable, source: Any, *, length: int, max_count: int, watch: Se
 
         def body(carry):
             i, state, sums, lasts, flags, _ = carry
-            new, s, last, nonfinite = segment(state, key, position + i * length, origin, data, feed_at(i))
+            new, s, last, nonfinite = run_segment(state, key, position + i * length, origin, data, feed_at(i))
             ok = nonfinite < 0
             if check_finite and freeze:  # keep the last finite state: nothing learned is lost
                 new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state)
