@@ -110,6 +110,21 @@ def test_safetensors_round_trip_and_errors(digits, tmp_path, key):
         checkpoint.load_params(path, {"dense_0": params["dense_0"], "dense_1": {"b": params["dense_1"]["b"]}})
 
 
+def test_a_superseded_save_never_loses_the_best_checkpoint(tmp_path):
+    """Saves that arrive while the writer is busy or resting replace each other, but the best-scoring one waits its turn."""
+    folder = checkpoint.Checkpoints(str(tmp_path), keep=1, best="test_loss", writer_share=0.01)
+    losses_by_epoch = {1: 3.0, 2: 1.0, 3: 2.0, 4: 2.5, 5: 0.5, 6: 0.9, 7: 0.7}
+    for epoch, value in losses_by_epoch.items():  # faster than one save: all but the first wait or are superseded
+        folder.save(epoch, {"w": np.full(3, value, np.float32)}, {"test_loss": [value]}, {})
+    folder.close()
+    reopened = checkpoint.Checkpoints(str(tmp_path), keep=1, best="test_loss")
+    assert reopened.best_epoch() == 5 and reopened.epochs()[-1] == 7  # the best and the newest, whatever was skipped
+    assert set(folder.skipped) | set(reopened.epochs()) <= set(losses_by_epoch) and 5 not in folder.skipped
+    with pytest.raises(ValueError, match=r"writer_share must be a number in \(0, 1\], got 0"):
+        checkpoint.Checkpoints(str(tmp_path / "other"), writer_share=0)
+    reopened.close()
+
+
 def test_background_saves_never_make_training_wait_and_the_newest_is_written(digits, tmp_path):
     folder = checkpoint.Checkpoints(str(tmp_path), keep=50)
     state, history = jaxnets.fit(model(), CE, optax.adam(1e-3), digits, epochs=12, checkpoint_dir=folder, progress=False)
