@@ -48,7 +48,7 @@ MODULES = ["jaxnets.optim", "jaxnets.data", "jaxnets.activations", "jaxnets.loss
 # "module.name" -> why it has no bad-input case.
 EXEMPT: dict[str, str] = {
     **{f"jaxnets.layers.{name}": "its bad-input cases are in tests/test_layers.py, test_sequence.py and test_generate.py"
-       for name in ("TiedEmbedding", "PReLU", "SimpleRNNCell", "LSTMCell", "GRUCell")},
+       for name in ("TiedEmbedding", "SimpleRNNCell", "GRUCell")},
     **{f"jaxnets.porting.{name}": "its bad-input cases (missing keys, mismatched shapes) are in tests/test_porting.py"
        for name in ("from_torch", "from_equinox")},
 }
@@ -567,6 +567,33 @@ for _name in ("Relu", "LeakyRelu", "Elu", "Gelu", "Sigmoid", "Tanh", "Softplus",
                                           r"input x must be an array, got list", "x"))
 cases("jaxnets.layers.LeakyRelu", Case("negative slope", lambda: L.LeakyRelu(-0.1), ValueError, r"negative_slope must be finite and >= 0", "negative_slope"))
 cases("jaxnets.layers.Elu", Case("zero alpha", lambda: L.Elu(0.0), ValueError, r"alpha must be finite and > 0", "alpha"))
+# arguments that int(...)/float(...)/bool(...) used to coerce (a list: an unnamed TypeError; 1.5: 1 silently; "no": True)
+for _name in ("Softmax", "LogSoftmax", "FanInConcat"):
+    cases(f"jaxnets.layers.{_name}",
+          Case("axis a list", lambda _n=_name: getattr(L, _n)(axis=[3]), TypeError, r"axis must be an int, got \[3\] of type list", "axis"),
+          Case("axis a float", lambda _n=_name: getattr(L, _n)(axis=1.5), TypeError, r"axis must be an int, got 1.5 of type float", "axis"),
+          Case("axis a bool", lambda _n=_name: getattr(L, _n)(axis=True), TypeError, r"axis must be an int, got True of type bool", "axis"))
+for _flag in ("causal", "cross", "mask_input", "rotary"):
+    cases("jaxnets.layers.MultiHeadAttention",
+          Case(f"{_flag} a string", lambda f=_flag: L.MultiHeadAttention(2, **{f: "yes"}), TypeError, rf"{_flag} must be True or False, got 'yes'", _flag))
+cases("jaxnets.layers.Gelu",
+      Case("approximate a string", lambda: L.Gelu("tanh"), TypeError, r"approximate must be True or False, got 'tanh'", "approximate"))
+cases("jaxnets.layers.PReLU",
+      Case("init a string", lambda: L.PReLU("0.25"), TypeError, r"init must be a real number, got '0.25'", "init"),
+      Case("init a list", lambda: L.PReLU([0.25]), TypeError, r"init must be a real number, got \[0.25\]", "init"),
+      Case("init NaN", lambda: L.PReLU(float("nan")), ValueError, r"init must be a finite number, got nan", "init"))
+for _name in ("LSTM", "LSTMCell"):
+    cases(f"jaxnets.layers.{_name}",
+          Case("forget_bias a string", lambda _n=_name: getattr(L, _n)(4, forget_bias="1"), TypeError, r"forget_bias must be a real number, got '1'", "forget_bias"),
+          Case("forget_bias complex", lambda _n=_name: getattr(L, _n)(4, forget_bias=1j), TypeError, r"forget_bias must be a real number, got 1j", "forget_bias"),
+          Case("forget_bias infinite", lambda _n=_name: getattr(L, _n)(4, forget_bias=float("inf")), ValueError,
+               r"forget_bias must be a finite number, got inf", "forget_bias"))
+cases("jaxnets._checks.int_value",
+      Case("a float", lambda: _checks.int_value(2.0, "axis"), TypeError, r"axis must be an int, got 2.0 of type float", "axis"),
+      Case("a bool", lambda: _checks.int_value(False, "axis"), TypeError, r"axis must be an int, got False", "axis"))
+cases("jaxnets._checks.finite_real",
+      Case("an array", lambda: _checks.finite_real(np.ones(2), "init"), TypeError, r"init must be a real number", "init"),
+      Case("NaN", lambda: _checks.finite_real(float("nan"), "init"), ValueError, r"init must be a finite number, got nan", "init"))
 
 
 # ---------------------------------------------------------------------------
