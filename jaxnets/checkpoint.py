@@ -222,7 +222,11 @@ class Checkpoints:
             meta["best_value"] = float(values[-1]) if values else None
         item = (int(epoch), host, history, meta)
         if not self.async_save:
-            self._write(item)
+            try:
+                self._write(item)
+            except OSError as error:  # a full disk, a folder gone read-only: the same message as a background save's
+                self._error = error
+                self._raise_failed()
             return
         with self._cond:
             if self._pending is not None:
@@ -547,12 +551,23 @@ class Checkpoint(Callback):
     def on_end(self, progress: Progress, error: BaseException | None) -> None:
         if self.folder is None:
             return
+        failed_save = isinstance(error, OSError) or isinstance(getattr(error, "__cause__", None), OSError)
         try:
-            at_end = progress.position == progress.run.end
-            if progress.step > 0 and (self.save_mode == "always" or at_end) and not isinstance(error, OSError):
-                self._save(progress)  # the last (finite) state, at the end, a stop, an error or a divergence
-        finally:
-            self.folder.close()
+            try:
+                at_end = progress.position == progress.run.end
+                if progress.step > 0 and (self.save_mode == "always" or at_end) and not failed_save:
+                    self._save(progress)  # the last (finite) state, at the end, a stop, an error or a divergence
+            finally:
+                self.folder.close()
+        except Exception as late:  # noqa: BLE001 - a save failing now (a full disk) must not lose the training
+            if error is not None:  # the run's own error goes on, carrying its state; this one becomes a note
+                error.add_note(f"the checkpoint's final save failed too: {type(late).__name__}: {late}")
+                return
+            if not hasattr(late, "state"):
+                late.state, late.history = progress.state, progress.history
+                late.add_note(f"raised by the checkpoint's final save after step {progress.step} of the run; "
+                              "error.state and error.history hold the last good state and its history")
+            raise
 
 
 _retired.register_checkpoint(Checkpoint.from_fit)  # fit(checkpoint_dir=...) for one more release
