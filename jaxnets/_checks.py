@@ -171,6 +171,25 @@ def real_number(value: Any, name: str) -> Any:
     raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
 
 
+def int_value(value: Any, name: str) -> int:
+    """``value`` as a Python int if it is an integer (Python or NumPy, not a bool); else a TypeError naming ``name``.
+
+    For arguments such as an axis, where ``int(value)`` would turn 1.5 into 1
+    silently and a list into an unnamed TypeError.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+    return int(value)
+
+
+def finite_real(value: Any, name: str) -> float:
+    """``value`` as a Python float if it is a finite real number (or a 0-d real array); else a TypeError/ValueError."""
+    value = float(real_number(value, name))
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
+
+
 def axis_index(axis: Any, ndim: int, name: str = "axis") -> int:
     """An int axis valid for an array of ``ndim`` dimensions (negative counts from the end)."""
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):

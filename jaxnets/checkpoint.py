@@ -65,8 +65,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxnets import _inputs
+from jaxnets import _checks, _inputs
 from jaxnets.train import Callback, Progress, Resume
+from jaxnets.train.callbacks import check_every
 from jaxnets.train import retired as _retired
 
 __all__ = ["Checkpoint", "Checkpoints", "save_params", "load_params"]
@@ -132,6 +133,13 @@ def _checksums(host: Any) -> dict:
             for p, leaf in jax.tree_util.tree_flatten_with_path(host)[0]}
 
 
+def _check_id(epoch: Any) -> None:
+    if isinstance(epoch, (bool, np.bool_)) or not isinstance(epoch, (int, np.integer)):
+        raise TypeError(f"epoch must be an int >= 0 (the checkpoint's id), got {epoch!r}")
+    if epoch < 0:
+        raise ValueError(f"epoch must be an int >= 0 (the checkpoint's id), got {epoch}")
+
+
 def _lock(directory: str):
     """An exclusive lock on the folder for this process (released when it ends, however it ends)."""
     import fcntl
@@ -180,6 +188,7 @@ class Checkpoints:
         best_mode = best_mode or ("min" if best and best.endswith("loss") else "max")
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+        async_save, lock = _checks.boolean(async_save, "async_save"), _checks.boolean(lock, "lock")
         self.directory, self.best, self.best_mode, self.keep = os.path.abspath(os.fspath(directory)), best, best_mode, keep
         if os.path.exists(self.directory) and not os.path.isdir(self.directory):
             raise ValueError(f"checkpoint directory {self.directory} is a file: give a folder")
@@ -216,6 +225,9 @@ class Checkpoints:
     def save(self, epoch: int, state: Any, history: dict, config: dict | None = None) -> None:
         """Save ``state``, ``history`` and ``config`` as checkpoint ``epoch`` (in the background unless ``async_save=False``)."""
         self._raise_failed()
+        _check_id(epoch)
+        if not isinstance(history, dict):
+            raise TypeError(f"history must be a dict of lists ({{name: [values]}}), got {type(history).__name__}")
         _inputs.check_not_donated(state, "state")
         host = _copy_to_host(_to_host(state))
         history = json.loads(json.dumps(history))  # a copy now: the caller appends to its history while this is written
@@ -227,7 +239,11 @@ class Checkpoints:
             meta["best_value"] = float(values[-1]) if values else None
         item = (int(epoch), host, history, meta)
         if not self.async_save:
-            self._write(item)
+            try:
+                self._write(item)
+            except OSError as error:  # a full disk, a folder gone read-only: the same message as a background save's
+                self._error = error
+                self._raise_failed()
             return
         with self._cond:
             self._pending = self._supersede(self._pending, item)
@@ -341,6 +357,10 @@ class Checkpoints:
         folder, and the one before it is used.
         """
         ocp = self._ocp
+        if epoch is not None:
+            _check_id(epoch)
+        if not jax.tree_util.tree_leaves(like):
+            raise ValueError(f"like must be a state of the run (its structure, shapes and dtypes), got {like!r:.60}")
         epochs = self.epochs() if epoch is None else [int(epoch)]
         if not epochs:
             return None
@@ -408,6 +428,17 @@ class Checkpoints:
                 self._lock = None
 
 
+def _check_options(keep: Any, best: Any, best_mode: Any, async_save: Any) -> None:
+    """:class:`Checkpoints`' options, as its constructor checks them (for a :class:`Checkpoint` made before its folder)."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"checkpoint keep must be a positive int, got {keep!r}")
+    if best is not None and not isinstance(best, str):
+        raise TypeError(f"checkpoint best must be a history name such as 'test_loss', got {best!r}")
+    if best_mode not in (None, "min", "max"):
+        raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+    _checks.boolean(async_save, "async_save")
+
+
 #: configuration entries that may change when a run resumes (how long it runs, how it is shown)
 _MAY_CHANGE = ("loop/steps", "loop/epochs", "loop/steps_per_call")  # steps per call change no number (tested)
 
@@ -454,7 +485,11 @@ class Checkpoint(Callback):
             raise ValueError(f"resume must be 'latest', 'best' or None (a fresh run), got {resume!r}")
         if (save == "improved" or resume == "best") and best is None and not isinstance(directory, Checkpoints):
             raise ValueError(f"save={save!r}, resume={resume!r} need best= (a history name such as 'test_loss')")
-        self.every, self.save_mode, self.resume_mode, self.check_config = every, save, resume, bool(check_config)
+        if not isinstance(directory, Checkpoints):  # the folder's own options, checked now (the folder opens at the start)
+            _check_options(keep, best, best_mode, async_save)
+        check_every(every)
+        self.every, self.save_mode, self.resume_mode = every, save, resume
+        self.check_config = _checks.boolean(check_config, "check_config")
         self.folder = directory if isinstance(directory, Checkpoints) else None
         self._args = dict(keep=keep, best=best, best_mode=best_mode, async_save=async_save, writer_share=writer_share)
         self.directory = directory
@@ -549,15 +584,31 @@ class Checkpoint(Callback):
     def on_end(self, progress: Progress, error: BaseException | None) -> None:
         if self.folder is None:
             return
+        failed_save = isinstance(error, OSError) or isinstance(getattr(error, "__cause__", None), OSError)
         try:
-            at_end = progress.position == progress.run.end
-            if progress.step > 0 and (self.save_mode == "always" or at_end) and not isinstance(error, OSError):
-                self._save(progress)  # the last (finite) state, at the end, a stop, an error or a divergence
-        finally:
-            self.folder.close()
+            try:
+                at_end = progress.position == progress.run.end
+                if progress.step > 0 and (self.save_mode == "always" or at_end) and not failed_save:
+                    self._save(progress)  # the last (finite) state, at the end, a stop, an error or a divergence
+            finally:
+                self.folder.close()
+        except Exception as late:  # noqa: BLE001 - a save failing now (a full disk) must not lose the training
+            if error is not None:  # the run's own error goes on, carrying its state; this one becomes a note
+                error.add_note(f"the checkpoint's final save failed too: {type(late).__name__}: {late}")
+                return
+            if not hasattr(late, "state"):
+                late.state, late.history = progress.state, progress.history
+                late.add_note(f"raised by the checkpoint's final save after step {progress.step} of the run; "
+                              "error.state and error.history hold the last good state and its history")
+            raise
 
 
 _retired.register_checkpoint(Checkpoint.from_fit)  # fit(checkpoint_dir=...) for one more release
+
+
+def _check_file_path(path: Any, name: str) -> None:
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a file path (str or os.PathLike), got {type(path).__name__} {path!r}")
 
 
 def save_params(path: str, params: Any) -> None:
@@ -570,11 +621,27 @@ def save_params(path: str, params: Any) -> None:
         from safetensors.numpy import save_file
     except ImportError as error:
         raise ImportError(_EXTRA_MSG.format(what="save_params", error=error)) from None
+    _check_file_path(path, "path")
+    if os.path.isdir(path):
+        raise ValueError(f"path {path!r} is a directory: give a file path such as 'model.safetensors'")
     _inputs.check_not_donated(params, "params")
+    for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        where = f"params{jax.tree_util.keystr(p)}"
+        if not isinstance(leaf, (jax.Array, np.ndarray)):
+            raise TypeError(f"{where} must be an array, got {type(leaf).__name__} {leaf!r:.40}")
+        if _is_key(leaf) or not (np.issubdtype(np.dtype(leaf.dtype), np.number) or np.dtype(leaf.dtype) == np.bool_
+                                 or np.dtype(leaf.dtype).name == "bfloat16"):
+            raise TypeError(f"{where} must hold numbers (safetensors stores numeric arrays), got dtype {leaf.dtype}"
+                            + (": store jax.random.key_data(key)" if _is_key(leaf) else ""))
     flat = {_inputs.path_name(p): np.ascontiguousarray(np.asarray(leaf)) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
     if not flat:
         raise ValueError("params has no arrays to save")
     folder = os.path.dirname(os.path.abspath(path))
+    parent = folder
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ValueError(f"path {path!r} is inside {parent}, which is a file, not a folder")
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".safetensors.tmp")
     os.close(fd)
@@ -604,8 +671,15 @@ def load_params(path: str, like: Any) -> Any:
         from safetensors.numpy import load_file
     except ImportError as error:
         raise ImportError(_EXTRA_MSG.format(what="load_params", error=error)) from None
+    _check_file_path(path, "path")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no params file at {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"path {path!r} is a directory, not a params file")
+    for p, leaf in jax.tree_util.tree_flatten_with_path(like)[0]:
+        if not isinstance(leaf, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)):
+            raise TypeError(f"like{jax.tree_util.keystr(p)} must be an array or a jax.ShapeDtypeStruct (params, or "
+                            f"their shapes), got {type(leaf).__name__} {leaf!r:.40}")
     try:
         tensors = load_file(path)
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types

@@ -106,6 +106,12 @@ def objective_means(objective: Callable, batch_size: int, params, model_state, d
     return {k: v / n for k, v in total.items()}
 
 
+def _check_model_state(model_state: Any) -> None:
+    if model_state is not None and not isinstance(model_state, Mapping):
+        raise TypeError(f"model_state must be the model's state, a dict keyed by layer name (or None), got "
+                        f"{type(model_state).__name__}")
+
+
 def _check_params(params: Any) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         if not isinstance(leaf, (jax.Array, np.ndarray, jax.core.Tracer)):
@@ -124,7 +130,10 @@ def predict(model: Layer, params: Any, x: Any, *, model_state: Any = None, batch
     batch_size = _checks.positive_int(batch_size, "batch_size")
     for leaf in jax.tree_util.tree_leaves(x):
         _checks.real_array(leaf, "x")
+        if np.ndim(leaf) < 1:
+            raise ValueError(f"x must have a leading example axis (a batch), got a scalar of shape {np.shape(leaf)}")
     _check_params(params)
+    _check_model_state(model_state)
     if key is not None:
         _checks.prng_key(key, "key")
     _inputs.check_not_donated(params, "params")
@@ -188,6 +197,7 @@ def evaluate(
     if key is not None:
         _checks.prng_key(key, "key")
     _inputs.check_not_donated(params, "params")
+    _check_model_state(model_state)
     model_state = {} if model_state is None else model_state
     if (loss is None) == (objective is None):
         raise TypeError("evaluate needs exactly one of loss (loss(outputs, targets)) and objective "

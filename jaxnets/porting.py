@@ -31,6 +31,10 @@ No library is needed to load: the trees are plain arrays (a ``state_dict``
 of tensors is read with ``.detach().cpu().numpy()``). The defaults
 that differ between the libraries (padding, pooling strides, BatchNorm
 momentum, epsilons, initialisers) are tabulated in ``docs/guides/porting.md``.
+
+Every returned array is a copy, never the other library's buffer: the
+jitted training steps donate their state, and a donated buffer that the
+caller still held as its stax or flax params would be deleted under it.
 """
 
 from __future__ import annotations
@@ -77,12 +81,12 @@ def _stax_layer(layer: Layer, p: Any, path: str) -> tuple[dict, dict]:
         if not isinstance(p, (list, tuple)) or len(p) != 2:
             raise ValueError(f"{where}: stax {layer.name} params must be a pair (W, b), got {type(p).__name__}")
         w, b = p
-        return {"w": jnp.asarray(w), "b": jnp.asarray(b).reshape(-1)}, {}  # stax Conv's b is (1, 1, 1, C)
+        return {"w": jnp.array(w), "b": jnp.array(b).reshape(-1)}, {}  # copies (module docstring); Conv's b is (1, 1, 1, C)
     if layer.name == "batch_norm":
         if not isinstance(p, (list, tuple)) or len(p) != 2:
             raise ValueError(f"{where}: stax BatchNorm params must be a pair (beta, gamma), got {type(p).__name__}")
         beta, gamma = p
-        return {"scale": jnp.asarray(gamma).reshape(-1), "bias": jnp.asarray(beta).reshape(-1)}, {}
+        return {"scale": jnp.array(gamma).reshape(-1), "bias": jnp.array(beta).reshape(-1)}, {}
     if layer.children or layer.name in ("residual",):
         raise ValueError(f"{where}: {layer.spec} has no mechanical stax counterpart; map its params by hand")
     if jax.tree_util.tree_leaves(p):
@@ -120,7 +124,7 @@ def _flax_leaf(tree: dict, module: str, name: str, what: str) -> jax.Array:
         raise ValueError(f"flax {what} have no module {module!r}; they have {sorted(tree)}")
     if name not in tree[module]:
         raise ValueError(f"flax {what} {module} have no {name!r}; they have {sorted(tree[module])}")
-    return jnp.asarray(tree[module][name])
+    return jnp.array(tree[module][name])  # a copy: a donating step must not delete the caller's flax variables
 
 
 def from_flax(model: Layer, variables: dict, input_shape: tuple) -> tuple[dict, dict]:
@@ -332,7 +336,7 @@ def _load(model: Layer, groups: list, input_shape: tuple, what: str, key: jax.Ar
                 raise ValueError(f"{what}: {src[leaf]!r} (shape {tuple(group_shape(group, src[leaf]))}) converts to "
                                  f"{'/'.join(path + (leaf,))} of shape {tuple(got.shape)}, but {layer.spec} expects "
                                  f"{tuple(shape_dtype.shape)}")
-            p[leaf] = jnp.asarray(got, jnp.float32 if np.issubdtype(got.dtype, np.floating) else got.dtype)
+            p[leaf] = jnp.array(got, jnp.float32 if np.issubdtype(got.dtype, np.floating) else got.dtype)  # a copy
         _put(params, path, p)
         if st:
             want_state = _get(expected_state, path)
@@ -341,7 +345,7 @@ def _load(model: Layer, groups: list, input_shape: tuple, what: str, key: jax.Ar
                     raise ValueError(f"{what}: {src['state/' + leaf]!r} (shape {tuple(value.shape)}) does not match "
                                      f"the state {'/'.join(path + (leaf,))} of {layer.spec}: expected "
                                      f"{tuple(want_state[leaf].shape)}")
-            _put(state, path, {leaf: jnp.asarray(v, jnp.float32) for leaf, v in st.items()})
+            _put(state, path, {leaf: jnp.array(v, jnp.float32) for leaf, v in st.items()})
     check_params(model, params, jax.ShapeDtypeStruct(input_shape, jnp.float32), state=state)
     return params, state
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -20,7 +21,7 @@ pytest.importorskip("safetensors")
 
 import jaxnets  # noqa: E402
 import jaxnets.layers as L  # noqa: E402
-from jaxnets import checkpoint, data, losses  # noqa: E402
+from jaxnets import checkpoint, data, losses, train  # noqa: E402
 
 CE = losses.softmax_cross_entropy_with_integer_labels
 STANDARD_PROMOTION_REASON = "optax.adam mixes its int32 count with floats"
@@ -267,3 +268,82 @@ def test_a_folder_is_used_by_one_run_at_a_time_and_paths_are_checked_first(tmp_p
         checkpoint.Checkpoint(3)
     with pytest.raises(ValueError, match="cannot be created"):  # a folder inside a file: no run can write it
         checkpoint.Checkpoints(str(tmp_path / "file" / "c"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs at ``tmp_path/disk`` (mounting needs root: skipped with the reason where it fails)."""
+    import shutil
+
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True,
+                                 text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as error:
+        pytest.skip(f"a small tmpfs needs mount(8): {error}")
+    if mounted.returncode != 0:
+        pytest.skip(f"a small tmpfs needs root (CAP_SYS_ADMIN) to mount; the injected ENOSPC case covers the same "
+                    f"path: {mounted.stderr.strip()}")
+    yield folder
+    if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("disk, async_save", [("tmpfs", True), ("tmpfs", False), ("injected", True)])
+def test_a_full_disk_stops_the_run_with_its_state_and_leaves_the_earlier_checkpoints_restorable(
+        request, tmp_path, monkeypatch, disk, async_save):
+    """The disk fills after epoch 1's checkpoint: the error names the full disk and the folder, carries the last good
+    state and history (the background save's failure was raised from the checkpoint's final save, losing them), no
+    temporary folder is left, and checkpoint 1 restores and resumes the run. ``injected``: orbax's save raises
+    ``OSError(ENOSPC)`` after writing a partial temporary folder, as a full disk does (no root needed)."""
+    import errno
+
+    root = request.getfixturevalue("small_disk") if disk == "tmpfs" else tmp_path
+    folder = str(root / "ckpt")
+    x = jax.random.normal(jax.random.key(1), (64, 8))
+    data = (x, (x[:, 0] > 0).astype(jax.numpy.int32))
+    net = L.serial(L.Dense(16), L.Relu(), L.Dense(2))
+    ckpt = checkpoint.Checkpoint(folder, async_save=async_save)
+
+    def fill(progress):
+        if progress.epoch != 2:
+            return
+        ckpt.folder.wait()  # epoch 1's checkpoint is on disk before the disk fills
+        if disk == "tmpfs":
+            with open(root / "filler", "wb") as f:
+                with pytest.raises(OSError):
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+            return
+        def full(step, *args, **kwargs):
+            partial = os.path.join(folder, f"{step}.orbax-checkpoint-tmp-1")
+            os.makedirs(partial, exist_ok=True)
+            pathlib.Path(partial, "state").write_bytes(b"\0" * 100)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), partial)
+
+        monkeypatch.setattr(ckpt.folder.manager, "save", full)  # this run's folder only: the resume below opens another
+
+    run = dict(epochs=5, batch_size=16)
+    with pytest.raises(RuntimeError, match=rf"saving a checkpoint in {folder} failed \(the disk is full\): OSError: "
+                                           rf"\[Errno 28\] No space left on device") as caught:
+        jaxnets.fit(net, CE, optax.adam(1e-2), data, callbacks=[train.Hook(fill), ckpt], **run)
+    error = caught.value
+    epochs_done = error.history["epoch"][-1]
+    assert epochs_done >= 2 and error.history["epoch"] == list(range(1, epochs_done + 1))
+    assert int(error.state.step) == 4 * epochs_done  # the state of the history's last row, readable (not donated)
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(error.state.params))
+    assert [n for n in os.listdir(folder) if "tmp" in n] == []  # no temporary folder left behind
+    if disk == "tmpfs":
+        os.remove(root / "filler")
+    folder_ = checkpoint.Checkpoints(folder)  # the run released the folder's lock
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no checkpoint skipped as unreadable
+        state, history, _ = folder_.restore(error.state)
+    folder_.close()
+    assert int(state.step) == 4 and history["epoch"] == [1]  # epoch 1's checkpoint, whole
+    resumed, history = jaxnets.fit(net, CE, optax.adam(1e-2), data, callbacks=[checkpoint.Checkpoint(folder)], **run)
+    assert int(resumed.step) == 20 and history["epoch"] == [1, 2, 3, 4, 5]
+

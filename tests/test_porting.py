@@ -215,3 +215,49 @@ def test_equinox_modules_load_and_agree():
     bn = eqx.nn.BatchNorm(4, "batch")
     with pytest.raises(ValueError, match=r"is an equinox BatchNorm, which from_equinox does not map"):
         porting.from_equinox(L.BatchNorm(), bn, (2, 4))
+
+
+def _donating_step_keeps(originals, convert):
+    """Convert, train one step with the donating jitted step, then read every original array: none was deleted."""
+    import optax
+
+    from jaxnets import losses, train
+
+    model = L.serial(L.Dense(2))
+    kept = [np.array(a) for a in jax.tree_util.tree_leaves(originals)]
+    params, state = convert(model)
+    opt = optax.sgd(0.1)
+    ts = train.TrainState(params, opt.init(params), state, jnp.zeros((), jnp.int32), jax.random.key(0))
+    step = train.make_train_step(model, losses.softmax_cross_entropy_with_integer_labels, opt)  # donates ts
+    after, _ = step(ts, jnp.ones((4, 3)), jnp.array([0, 1, 0, 1]))
+    assert int(after.step) == 1
+    for leaf, value in zip(jax.tree_util.tree_leaves(originals), kept):
+        np.testing.assert_array_equal(np.asarray(leaf), value)  # readable, and unchanged (no buffer written in place)
+
+
+@pytest.mark.parametrize("library", ["stax", "flax", "state_dict", "TrainState.create"])
+def test_a_donating_step_never_deletes_what_the_converter_was_given(library):
+    """``from_stax`` returned the stax arrays themselves (``jnp.asarray`` of a jax.Array is that array), so the
+    donating step deleted the user's stax params: ``RuntimeError: Array has been deleted`` far from the cause."""
+    w, b = jax.random.normal(jax.random.key(1), (3, 2)), jnp.zeros(2)
+    if library == "stax":
+        originals = [(w, b)]
+        _donating_step_keeps(originals, lambda model: porting.from_stax(model, originals, (4, 3)))
+    elif library == "flax":
+        originals = {"params": {"Dense_0": {"kernel": w, "bias": b}}}
+        _donating_step_keeps(originals, lambda model: porting.from_flax(model, originals, (4, 3)))
+    elif library == "state_dict":  # what from_torch reads: NumPy arrays (a tensor's .numpy() shares its memory)
+        originals = {"0.weight": np.asarray(w).T.copy(), "0.bias": np.asarray(b).copy()}
+        _donating_step_keeps(originals, lambda model: porting.from_torch(model, originals, (4, 3)))
+    else:
+        import optax
+
+        from jaxnets import train
+
+        originals = {"dense_0": {"w": w, "b": b}}
+
+        def convert(model):
+            made = train.TrainState.create(originals, optax.sgd(0.1))
+            return made.params, {}
+
+        _donating_step_keeps(originals, convert)

@@ -321,6 +321,8 @@ def MultiHeadAttention(
     head_dim = None if head_dim is None else _checks.positive_int(head_dim, "head_dim")
     out_features = None if out_features is None else _checks.positive_int(out_features, "out_features")
     drop_prob = _checks.in_unit_interval(drop_prob, "drop_prob")
+    causal, cross = _checks.boolean(causal, "causal"), _checks.boolean(cross, "cross")
+    mask_input, rotary = _checks.boolean(mask_input, "mask_input"), _checks.boolean(rotary, "rotary")
     w_init = _util.check_initializer(w_init or inits.lecun_normal(), "w_init")
     b_init = _util.check_initializer(b_init, "b_init")
     out_w_init = _util.check_initializer(out_w_init or w_init, "out_w_init")

@@ -273,7 +273,7 @@ def FanInConcat(axis: int = -1) -> Layer:
 
     Backward: the output's cotangent is cut back into the inputs' pieces.
     """
-    axis = int(axis)
+    axis = _checks.int_value(axis, "axis")
     spec = f"FanInConcat(axis={axis})"
 
     def out_shape(shapes):

@@ -142,7 +142,7 @@ def PReLU(init: float = 0.25, *, per_channel: bool = False) -> Layer:
       ValueError: per-channel slopes for an input whose channel count differs
         from init's, or an unknown channel count at init.
     """
-    init_value = float(init)
+    init_value = _checks.finite_real(init, "init")
     if not isinstance(per_channel, bool):
         raise TypeError(f"PReLU: per_channel must be a bool, got {per_channel!r}")
     spec = f"PReLU({init_value!r}{', per_channel=True' if per_channel else ''})"
@@ -187,7 +187,7 @@ def Elu(alpha: float = 1.0) -> Layer:
 
 def Gelu(approximate: bool = False) -> Layer:
     """:func:`jaxnets.activations.gelu` as a layer (exact by default)."""
-    return Elementwise(act.gelu, "gelu", approximate=bool(approximate))
+    return Elementwise(act.gelu, "gelu", approximate=_checks.boolean(approximate, "approximate"))
 
 
 def Sigmoid() -> Layer:
@@ -212,12 +212,12 @@ def Silu() -> Layer:
 
 def Softmax(axis: int = -1) -> Layer:
     """:func:`jaxnets.activations.softmax` as a layer."""
-    return Elementwise(act.softmax, "softmax", axis=int(axis))
+    return Elementwise(act.softmax, "softmax", axis=_checks.int_value(axis, "axis"))
 
 
 def LogSoftmax(axis: int = -1) -> Layer:
     """:func:`jaxnets.activations.log_softmax` as a layer."""
-    return Elementwise(act.log_softmax, "log_softmax", axis=int(axis))
+    return Elementwise(act.log_softmax, "log_softmax", axis=_checks.int_value(axis, "axis"))
 
 
 def Identity() -> Layer:

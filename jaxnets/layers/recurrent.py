@@ -523,7 +523,7 @@ def SimpleRNN(hidden: int, *, return_sequences: bool = True, initial_state: str 
 
 
 def _lstm_bias(forget_bias: float):
-    forget_bias = float(forget_bias)
+    forget_bias = _checks.finite_real(forget_bias, "forget_bias")
 
     def b_init(h):
         return jnp.zeros((4 * h,), jnp.float32).at[h:2 * h].set(forget_bias)

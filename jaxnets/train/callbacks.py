@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-__all__ = ["Callback", "Progress", "Resume", "Hook", "as_callback", "period"]
+__all__ = ["Callback", "Progress", "Resume", "Hook", "as_callback", "period", "check_every"]
 
 
 class Progress(NamedTuple):
@@ -86,6 +86,12 @@ def period(every: Any, steps_per_epoch: int | None, name: str = "every") -> int 
     raise ValueError(f"{name} must count 'steps' or 'epochs', got {unit!r}")
 
 
+def check_every(every: Any, name: str = "every") -> Any:
+    """``every`` checked when a callback is made (the epochs it counts are checked against the source at the start)."""
+    period(every, 1, name)
+    return every
+
+
 class Callback:
     """Defaults of the protocol (module docstring): runs after every call, does nothing."""
 
@@ -108,6 +114,7 @@ class Hook(Callback):
     def __init__(self, fn: Callable[[Progress], Any], every: Any = None):
         if not callable(fn):
             raise TypeError(f"a hook must be callable as hook(progress) -> bool | None, got {fn!r}")
+        check_every(every)
         self.fn, self.every = fn, every
         self.__name__ = getattr(fn, "__name__", repr(fn))
 

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from jaxnets import _checks
-from jaxnets.train.callbacks import Callback, Progress
+from jaxnets.train.callbacks import Callback, Progress, check_every
 
 __all__ = ["EarlyStopping", "early_stopping"]
 
@@ -26,7 +26,7 @@ class EarlyStopping(Callback):
                  min_delta: float = 0.0, every: Any = None):
         if not isinstance(metric, str):
             raise TypeError(f"metric must be a history name such as 'test_loss', got {metric!r}")
-        self.metric, self.every = metric, every
+        self.metric, self.every = metric, check_every(every)
         self.patience = _checks.positive_int(patience, "patience")
         self.min_delta = _checks.positive_float(min_delta, "min_delta", allow_zero=True)
         self.mode = mode or ("min" if metric.endswith("loss") else "max")

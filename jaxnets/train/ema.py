@@ -6,6 +6,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnets import _checks
 
@@ -33,7 +34,27 @@ def _params(state: Any) -> Any:
 
 def ema_state(state: Any, of: Callable[[Any], Any] = _params) -> EmaState:
     """``EmaState(state, copy of of(state))``: the average starts at the current params."""
-    return EmaState(state, jax.tree_util.tree_map(jnp.array, of(state)))
+    _check_of(of)
+    if of is _params and not hasattr(state, "params"):
+        raise TypeError(f"state must have params (a TrainState), or pass of= to pick what is averaged, got "
+                        f"{type(state).__name__}")
+    averaged = of(state)
+    leaves = jax.tree_util.tree_flatten_with_path(averaged)[0]
+    if not leaves:
+        raise ValueError("of(state) holds no arrays to average")
+    for path, leaf in leaves:
+        where = f"of(state){jax.tree_util.keystr(path)}"
+        if not isinstance(leaf, (jax.Array, np.ndarray, jax.core.Tracer)):
+            raise TypeError(f"{where} must be an array, got {type(leaf).__name__} {leaf!r:.40}")
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise TypeError(f"{where} must have a floating dtype (a moving average of integers would be truncated), "
+                            f"got {np.dtype(leaf.dtype).name}")
+    return EmaState(state, jax.tree_util.tree_map(jnp.array, averaged))
+
+
+def _check_of(of: Any) -> None:
+    if not callable(of):
+        raise TypeError(f"of must be callable as of(state) -> the pytree to average (default: state.params), got {of!r}")
 
 
 def with_ema(step: Callable, decay: float, *, of: Callable[[Any], Any] = _params) -> Callable:
@@ -52,8 +73,12 @@ def with_ema(step: Callable, decay: float, *, of: Callable[[Any], Any] = _params
         raise ValueError(f"decay must be in [0, 1), got {decay}")
     if not callable(step):
         raise TypeError(f"step must be callable as step(state, batch) -> (state, metrics), got {step!r}")
+    _check_of(of)
 
     def wrapped(state: EmaState, batch: Any):
+        if not isinstance(state, EmaState):
+            raise TypeError(f"state must be an EmaState (wrap the state with jaxnets.train.ema_state(state)), got "
+                            f"{type(state).__name__}")
         inner, metrics = step(state.state, batch)
         ema = jax.tree_util.tree_map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), state.ema, of(inner))
         return EmaState(inner, ema), metrics

@@ -74,6 +74,7 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
       equally likely at every position, and every ordered pair equally likely
       to be adjacent (chi-squared tests over many keys).
     """
+    _checks.prng_key(key, "key")
     n = _checks.positive_int(n, "n")
     if n >= 2**31:  # checked before anything is allocated
         raise ValueError(f"n must be below 2**31 (indices are int32), got {n}")
@@ -84,6 +85,10 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:
+    """Steps of an epoch of ``num_examples`` in batches of ``batch_size``: ``ceil(n / b)``, or ``floor(n / b)`` with ``drop_last``."""
+    num_examples = _checks.positive_int(num_examples, "num_examples")
+    batch_size = _checks.positive_int(batch_size, "batch_size")
+    drop_last = _checks.boolean(drop_last, "drop_last")
     if batch_size > num_examples:
         raise ValueError(f"batch_size must be at most the number of examples ({num_examples}), got {batch_size}")
     return num_examples // batch_size if drop_last else math.ceil(num_examples / batch_size)
@@ -97,6 +102,15 @@ def first_nonfinite(losses: jax.Array, params: Any, skipped: jax.Array | None = 
     gradients were never finite, whatever the scale, which is a divergence
     that only the skipping kept out of the params.
     """
+    _checks.float_array(losses, "losses", scalars=False)
+    if jnp.ndim(losses) != 1 or jnp.shape(losses)[0] == 0:
+        raise ValueError(f"losses must be a vector of each step's loss (steps,) with at least one step, got shape "
+                         f"{jnp.shape(losses)}")
+    if skipped is not None and jnp.shape(skipped) != jnp.shape(losses):
+        raise ValueError(f"skipped must have the shape of losses {jnp.shape(losses)} (one count per step), got "
+                         f"{jnp.shape(skipped)}")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        _checks.array_like(leaf, f"params{jax.tree_util.keystr(path)}")
     bad = ~jnp.isfinite(losses)
     if skipped is not None:
         bad = bad | jnp.all(skipped > 0)
@@ -153,8 +167,14 @@ def scan_epoch(
       the final params are not).
     """
     batch_size = _checks.positive_int(batch_size, "batch_size")
+    if not callable(step):
+        raise TypeError(f"step must be callable as step(state, batch) -> (state, metrics), got {step!r}")
+    drop_last, check_finite = _checks.boolean(drop_last, "drop_last"), _checks.boolean(check_finite, "check_finite")
+    jit = _checks.boolean(jit, "jit")
 
     def epoch(state: TrainState, data: Any) -> tuple[TrainState, dict]:
+        if not jax.tree_util.tree_leaves(data):
+            raise ValueError(f"data holds no arrays (a pytree of arrays with a leading example axis), got {data!r:.60}")
         batches = epoch_indices(state, _inputs.leading(data), batch_size, drop_last=drop_last)
         state, logged = jax.lax.scan(lambda s, idx: step(s, _inputs.take(data, idx)), state, batches)
         means = {k: SCALE_METRICS.get(k, jnp.mean)(v) for k, v in logged.items()}
@@ -190,6 +210,7 @@ def make_epoch(
     num_examples = _checks.positive_int(num_examples, "num_examples")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     steps_per_epoch(num_examples, batch_size, drop_last)
+    jit = _checks.boolean(jit, "jit")
     general = make_step(objective_from_loss(model, loss, metrics=metrics), optimizer, jit=False)
     scanned = scan_epoch(general, batch_size=batch_size, drop_last=drop_last, check_finite=check_finite, jit=False)
 

@@ -7,6 +7,7 @@ import os
 import tempfile
 from typing import Any
 
+from jaxnets import _checks
 from jaxnets.train.callbacks import Callback, Progress
 
 __all__ = ["HistoryFile"]
@@ -35,7 +36,7 @@ class HistoryFile(Callback):
     def __init__(self, path: Any, *, enabled: bool = True):
         if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"history_file must be a path (str or os.PathLike), got {type(path).__name__} {path!r}")
-        self.path, self.enabled, self.written = os.fspath(path), bool(enabled), 0
+        self.path, self.enabled, self.written = os.fspath(path), _checks.boolean(enabled, "enabled"), 0
 
     def __repr__(self) -> str:
         return f"HistoryFile({self.path!r})"

@@ -145,6 +145,22 @@ def _every_step_skipped(run, state, here: int, steps: int, on_nonfinite: str, hi
     warnings.warn(f"{message}; training goes on (on_nonfinite='warn')", RuntimeWarning, stacklevel=3)
 
 
+def _check_options(start, watch, prefix, config, jit) -> None:
+    """The loop's plain options: each a TypeError/ValueError naming it, before anything runs."""
+    if start is not None:
+        if isinstance(start, (bool, np.bool_)) or not isinstance(start, (int, np.integer)):
+            raise TypeError(f"start must be an int (the absolute step to start at), got {start!r}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0 (the absolute step to start at), got {start}")
+    if isinstance(watch, str) or not isinstance(watch, (tuple, list)) or not all(isinstance(w, str) for w in watch):
+        raise TypeError(f"watch must be a sequence of metric names such as ('loss',), got {watch!r}")
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str such as 'train_', got {prefix!r}")
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be a dict (the run's configuration) or None, got {type(config).__name__}")
+    _checks.boolean(jit, "jit")
+
+
 def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, epochs: int | None = None,
          callbacks: Sequence[Any] = (), steps_per_call: int | None = None, log_every: int | None = None,
          key: jax.Array | None = None, start: int | None = None, on_nonfinite: str = "raise",
@@ -182,6 +198,7 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
         raise ValueError(f"on_nonfinite must be 'raise', 'warn' or 'ignore', got {on_nonfinite!r}")
     if (steps is None) == (epochs is None):
         raise TypeError("loop needs exactly one of steps and epochs, got " + ("both" if steps is not None else "neither"))
+    _check_options(start, watch, prefix, config, jit)
     spe = source.steps_per_epoch
     if epochs is not None:
         epochs = _checks.positive_int(epochs, "epochs")
@@ -198,6 +215,8 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
         raise TypeError("key must be given (a jax.random key for the source) when the state has no key of its own")
     if key is not None:
         key = _inputs.as_key(key)
+    else:
+        _checks.prng_key(state.key, "state.key")
     callbacks = sorted((as_callback(c) for c in (callbacks if isinstance(callbacks, (list, tuple)) else [callbacks])),
                        key=lambda c: getattr(c, "order", 0))
     periods = [period(getattr(c, "every", None), spe, f"{type(c).__name__}.every") for c in callbacks]

@@ -44,6 +44,13 @@ def hyperparams(state: Any) -> dict:
     One optimizer's are named as optax names them (``learning_rate``); with
     several (a GAN's two), each is prefixed by its path (``generator/learning_rate``).
     """
+    leaves = jax.tree_util.tree_leaves(state)
+    bad = [leaf for leaf in leaves if isinstance(leaf, (str, bytes))]
+    if isinstance(state, (str, bytes)) or bad:
+        raise TypeError(f"state must be a pytree of arrays (a TrainState), got {type(state).__name__}"
+                        + (f" holding {bad[0]!r:.40}" if bad and not isinstance(state, (str, bytes)) else ""))
+    if not leaves:
+        raise ValueError(f"state holds no arrays (a TrainState, or any pytree of them), got {state!r:.60}")
     found = []
 
     def visit(path, node):

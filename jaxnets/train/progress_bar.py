@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from jaxnets.train.callbacks import Callback, Progress
 
 __all__ = ["ProgressBar"]
@@ -25,6 +27,9 @@ class ProgressBar(Callback):
     order = 20
 
     def __init__(self, *, lines: bool = False, bar: bool = True, enabled: bool = True):
+        for name, value in (("lines", lines), ("bar", bar), ("enabled", enabled)):
+            if not isinstance(value, (bool, np.bool_, int, np.integer)) or value not in (0, 1):  # verbose=1 passes
+                raise TypeError(f"{name} must be True or False, got {value!r}")
         self.lines, self.enabled, self.bar, self.unit = bool(lines), bool(enabled), None, "step"
         self.show_bar = bool(bar)
 

@@ -7,9 +7,12 @@ from typing import Any, Callable
 
 import jax
 
-from jaxnets import _inputs
+import numpy as np
+
+from jaxnets import _checks, _inputs
+from jaxnets.train import sources as _sources
 from jaxnets.evaluation import batched_outputs, objective_means, score
-from jaxnets.train.callbacks import Callback, Progress
+from jaxnets.train.callbacks import Callback, Progress, check_every
 from jaxnets.train.state import eval_key
 
 __all__ = ["Evaluate", "evaluator"]
@@ -51,7 +54,11 @@ class Evaluate(Callback):
             raise TypeError(f"fn must be callable as fn(state, data) -> {{name: scalar}}, got {fn!r}")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str such as 'test_', got {prefix!r}")
-        self.fn, self.every, self.prefix = fn, every, prefix
+        self.fn, self.every, self.prefix = fn, check_every(every), prefix
+        _sources._check_arrays(data, "data")
+        sizes = [np.shape(a)[0] for a in jax.tree_util.tree_leaves(data) if np.ndim(a) >= 1]
+        if sizes and max(sizes) == 0:
+            raise ValueError(f"data is empty (0 examples): nothing to evaluate")
         self.data = jax.tree_util.tree_map(jax.numpy.asarray, data) if data is not None else None
         self._compiled = _jitted(fn)
 
@@ -72,7 +79,6 @@ class Evaluate(Callback):
         return None
 
 
-@functools.lru_cache(maxsize=64)
 def evaluator(model: Any, loss: Callable | None = None, metrics: tuple = (), *, objective: Callable | None = None,
               batch_size: int = 1024) -> Callable[[Any, Any], dict]:
     """``fn(state, data) -> {name: mean}`` for :class:`Evaluate`: a model's loss and metrics, or an objective's means.
@@ -86,6 +92,23 @@ def evaluator(model: Any, loss: Callable | None = None, metrics: tuple = (), *, 
     """
     if (loss is None) == (objective is None):
         raise TypeError("evaluator needs exactly one of loss and objective")
+    if loss is not None:
+        _inputs.check_model(model)
+        _inputs.check_loss(loss)
+    elif not callable(objective):
+        raise TypeError(f"objective must be callable as objective(params, batch, key, model_state), got {objective!r}")
+    _checks.positive_int(batch_size, "batch_size")
+    if not isinstance(metrics, tuple) or not all(isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str)
+                                                  and callable(m[1]) for m in metrics):
+        raise TypeError(f"metrics must be a tuple of (name, fn(outputs, y)) pairs, got {metrics!r:.80}")
+    try:
+        return _evaluator(model, loss, metrics, objective, batch_size)
+    except TypeError:  # something unhashable (a model or a loss): built for this call only
+        return _evaluator.__wrapped__(model, loss, metrics, objective, batch_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _evaluator(model, loss, metrics, objective, batch_size):
     resolved = dict(metrics)
 
     def with_loss(state, data):

@@ -86,13 +86,31 @@ class Source:
 def fingerprint(tree: Any) -> str:
     """A short digest of a data pytree's shapes, dtypes and a sample of its values (cheap on large arrays)."""
     digest = hashlib.blake2b(digest_size=8)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not flat:
+        raise ValueError(f"tree holds no arrays to fingerprint, got {tree!r:.60}")
+    for path, leaf in flat:
+        _checks.array_like(leaf, f"tree{jax.tree_util.keystr(path)}")
         digest.update(f"{_inputs.path_name(path)}:{np.shape(leaf)}:{np.dtype(leaf.dtype).name};".encode())
         flat = np.asarray(jax.device_get(leaf)).reshape(-1)
         if flat.size:
             sample = flat[np.linspace(0, flat.size - 1, num=min(flat.size, 4096)).astype(np.int64)]
             digest.update(np.ascontiguousarray(sample).tobytes())
     return digest.hexdigest()
+
+
+def _check_arrays(tree: Any, name: str) -> None:
+    """Every leaf of ``tree`` an array or a real number (what travels to the device as data)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, (jax.Array, np.ndarray)):
+            if not (np.issubdtype(np.dtype(leaf.dtype), np.number) or np.dtype(leaf.dtype) == np.bool_
+                    or np.dtype(leaf.dtype).name == "bfloat16"):
+                raise TypeError(f"{name}{jax.tree_util.keystr(path)} must hold numbers, got dtype {leaf.dtype}")
+        elif isinstance(leaf, (bool, int, float, np.number, np.bool_)):
+            continue
+        else:
+            raise TypeError(f"{name}{jax.tree_util.keystr(path)} must be an array (a pytree of arrays), got "
+                            f"{type(leaf).__name__} {leaf!r:.40}")
 
 
 class _Position(NamedTuple):
@@ -123,11 +141,16 @@ class ArraySource(Source):
 
     def __init__(self, data: Any, batch_size: int, *, drop_last: bool = False, place: Callable | None = None,
                  name: str = "data"):
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str (how messages name the data), got {name!r}")
         data, n = _inputs.check_data(data, name, pair=False)
         self.batch_size = _checks.positive_int(batch_size, "batch_size")
         if not isinstance(drop_last, bool):
             raise TypeError(f"drop_last must be a bool, got {drop_last!r}")
         self.num_examples, self.drop_last = n, drop_last
+        if place is not None and not callable(place):
+            raise TypeError(f"place must be callable as place(tree) -> tree (a jaxnets.distributed.Placement's data), "
+                            f"got {place!r}")
         self.steps_per_epoch = steps_per_epoch(n, self.batch_size, drop_last)
         device = (lambda tree: jax.tree_util.tree_map(jnp.asarray, tree)) if place is None else place
         self.data = device(data)
@@ -198,6 +221,9 @@ class Sampler(Source):
     def __init__(self, fn: Callable, *, data: Any = None, steps_per_epoch: int | None = None, name: str | None = None):
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(key, step) -> batch (or fn(key, step, data)), got {fn!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str (how checkpoints name the sampler), got {name!r}")
+        _check_arrays(data, "data")
         self.fn, self.data = fn, (None if data is None else jax.tree_util.tree_map(jnp.asarray, data))
         self.takes_data = data is not None
         self.steps_per_epoch = None if steps_per_epoch is None else _checks.positive_int(steps_per_epoch,

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxnets import _inputs
+from jaxnets import _checks, _inputs
 from jaxnets.layers import Layer
 
 __all__ = ["TrainState", "init_train_state", "model_key", "shuffle_key", "eval_key"]
@@ -64,10 +64,13 @@ class TrainState(NamedTuple):
 
         ``optimizer.init(params)`` makes the optimizer state; the key (or
         ``jax.random.key(seed)``, seed 0 by default) is kept for dropout and
-        shuffling. The params are used as they are (not copied).
+        shuffling. The params are copied: the jitted steps donate the state,
+        so the caller's arrays (a converter's output, a loaded file) stay valid.
         """
         _inputs.check_optimizer(optimizer)
         _inputs.check_not_donated(params, "params")
+        _check_params(params)
+        params = jax.tree_util.tree_map(jnp.copy, params)  # the step donates the state: the caller's arrays stay valid
         return cls(params, optimizer.init(params), {} if model_state is None else model_state,
                    jnp.zeros((), jnp.int32), _inputs.as_key(key, seed))
 
@@ -88,18 +91,52 @@ def init_train_state(
     return TrainState(params, optimizer.init(params), model_state, jnp.zeros((), jnp.int32), train_key)
 
 
+def _check_params(params: Any) -> None:
+    """Params must be arrays of floating (or complex) numbers: ``jax.grad`` differentiates nothing else."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    if not leaves:
+        raise ValueError("params holds no arrays (give the model's params, e.g. model.init(key, shape)[1])")
+    for path, leaf in leaves:
+        where = f"params{jax.tree_util.keystr(path)}"
+        if not isinstance(leaf, (jax.Array, np.ndarray, jax.core.Tracer)):
+            raise TypeError(f"{where} must be an array, got {type(leaf).__name__} {leaf!r:.40}")
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise TypeError(f"{where} must have a floating (or complex) dtype to be trained, got {np.dtype(leaf.dtype).name}")
+
+
+def _check_counter(state: Any, what: str) -> None:
+    """``state`` must carry a ``jax.random`` key and an integer scalar step counter (a TrainState does)."""
+    if not (hasattr(state, "key") and hasattr(state, "step")):
+        raise TypeError(f"{what} needs a state with .key and .step (a TrainState), got {type(state).__name__}")
+    dtype = getattr(state.key, "dtype", None)
+    if dtype is None or not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or np.shape(state.key) != ():
+        raise TypeError(f"state.key must be a typed jax.random key of shape () (jax.random.key(seed)), got "
+                        f"{type(state.key).__name__} of dtype {dtype} and shape {np.shape(state.key)}")
+    step_dtype = getattr(state.step, "dtype", None)
+    if np.shape(state.step) != () or step_dtype is None or not jnp.issubdtype(step_dtype, jnp.integer):
+        raise TypeError(f"state.step must be an integer scalar (the step counter), got shape {np.shape(state.step)} "
+                        f"and dtype {step_dtype}")
+
+
 def model_key(state: Any) -> jax.Array:
     """The key of the step that starts at ``state.step`` (the model's dropout, a transform, DP noise)."""
+    _check_counter(state, "model_key")
     return jax.random.fold_in(state.key, 2 * state.step)
 
 
 def shuffle_key(state: Any) -> jax.Array:
     """The key that orders the epoch that starts at ``state.step``."""
+    _check_counter(state, "shuffle_key")
     return jax.random.fold_in(state.key, 2 * state.step + 1)
 
 
 def eval_key(state: Any, which: int) -> jax.Array:
     """The key of evaluation pass ``which`` (0 train, 1 test) after the epoch that ended at ``state.step``."""
+    if not _checks.is_traced(which):
+        if isinstance(which, (bool, np.bool_)) or not isinstance(which, (int, np.integer)):
+            raise TypeError(f"which must be an int >= 0 (0 the training pass, 1 the test pass), got {which!r}")
+        if which < 0:
+            raise ValueError(f"which must be an int >= 0 (0 the training pass, 1 the test pass), got {which}")
     return jax.random.fold_in(jax.random.fold_in(shuffle_key(state), 1), which)
 
 

@@ -31,13 +31,14 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from jaxnets import _inputs
+from jaxnets import _checks, _inputs
 from jaxnets import precision as precision_module
 from jaxnets.evaluation import normalized_objective, resolve_metrics
 from jaxnets.layers import Layer
-from jaxnets.train.state import TrainState, model_key
+from jaxnets.train.state import TrainState, check_state_fits, model_key
 
 __all__ = ["objective_from_loss", "default_gradient", "make_step", "make_train_step", "donating_jit", "check_gradient_fits"]
 
@@ -55,6 +56,9 @@ def objective_from_loss(model: Layer, loss: Callable[[Any, Any], jax.Array], *, 
     metrics = resolve_metrics(metrics or {})
 
     def objective(params, batch, key, model_state):
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise TypeError(f"batch must be a pair (x, y) for a model and a loss, got {type(batch).__name__}"
+                            + (f" of {len(batch)} entries" if isinstance(batch, (tuple, list)) else ""))
         x, y = batch
         outputs, new_state = model.apply_with_state(params, model_state, x, key=key, train=True)
         return loss(outputs, y), {"model_state": new_state, **{name: fn(outputs, y) for name, fn in metrics.items()}}
@@ -71,6 +75,13 @@ def default_gradient(objective: Callable, params: Any, batch: Any, key: jax.Arra
     per-example gradients (leaves ``(B, ...)``), for optimizers that take
     them, such as ``optax.contrib.dpsgd``.
     """
+    if not callable(objective):
+        raise TypeError(f"objective must be callable as objective(params, batch, key, model_state), got {objective!r}")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            got = np.dtype(leaf.dtype).name if hasattr(leaf, "dtype") else type(leaf).__name__
+            raise TypeError(f"params{jax.tree_util.keystr(path)} must be an array of floating (or complex) numbers to "
+                            f"be differentiated, got {got}")
     return jax.value_and_grad(objective, has_aux=True)(params, batch, key, model_state)
 
 
@@ -134,8 +145,13 @@ def make_step(
         raise TypeError(f"gradient must be callable as gradient(objective, params, batch, key, model_state), got {gradient!r}")
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be callable as transform(key, batch) -> batch, got {transform!r}")
+    jit = _checks.boolean(jit, "jit")
 
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        if not all(hasattr(state, f) for f in TrainState._fields):
+            raise TypeError(f"state must be a TrainState (params, opt_state, model_state, step, key), got "
+                            f"{type(state).__name__}")
+        check_state_fits(optimizer, state)
         check_gradient_fits(state.opt_state, gradient)
         scale = precision_module.loss_scale_of(state.opt_state)
         key = model_key(state)
@@ -153,6 +169,7 @@ def make_step(
                                            state.model_state)
             value = value / scale
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        _check_updates(updates, state.params)
         params = optax.apply_updates(state.params, updates)
         model_state = aux.pop("model_state", state.model_state)
         metrics = {"loss": value, **aux}  # non-scalar entries pass through (a composed step takes them out)
@@ -164,8 +181,24 @@ def make_step(
     return donating_jit(step) if jit else step
 
 
+def _check_updates(updates: Any, params: Any) -> None:
+    """Updates of another shape than their params (an array hyperparameter broadcast them) fail here, naming the leaf."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    try:
+        ups = jax.tree_util.tree_structure(params).flatten_up_to(updates)
+    except (ValueError, TypeError):  # another structure: optax.apply_updates says so
+        return
+    for (path, p), u in zip(flat, ups):
+        if u is not None and jnp.shape(u) != jnp.shape(p):
+            raise ValueError(f"optimizer.update returned updates{jax.tree_util.keystr(path)} of shape {jnp.shape(u)} "
+                             f"for params of shape {jnp.shape(p)}: is a hyperparameter of the optimizer an array "
+                             f"(learning_rate=jnp.ones(3))? Hyperparameters must be scalars")
+
+
 def donating_jit(fn: Callable) -> Callable:
     """``jax.jit(fn, donate_argnums=0)`` whose donated state, if used again, gets a clear error, not XLA's."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable as fn(state, *args) -> (state, ...), got {fn!r}")
     compiled = jax.jit(fn, donate_argnums=0)
 
     @functools.wraps(fn)
@@ -206,6 +239,7 @@ def make_train_step(
         function to compose into your own program.
     """
     general = make_step(objective_from_loss(model, loss, metrics=metrics), optimizer, jit=False)
+    jit = _checks.boolean(jit, "jit")
 
     def step(state: TrainState, x: Any, y: Any) -> tuple[TrainState, dict]:
         return general(state, (x, y))

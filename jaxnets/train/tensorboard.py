@@ -6,6 +6,7 @@ import math
 import os
 from typing import Any
 
+from jaxnets import _checks
 from jaxnets.train.callbacks import Callback, Progress
 
 __all__ = ["TensorBoard"]
@@ -28,7 +29,7 @@ class TensorBoard(Callback):
     def __init__(self, logdir: Any, *, enabled: bool = True):
         if isinstance(logdir, bool) or not isinstance(logdir, (str, os.PathLike)):
             raise TypeError(f"logdir must be a path, got {type(logdir).__name__} {logdir!r}")
-        self.logdir, self.enabled, self.writer, self.written = os.fspath(logdir), bool(enabled), None, 0
+        self.logdir, self.enabled, self.writer, self.written = os.fspath(logdir), _checks.boolean(enabled, "enabled"), None, 0
 
     def __repr__(self) -> str:
         return f"TensorBoard({self.logdir!r})"
