@@ -68,7 +68,8 @@ class Run:
 def _compiled(step, source, length, max_count, watch, check, freeze, jit):
     signature = source.signature() if hasattr(source, "signature") else None
     try:  # never an id: a dead source's id can be a new one's
-        key = None if signature is None else (step, type(source), signature, length, max_count, tuple(watch), check,
+        watched = None if watch is None else tuple(watch)
+        key = None if signature is None else (step, type(source), signature, length, max_count, watched, check,
                                               freeze)
         hash(key)
     except TypeError:
@@ -152,8 +153,9 @@ def _check_options(start, watch, prefix, config, jit) -> None:
             raise TypeError(f"start must be an int (the absolute step to start at), got {start!r}")
         if start < 0:
             raise ValueError(f"start must be >= 0 (the absolute step to start at), got {start}")
-    if isinstance(watch, str) or not isinstance(watch, (tuple, list)) or not all(isinstance(w, str) for w in watch):
-        raise TypeError(f"watch must be a sequence of metric names such as ('loss',), got {watch!r}")
+    if watch is not None and (isinstance(watch, str) or not isinstance(watch, (tuple, list))
+                              or not all(isinstance(w, str) for w in watch)):
+        raise TypeError(f"watch must be None or a sequence of metric names such as ('loss',), got {watch!r}")
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str such as 'train_', got {prefix!r}")
     if config is not None and not isinstance(config, dict):
@@ -164,7 +166,7 @@ def _check_options(start, watch, prefix, config, jit) -> None:
 def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, epochs: int | None = None,
          callbacks: Sequence[Any] = (), steps_per_call: int | None = None, log_every: int | None = None,
          key: jax.Array | None = None, start: int | None = None, on_nonfinite: str = "raise",
-         watch: Sequence[str] = ("loss",), prefix: str = "train_", config: dict | None = None,
+         watch: Sequence[str] | None = None, prefix: str = "train_", config: dict | None = None,
          jit: bool = True) -> tuple[Any, History]:
     """Runs ``step`` over ``source`` for ``steps`` or ``epochs``; returns ``(state, history)`` (module docstring).
 
@@ -185,7 +187,9 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
         Callbacks that restore (a checkpoint) start first, then the others in ``order``.
       on_nonfinite: ``"raise"`` (stop at the first non-finite segment, raise
         :class:`NonFiniteError` holding the last finite state), ``"warn"`` or ``"ignore"``.
-      watch: the metrics whose non-finite value is a divergence.
+      watch: the metrics whose non-finite value is a divergence, each one the
+        step returns (default: ``"loss"`` when the step returns one; the
+        state's floating leaves are always checked).
       prefix: prepended to the step's metric names in the history.
       config: the run's configuration, recorded by checkpoints and compared on resume.
       jit: compile the calls (False runs them eagerly, for debugging).
@@ -269,7 +273,7 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
                     epoch = (where - run.origin) // spe + 1 if spe else None
                     at = (f"epoch {epoch}, step {where} (step {(where - run.origin) % spe} of the epoch)" if spe
                           else f"step {where}")
-                    message = (f"training diverged: the loss (or a watched metric of {tuple(watch)}) or the state "
+                    message = (f"training diverged: the loss (or a watched metric of {tuple(watch or ('loss',))}) or the state "
                                f"became NaN/Inf at {at}")
                     if on_nonfinite == "raise":
                         position += i * seg_len

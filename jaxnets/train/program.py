@@ -88,7 +88,7 @@ def _finite_state(state: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves])) if leaves else jnp.bool_(True)
 
 
-def build(step: Callable, source: Any, *, length: int, max_count: int, watch: Sequence[str] = ("loss",),
+def build(step: Callable, source: Any, *, length: int, max_count: int, watch: Sequence[str] | None = None,
           check_finite: bool = True, freeze: bool = True, log_hyperparams: bool = True) -> Callable:
     """The program of ``max_count`` segments of ``length`` steps of ``step`` over ``source`` (module docstring).
 
@@ -98,9 +98,11 @@ def build(step: Callable, source: Any, *, length: int, max_count: int, watch: Se
       source: a :class:`jaxnets.train.Source`.
       length: steps per segment (static).
       max_count: segments per call at most (static); ``count`` picks how many run.
-      watch: metrics whose non-finite value marks a diverged segment (those
-        the step returns; ``"skipped_steps"``, when present, marks a segment
-        whose every step was skipped by the loss scale).
+      watch: metrics whose non-finite value marks a diverged segment, each
+        one the step returns (a name it does not return is an error: a typo
+        would turn the check off); None watches ``"loss"`` when the step
+        returns one. (``"skipped_steps"``, when present, marks a segment
+        whose every step was skipped by the loss scale.)
       check_finite: check the watched metrics and the state's floating leaves.
       freeze: stop at a non-finite segment and return the state before it.
       log_hyperparams: add :func:`hyperparams` of the state, as ``LAST`` values.
@@ -119,7 +121,12 @@ def build(step: Callable, source: Any, *, length: int, max_count: int, watch: Se
         if log_hyperparams:
             lasts.update({k: v.astype(jnp.result_type(float)) for k, v in hyperparams(state).items()})
         bad = jnp.zeros((length,), bool)
-        for name in watch:
+        if watch is not None:
+            missing = [name for name in watch if name not in logged]
+            if missing:
+                raise ValueError(f"watch names {missing} that the step does not return: its metrics are "
+                                 f"{sorted(logged)}; watch only those (a misspelt name would check nothing)")
+        for name in ("loss",) if watch is None else watch:
             if name in logged:
                 bad = bad | ~jnp.isfinite(logged[name])
         last = jnp.where(_finite_state(state), -1, length - 1)
