@@ -49,14 +49,16 @@ import functools
 import hashlib
 import os
 import types
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from jaxnets import _checks
+from jaxnets._types import PyTree, Shape
 from jaxnets.layers import _util
 
 __all__ = ["Layer", "check_params", "count_params", "require_rule", "observing", "casting"]
@@ -120,15 +122,15 @@ class Layer:
 
     name: str
     spec: str
-    init_fn: Callable[..., tuple]
-    forward_fn: Callable[..., tuple]
-    backward_fn: Callable[..., tuple] | None = None
-    children: tuple = ()
+    init_fn: Callable[..., tuple[Any, ...]]
+    forward_fn: Callable[..., tuple[Any, ...]]
+    backward_fn: Callable[..., tuple[Any, ...]] | None = None
+    children: tuple[tuple[str, Layer], ...] = ()
 
     def __repr__(self) -> str:
         return self.spec
 
-    def _structure(self) -> tuple:
+    def _structure(self) -> tuple[Any, ...]:
         """The hashable structure that equality and hashing compare (computed once, see the class docstring)."""
         cached = self.__dict__.get("_structure_key")
         if cached is None:
@@ -150,30 +152,32 @@ class Layer:
 
     # -- tier 1 ---------------------------------------------------------------
 
-    def init(self, key, input_shape) -> tuple:
+    def init(self, key: jax.Array, input_shape: Shape) -> tuple[Shape, Params]:
         """``(key, input_shape) -> (output_shape, params)``; ``-1`` leaves a size unknown."""
         out_shape, params, _ = self.init_with_state(key, input_shape)
         return out_shape, params
 
-    def apply(self, params, x, *, key=None, train=False):
+    def apply(self, params: Params, x: PyTree, *, key: jax.Array | None = None, train: bool | jax.Array = False) -> PyTree:
         """``(params, x, *, key=None, train=False) -> y``."""
         return self.apply_with_state(params, {}, x, key=key, train=train)[0]
 
     # -- state ----------------------------------------------------------------
 
-    def init_with_state(self, key, input_shape) -> tuple:
+    def init_with_state(self, key: jax.Array, input_shape: Shape) -> tuple[Shape, Params, PyTree]:
         """``(key, input_shape) -> (output_shape, params, state)``."""
         _util.check_key(key)
         return self.init_fn(key, input_shape)
 
-    def apply_with_state(self, params, state, x, *, key=None, train=False) -> tuple:
+    def apply_with_state(self, params: Params, state: PyTree, x: PyTree, *, key: jax.Array | None = None,
+                         train: bool | jax.Array = False) -> tuple[PyTree, PyTree]:
         """``(params, state, x, *, key=None, train=False) -> (y, state)``."""
         y, new_state, _ = self.tape_forward(params, state, x, key=key, train=train)
         return y, new_state
 
     # -- hand rules -------------------------------------------------------------
 
-    def tape_forward(self, params, state, x, *, key=None, train=False) -> tuple:
+    def tape_forward(self, params: Params, state: PyTree, x: PyTree, *, key: jax.Array | None = None,
+                     train: bool | jax.Array = False) -> tuple[PyTree, PyTree, PyTree]:
         """``-> (y, state, tape)``: the forward pass, recording what the rules need."""
         if key is not None:
             _util.check_key(key)
@@ -192,16 +196,18 @@ class Layer:
                                  f"jax.jit(model.apply, static_argnames='train'))") from error
             raise
 
-    def tape_backward(self, params, state, tape, y_bar, *, key=None, train=False) -> tuple:
+    def tape_backward(self, params: Params, state: PyTree, tape: PyTree, y_bar: PyTree, *, key: jax.Array | None = None,
+                      train: bool | jax.Array = False) -> tuple[Params, PyTree]:
         """``-> (params_bar, x_bar)`` from a tape that :meth:`tape_forward` recorded."""
         require_rule(self)
         mode = _static_mode(train)
         if mode is None:
             raise TypeError(f"{self.spec}: tape_backward needs train as a Python bool, got a traced value; "
                             f"pass it as static (jax.jit(..., static_argnames='train'))")
-        return self.backward_fn(params, state, tape, y_bar, key=key, train=mode)
+        return cast(Callable[..., tuple[Any, ...]], self.backward_fn)(params, state, tape, y_bar, key=key, train=mode)  # not None: require_rule
 
-    def backward(self, params, state, x, y_bar, *, key=None, train=False) -> tuple:
+    def backward(self, params: Params, state: PyTree, x: PyTree, y_bar: PyTree, *, key: jax.Array | None = None,
+                 train: bool | jax.Array = False) -> tuple[Params, PyTree]:
         """The hand rule ``(params, state, x, y_bar, *, key, train) -> (params_bar, x_bar)``."""
         require_rule(self)
         _, _, tape = self.tape_forward(params, state, x, key=key, train=train)
@@ -498,7 +504,7 @@ def build_stateless(name: str, spec: str, init: Callable, apply: Callable, backw
     def apply_with_state(params, state, x, *, key=None, train=False):
         return apply(params, x, key=key, train=train), state
 
-    rule = None
+    rule = None  # pyright: ignore[reportAssignmentType]  (the def below, when there is a backward)
     if backward is not None:
 
         def rule(params, state, x, y_bar, *, key=None, train=False):
