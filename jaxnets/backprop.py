@@ -34,7 +34,7 @@ def _check_model(model: Any) -> Layer:
     return model
 
 
-def loss_gradient(loss: Callable, loss_grad: Callable | None = None) -> Callable:
+def loss_gradient(loss: Callable[..., Any], loss_grad: Callable[..., Any] | None = None) -> Callable[..., Any]:
     """The hand-derived gradient of ``loss`` with respect to its predictions, ``(predictions, targets) -> dL/dpredictions``.
 
     ``loss_grad`` if given, else from ``loss.backward(predictions, targets,
@@ -75,7 +75,7 @@ def vjp(model: Layer, params: Any, x: Any, *, state: Any = None, key: jax.Array 
     return y, new_state, pullback
 
 
-def value_and_grad(model: Layer, loss: Callable, *, loss_grad: Callable | None = None, train: bool = True):
+def value_and_grad(model: Layer, loss: Callable[..., Any], *, loss_grad: Callable[..., Any] | None = None, train: bool = True):
     """Like :func:`grad`, returning ``(loss value, grads)``."""
     model = _check_model(model)
     train = _checks.boolean(train, "train")
@@ -92,7 +92,7 @@ def value_and_grad(model: Layer, loss: Callable, *, loss_grad: Callable | None =
     return value_and_grad_fn
 
 
-def grad(model: Layer, loss: Callable, *, loss_grad: Callable | None = None, train: bool = True):
+def grad(model: Layer, loss: Callable[..., Any], *, loss_grad: Callable[..., Any] | None = None, train: bool = True):
     """The gradient of ``loss(model(params, x), y)`` with respect to params, by hand rules alone.
 
     Args:

@@ -118,7 +118,7 @@ def _unpack(blob: np.ndarray, like_host: Any) -> Any:
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like_host), out)
 
 
-def _checksums(host: Any) -> dict:
+def _checksums(host: Any) -> dict[str, Any]:
     return {_inputs.path_name(p): zlib.crc32(np.ascontiguousarray(leaf).tobytes())
             for p, leaf in jax.tree_util.tree_flatten_with_path(host)[0]}
 
@@ -196,7 +196,7 @@ class Checkpoints:
         """The ids (epochs, or steps for a run counted in steps) that have a checkpoint, oldest first."""
         return sorted(self.manager.all_steps())
 
-    def save(self, epoch: int, state: Any, history: dict, config: dict | None = None) -> None:
+    def save(self, epoch: int, state: Any, history: dict[str, Any], config: dict[str, Any] | None = None) -> None:
         """Save ``state``, ``history`` and ``config`` as checkpoint ``epoch`` (in the background unless ``async_save=False``)."""
         self._raise_failed()
         _inputs.check_not_donated(state, "state")
@@ -258,7 +258,7 @@ class Checkpoints:
             return None
         return (min if self.best_mode == "min" else max)(values, key=lambda e: (values[e], e))
 
-    def _read_meta(self, epoch: int) -> dict:
+    def _read_meta(self, epoch: int) -> dict[str, Any]:
         try:
             return self.manager.restore(epoch, args=self._ocp.args.Composite(config=self._ocp.args.JsonRestore()))["config"]
         except Exception:  # noqa: BLE001 - an unreadable checkpoint has no metric
@@ -299,7 +299,7 @@ class Checkpoints:
             raise RuntimeError(f"saving a checkpoint in {self.directory} failed{hint}: {type(error).__name__}: {error}; "
                                f"the earlier checkpoints there stay readable") from error
 
-    def restore(self, like: Any, epoch: int | None = None) -> tuple[Any, dict, dict] | None:
+    def restore(self, like: Any, epoch: int | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
         """``(state, history, meta)`` of checkpoint ``epoch`` (default the latest readable one), or None if there is none.
 
         ``like`` is a state of the run (a fresh one will do): the checkpoint
@@ -378,7 +378,7 @@ class Checkpoints:
 _MAY_CHANGE = ("loop/steps", "loop/epochs", "loop/steps_per_call")  # steps per call change no number (tested)
 
 
-def _flatten(config: Any, prefix: str = "") -> dict:
+def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(config, dict):
         out = {}
         for k, v in config.items():
@@ -478,7 +478,7 @@ class Checkpoint(Callback):
         self.saved_at = self.resumed_at = int(meta["position"])
         return Resume(state, int(meta["position"]), int(meta["origin"]), history, self.folder.directory)
 
-    def best_state(self, like: Any) -> tuple[Any, dict, dict]:
+    def best_state(self, like: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         """``(state, history, meta)`` of the folder's best checkpoint by ``best`` (e.g. to sample from the best params
         after the run); ``like`` gives the structure (the state the loop returned will do)."""
         folder = self.folder if self.folder is not None and self.folder._lock is not None else \

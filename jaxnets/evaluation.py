@@ -21,6 +21,7 @@ import functools
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -31,10 +32,10 @@ from jaxnets.losses import accuracy
 __all__ = ["predict", "evaluate", "resolve_metrics", "KNOWN_METRICS"]
 
 #: Metrics that may be named by a string in ``metrics={"acc": "accuracy"}``.
-KNOWN_METRICS: dict[str, Callable] = {"accuracy": accuracy}
+KNOWN_METRICS: dict[str, Callable[..., Any]] = {"accuracy": accuracy}
 
 
-def resolve_metrics(metrics: Any, y: Any = None) -> dict[str, Callable]:
+def resolve_metrics(metrics: Any, y: Any = None) -> dict[str, Callable[..., Any]]:
     """``name -> fn(outputs, targets)``; strings name :data:`KNOWN_METRICS`; default accuracy for integer labels."""
     if metrics is None:
         is_int = isinstance(y, (jax.Array, np.ndarray)) and np.issubdtype(np.dtype(y.dtype), np.integer)
@@ -79,7 +80,7 @@ def batched_outputs(model: Layer, batch_size: int, params, model_state, x, key=N
     return jax.tree_util.tree_map(lambda o: o.reshape((steps * batch_size,) + o.shape[2:])[:n], outs)  # drop the padding
 
 
-def objective_means(objective: Callable, batch_size: int, params, model_state, data, key) -> dict:
+def objective_means(objective: Callable[..., Any], batch_size: int, params, model_state, data, key) -> dict[str, Any]:
     """``{"loss": ..., **aux}``: the objective's loss and scalar aux entries, averaged over all examples.
 
     Full batches run in a ``lax.scan``, a shorter last batch once more;
@@ -144,11 +145,11 @@ def _predict_program(model: Layer, batch_size: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _objective_program(objective: Callable, batch_size: int):
+def _objective_program(objective: Callable[..., Any], batch_size: int):
     return jax.jit(functools.partial(objective_means, objective, batch_size))
 
 
-def score(outputs, y, loss, metrics) -> dict:
+def score(outputs, y, loss, metrics) -> dict[str, Any]:
     return {"loss": loss(outputs, y), **{name: fn(outputs, y) for name, fn in metrics.items()}}
 
 
@@ -156,12 +157,12 @@ def evaluate(
     model: Layer,
     params: Any,
     data: Any,
-    loss: Callable | None = None,
+    loss: Callable[..., Any] | None = None,
     *,
-    objective: Callable | None = None,
+    objective: Callable[..., Any] | None = None,
     key: jax.Array | None = None,
     model_state: Any = None,
-    metrics: Mapping[str, Callable | str] | None = None,
+    metrics: Mapping[str, Callable[..., Any] | str] | None = None,
     batch_size: int = 1024,
 ) -> dict[str, float]:
     """Loss and metrics of a model on held-out data, in evaluation mode.
@@ -208,7 +209,7 @@ def evaluate(
     return {k: float(v) for k, v in jax.device_get(score(outputs, jax.tree_util.tree_map(jnp.asarray, y), loss, metrics)).items()}
 
 
-def normalized_objective(objective: Callable) -> Callable:
+def normalized_objective(objective: Callable[..., Any]) -> Callable[..., Any]:
     """``objective`` made to return ``(loss, aux dict)``, with the loss checked to be a scalar (at trace time).
 
     The same objective always gives the same wrapper, so programs built on it are reused.
@@ -221,7 +222,7 @@ def normalized_objective(objective: Callable) -> Callable:
 
 
 @functools.lru_cache(maxsize=256)
-def _normalized(objective: Callable) -> Callable:
+def _normalized(objective: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(objective)
     def wrapped(params, batch, key, model_state):

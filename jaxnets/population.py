@@ -44,7 +44,7 @@ from jaxnets.layers import Layer
 __all__ = ["grid", "fit_population", "member", "best_member"]
 
 
-def grid(**axes: Sequence) -> dict[str, list]:
+def grid(**axes: Sequence) -> dict[str, list[Any]]:
     """All combinations of the given values, as equal-length columns.
 
     ``grid(seed=[0, 1], learning_rate=[0.1, 0.01])`` gives
@@ -110,7 +110,7 @@ def _check_hyperparams(hyperparams: dict[str, np.ndarray]) -> None:
                 raise ValueError(f"members[{name!r}][{index}] (member {index}) must be {interval}, got {value}")
 
 
-def _member_optimizer(optimizer: Any, hyperparams: dict[str, np.ndarray]) -> Callable[[dict], optax.GradientTransformation]:
+def _member_optimizer(optimizer: Any, hyperparams: dict[str, np.ndarray]) -> Callable[[dict[str, Any]], optax.GradientTransformation]:
     """``hyperparams -> GradientTransformation`` whose state carries them (``optax.inject_hyperparams``)."""
     if not hyperparams:
         _inputs.check_optimizer(optimizer)
@@ -140,7 +140,7 @@ def fit_population(
     test: Any = None,
     epochs: int = 10,
     batch_size: int = 64,
-    metrics: Mapping[str, Callable] | None = None,
+    metrics: Mapping[str, Callable[..., Any]] | None = None,
     epochs_per_call: int = 1,
     drop_last: bool = False,
     eval_batch_size: int = 1024,
@@ -291,7 +291,7 @@ def fit_population(
     return state, history
 
 
-def _continued(state: Any, optimizer: optax.GradientTransformation, hyperparams: dict, size: int) -> train.TrainState:
+def _continued(state: Any, optimizer: optax.GradientTransformation, hyperparams: dict[str, Any], size: int) -> train.TrainState:
     """A copy of a population's ``state`` for ``size`` members, with ``hyperparams`` written into its optimizer state."""
     if _population_size(state) != size:
         raise ValueError(f"state must hold {size} members (one per value in members), got step of shape {np.shape(state.step)}")

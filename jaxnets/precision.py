@@ -141,7 +141,7 @@ def _cast_like(tree: Any, like: Any) -> Any:
         tree, like)
 
 
-def _plan(policy: Policy, float32: frozenset, overrides: Mapping[str, jnp.dtype]) -> Callable:
+def _plan(policy: Policy, float32: frozenset, overrides: Mapping[str, jnp.dtype]) -> Callable[..., Any]:
     """The casting plan: each primitive layer's function, wrapped to compute in its dtype."""
 
     def dtype_of(path: str, layer: Layer) -> jnp.dtype:
@@ -151,7 +151,7 @@ def _plan(policy: Policy, float32: frozenset, overrides: Mapping[str, jnp.dtype]
             return overrides[layer.name]
         return jnp.dtype(jnp.float32) if layer.name in float32 else policy.compute_dtype
 
-    def plan(path: str, layer: Layer, phase: str, fn: Callable) -> Callable:
+    def plan(path: str, layer: Layer, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         dtype = dtype_of(path, layer)
         if phase == "forward":
             def forward(params, state, x, **kwargs):
@@ -374,7 +374,7 @@ def loss_scale_of(opt_state: Any) -> jax.Array | None:
     return None
 
 
-def scaled_objective(objective: Callable, scale: Any) -> Callable:
+def scaled_objective(objective: Callable[..., Any], scale: Any) -> Callable[..., Any]:
     """``objective`` with its loss multiplied by ``scale`` in float32 (``aux`` untouched).
 
     ``objective`` returns ``loss`` or ``(loss, aux)``; so does the result.
@@ -391,7 +391,7 @@ def scaled_objective(objective: Callable, scale: Any) -> Callable:
     return scaled
 
 
-def underflowing_layers(model: Layer, loss: Callable, params: Any, x: Any, y: Any, *, policy: str | Policy = "float16",
+def underflowing_layers(model: Layer, loss: Callable[..., Any], params: Any, x: Any, y: Any, *, policy: str | Policy = "float16",
                         state: Any = None, key: jax.Array | None = None, threshold: float = 0.5) -> dict[str, float]:
     """The layers whose gradients underflow to zero under ``policy`` without loss scaling.
 
@@ -432,7 +432,7 @@ def underflowing_layers(model: Layer, loss: Callable, params: Any, x: Any, y: An
     return found
 
 
-def warn_underflow(model: Layer, loss: Callable, params: Any, x: Any, y: Any, *, policy: str | Policy = "float16",
+def warn_underflow(model: Layer, loss: Callable[..., Any], params: Any, x: Any, y: Any, *, policy: str | Policy = "float16",
                    state: Any = None) -> dict[str, float]:
     """:func:`underflowing_layers` on one batch, and a ``RuntimeWarning`` naming each layer found (what ``fit`` runs
     before training in float16 without loss scaling). Returns what it found."""
@@ -485,7 +485,7 @@ class MixedPrecision:
 
 def for_training(model: Layer | None, optimizer: optax.GradientTransformation, precision: str | Policy | None,
                  loss_scale: str | float | None = "auto", *, loss_mode: bool = True,
-                 gradient: Callable | None = None) -> tuple[Layer | None, optax.GradientTransformation, Policy | None]:
+                 gradient: Callable[..., Any] | None = None) -> tuple[Layer | None, optax.GradientTransformation, Policy | None]:
     """``fit``'s ``precision=`` and ``loss_scale=``: the model under its policy and the optimizer behind its scale.
 
     ``loss_scale="auto"`` is dynamic scaling for a float16 policy, none

@@ -132,7 +132,7 @@ class _ArrayReader:
                                  f"reading it on would train on other data (or crash on a truncated mapping); "
                                  f"make a new stream of the file as it is now, and resume from a checkpoint")
 
-    def read(self, rows: np.ndarray, where: tuple) -> Any:
+    def read(self, rows: np.ndarray, where: tuple[Any, ...]) -> Any:
         """``rows`` (any shape, ints) of every leaf, as ``rows.shape + feature shape`` arrays in the device dtype."""
         flat = rows.reshape(-1)
         order = np.argsort(flat, kind="stable")  # read the file front to back, then put the rows back in order
@@ -172,7 +172,7 @@ class _RecordReader:
     def check_unchanged(self) -> None:
         """A source reads its records itself: nothing to check here."""
 
-    def read(self, rows: np.ndarray, where: tuple) -> Any:
+    def read(self, rows: np.ndarray, where: tuple[Any, ...]) -> Any:
         flat = rows.reshape(-1)
         columns = [[] for _ in self.specs]
         for i in flat.tolist():
@@ -245,7 +245,7 @@ class Stream:
         """Raise a ValueError if a memory-mapped file behind the stream changed since it was made."""
         self._reader.check_unchanged()
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """What a checkpoint records about the stream (its length, epoch size, and a digest of a few records), so
         that a resume on another stream fails instead of drifting."""
         n = self.num_examples
@@ -512,14 +512,14 @@ class BoundStream(Source):
     def __repr__(self) -> str:
         return f"{self.stream!r} in batches of {self.batch_size}"
 
-    def signature(self) -> tuple:
+    def signature(self) -> tuple[Any, ...]:
         return ("stream", self.batch_size, self.steps_per_epoch)
 
     def set_classes(self, classes: int | None) -> None:
         """Check that every chunk's integer labels lie in ``[0, classes)``."""
         self.classes = classes
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {**self.stream.describe(), "batch_size": self.batch_size, "drop_last": self.drop_last}
 
     def max_length(self, position: int, origin: int) -> int:

@@ -75,7 +75,7 @@ def _init_children(children, key, input_shapes):
     return shapes, params, state
 
 
-def _combinator(name: str, spec: str, children, init_fn: Callable, forward_fn: Callable, backward_fn: Callable) -> Layer:
+def _combinator(name: str, spec: str, children, init_fn: Callable[..., Any], forward_fn: Callable[..., Any], backward_fn: Callable[..., Any]) -> Layer:
     return Layer(name, spec, init_fn, forward_fn, backward_fn, tuple(children))
 
 
@@ -225,7 +225,7 @@ def FanOut(num: int) -> Layer:
     return Layer("fan_out", spec, init_fn, forward_fn, backward_fn)
 
 
-def _fan_in(name: str, spec: str, out_shape: Callable, combine: Callable, split: Callable) -> Layer:
+def _fan_in(name: str, spec: str, out_shape: Callable[..., Any], combine: Callable[..., Any], split: Callable[..., Any]) -> Layer:
     def init_fn(key, input_shapes):
         del key
         if not isinstance(input_shapes, (tuple, list)) or not input_shapes or not all(isinstance(s, (tuple, list)) for s in input_shapes):

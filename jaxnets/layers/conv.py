@@ -7,7 +7,7 @@ where it trains over 10x faster inside a scanned epoch.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -79,8 +79,8 @@ def _conv_layer(
     strides: int | Sequence[int],
     padding,
     use_bias: bool,
-    w_init: Callable | None,
-    b_init: Callable,
+    w_init: Callable[..., Any] | None,
+    b_init: Callable[..., Any],
     transpose: bool,
     impl: str,
     dilation: int | Sequence[int] = 1,

@@ -238,7 +238,7 @@ _VALUE_TYPES = (int, float, complex, str, bytes, bool, type(None), type(Ellipsis
                 slice)
 
 
-def _layer_key(layer: Layer, active: dict) -> tuple:
+def _layer_key(layer: Layer, active: dict[int, int]) -> tuple[Any, ...]:
     if "_structure_key" in layer.__dict__:
         return layer.__dict__["_structure_key"]
     return ("layer", layer.name, layer.spec, _value_key(layer.init_fn, active), _value_key(layer.forward_fn, active),
@@ -246,7 +246,7 @@ def _layer_key(layer: Layer, active: dict) -> tuple:
             tuple((name, _value_key(child, active)) for name, child in layer.children))
 
 
-def _value_key(value: Any, active: dict) -> Any:
+def _value_key(value: Any, active: dict[int, int]) -> Any:
     """A hashable key equal for values that behave the same (see :class:`Layer`); identity where unsure.
 
     ``active`` holds the ids of the containers and functions being keyed, so a
@@ -361,13 +361,13 @@ def shape_tree(x: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=256)
-def _expected(layer: Layer, input_shape: tuple):
+def _expected(layer: Layer, input_shape: tuple[Any, ...]):
     """``(params, state)`` as ``ShapeDtypeStruct`` pytrees, as ``init`` makes them for this input shape."""
     _, params, state = jax.eval_shape(lambda k: layer.init_fn(k, input_shape), jax.random.key(0))
     return params, state
 
 
-def _leaves(tree: Any) -> dict:
+def _leaves(tree: Any) -> dict[str, Any]:
     return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
@@ -474,8 +474,8 @@ def input_shapes(shape: Any) -> Any:
     return _checks.shape_tuple(shape)
 
 
-def build(name: str, spec: str, init_with_state: Callable, apply_with_state: Callable,
-          backward: Callable | None = None) -> Layer:
+def build(name: str, spec: str, init_with_state: Callable[..., Any], apply_with_state: Callable[..., Any],
+          backward: Callable[..., Any] | None = None) -> Layer:
     """A primitive layer from its general functions; its tape is its input.
 
     ``init_with_state(key, input_shape) -> (output_shape, params, state)``,
@@ -493,7 +493,7 @@ def build(name: str, spec: str, init_with_state: Callable, apply_with_state: Cal
     return Layer(name, spec, init_fn, forward_fn, backward)
 
 
-def build_stateless(name: str, spec: str, init: Callable, apply: Callable, backward: Callable | None = None) -> Layer:
+def build_stateless(name: str, spec: str, init: Callable[..., Any], apply: Callable[..., Any], backward: Callable[..., Any] | None = None) -> Layer:
     """A primitive layer without state from ``init(key, shape) -> (out_shape, params)``,
     ``apply(params, x, *, key, train) -> y`` and ``backward(params, x, y_bar, *, key, train)``."""
 

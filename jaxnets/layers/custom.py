@@ -22,7 +22,7 @@ from jaxnets.layers.core import Layer
 __all__ = ["define_layer"]
 
 
-def _keywords(fn: Callable, names=("key", "train")) -> Callable:
+def _keywords(fn: Callable[..., Any], names=("key", "train")) -> Callable[..., Any]:
     """``fn`` called with only those of ``key``/``train`` that it accepts."""
     try:
         parameters = inspect.signature(fn).parameters
@@ -71,11 +71,11 @@ def _shape_ok(promised: Any, got: Any) -> bool:
 
 def define_layer(
     name: str,
-    init: Callable,
-    apply: Callable,
+    init: Callable[..., Any],
+    apply: Callable[..., Any],
     *,
-    backward: Callable | None = None,
-    output_shape: Callable | None = None,
+    backward: Callable[..., Any] | None = None,
+    output_shape: Callable[..., Any] | None = None,
     stateful: bool = False,
     input_dtype: Any = None,
     spec: str | None = None,

@@ -154,7 +154,7 @@ def _rotary_angles(length: int, features: int, base: float, dtype):
     return jnp.asarray(np.cos(angles), dtype), jnp.asarray(np.sin(angles), dtype)
 
 
-def _rotary_check(x, time_axis: int, where: str) -> tuple:
+def _rotary_check(x, time_axis: int, where: str) -> tuple[Any, ...]:
     if x.shape[-1] % 2:
         raise ValueError(f"{where}: rotary embeddings rotate pairs of features, so the last axis must be even, "
                          f"got x of shape {tuple(x.shape)}")
@@ -165,7 +165,7 @@ def _rotary_check(x, time_axis: int, where: str) -> tuple:
     return ax, (x.shape[ax],) + (1,) * (x.ndim - 2 - ax) + (x.shape[-1] // 2,)
 
 
-def _rotary_tables(x, ax: int, shape: tuple, base: float, offset, max_length, dtype, where: str):
+def _rotary_tables(x, ax: int, shape: tuple[Any, ...], base: float, offset, max_length, dtype, where: str):
     """``cos``, ``sin`` of the angles at positions ``offset .. offset + T - 1``, shaped to broadcast against ``x``."""
     length = x.shape[ax]
     if _checks.is_traced(offset) or not isinstance(offset, (int, np.integer)):

@@ -36,7 +36,7 @@ def ema_state(state: Any, of: Callable[[Any], Any] = _params) -> EmaState:
     return EmaState(state, jax.tree_util.tree_map(jnp.array, of(state)))
 
 
-def with_ema(step: Callable, decay: float, *, of: Callable[[Any], Any] = _params) -> Callable:
+def with_ema(step: Callable[..., Any], decay: float, *, of: Callable[[Any], Any] = _params) -> Callable[..., Any]:
     """``step`` over an :class:`EmaState`: after each step, ``ema <- decay ema + (1 - decay) of(state)``.
 
     The update runs inside the same compiled step (fused with it), not on the

@@ -18,7 +18,7 @@ same epochs through :class:`jaxnets.train.ArraySource`.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -106,7 +106,17 @@ def first_nonfinite(losses: jax.Array, params: Any, skipped: jax.Array | None = 
     return jnp.where(bad.any(), jnp.argmax(bad), last).astype(jnp.int32)
 
 
-def epoch_indices(state: TrainState, num_examples: int, batch_size: int, *, drop_last: bool = False) -> jax.Array:
+class _KeyAndStep(Protocol):
+    """What :func:`epoch_indices` reads of a state: a :class:`TrainState`, or any record with these two fields."""
+
+    @property
+    def key(self) -> jax.Array: ...
+
+    @property
+    def step(self) -> jax.Array: ...
+
+
+def epoch_indices(state: _KeyAndStep | TrainState, num_examples: int, batch_size: int, *, drop_last: bool = False) -> jax.Array:
     """The example indices of each step of the epoch that starts at ``state``.
 
     The order is :func:`permutation` under the state's epoch key. Without
@@ -127,17 +137,17 @@ def epoch_indices(state: TrainState, num_examples: int, batch_size: int, *, drop
 
 # Loss-scaling metrics of a step (precision.loss_scaling) and how an epoch reduces them: the skipped steps are
 # counted, the scale is the one the epoch ends with. Every other metric is the mean over the epoch's steps.
-SCALE_METRICS = {"skipped_steps": jnp.sum, "loss_scale": lambda v: v[-1]}
+SCALE_METRICS: dict[str, Callable[[jax.Array], jax.Array]] = {"skipped_steps": jnp.sum, "loss_scale": lambda v: v[-1]}
 
 
 def scan_epoch(
-    step: Callable[[TrainState, Any], tuple[TrainState, dict]],
+    step: Callable[[TrainState, Any], tuple[TrainState, dict[str, Any]]],
     *,
     batch_size: int,
     drop_last: bool = False,
     check_finite: bool = True,
     jit: bool = True,
-) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, Any]]]:
     """One epoch of a general step as one program: ``(state, data) -> (state, mean metrics)``.
 
     ``data`` is a pytree whose leaves hold all examples on the device (leading
@@ -154,7 +164,7 @@ def scan_epoch(
     """
     batch_size = _checks.positive_int(batch_size, "batch_size")
 
-    def epoch(state: TrainState, data: Any) -> tuple[TrainState, dict]:
+    def epoch(state: TrainState, data: Any) -> tuple[TrainState, dict[str, Any]]:
         batches = epoch_indices(state, _inputs.leading(data), batch_size, drop_last=drop_last)
         state, logged = jax.lax.scan(lambda s, idx: step(s, _inputs.take(data, idx)), state, batches)
         means = {k: SCALE_METRICS.get(k, jnp.mean)(v) for k, v in logged.items()}
@@ -176,7 +186,7 @@ def make_epoch(
     metrics: Metrics | None = None,
     check_finite: bool = True,
     jit: bool = True,
-) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
+) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict[str, Any]]]:
     """One epoch of the common case as one program: ``(state, x, y) -> (state, mean metrics)``.
 
     :func:`scan_epoch` of :func:`make_train_step`'s step on ``data = (x, y)``.
@@ -193,7 +203,7 @@ def make_epoch(
     general = make_step(objective_from_loss(model, loss, metrics=metrics), optimizer, jit=False)
     scanned = scan_epoch(general, batch_size=batch_size, drop_last=drop_last, check_finite=check_finite, jit=False)
 
-    def epoch(state: TrainState, x: Any, y: Any) -> tuple[TrainState, dict]:
+    def epoch(state: TrainState, x: Any, y: Any) -> tuple[TrainState, dict[str, Any]]:
         if _inputs.leading(x) != num_examples or _inputs.leading(y) != num_examples:
             raise ValueError(f"this epoch was built for num_examples={num_examples}, got x {tuple(x.shape)} and y {tuple(y.shape)}")
         return scanned(state, (x, y))

@@ -44,13 +44,13 @@ from jaxnets.train.history import LOCATE_ADVICE, History, NonFiniteError
 
 __all__ = ["loop", "Run"]
 
-_PROGRAMS: dict = {}
+_PROGRAMS: dict[Any, Any] = {}
 
 
 class Run:
     """What callbacks know of the run: its configuration, source, origin, target and history."""
 
-    def __init__(self, config: dict, source: Any, origin: int, end: int, history: History, steps_per_epoch):
+    def __init__(self, config: dict[str, Any], source: Any, origin: int, end: int, history: History, steps_per_epoch):
         self.config, self.source, self.origin, self.end = config, source, origin, end
         self.history, self.steps_per_epoch = history, steps_per_epoch
         self.state: Any = None
@@ -89,7 +89,7 @@ def _compiled(step, source, length, max_count, watch, check, freeze, jit):
 
 
 @jax.jit
-def _copied(arrays: list) -> list:
+def _copied(arrays: list[Any]) -> list[Any]:
     return [jnp.copy(a) for a in arrays]
 
 
@@ -145,10 +145,10 @@ def _every_step_skipped(run, state, here: int, steps: int, on_nonfinite: str, hi
     warnings.warn(f"{message}; training goes on (on_nonfinite='warn')", RuntimeWarning, stacklevel=3)
 
 
-def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, epochs: int | None = None,
+def loop(step: Callable[..., Any], state: Any, source: Any, *, steps: int | None = None, epochs: int | None = None,
          callbacks: Sequence[Any] = (), steps_per_call: int | None = None, log_every: int | None = None,
          key: jax.Array | None = None, start: int | None = None, on_nonfinite: str = "raise",
-         watch: Sequence[str] = ("loss",), prefix: str = "train_", config: dict | None = None,
+         watch: Sequence[str] = ("loss",), prefix: str = "train_", config: dict[str, Any] | None = None,
          jit: bool = True) -> tuple[Any, History]:
     """Runs ``step`` over ``source`` for ``steps`` or ``epochs``; returns ``(state, history)`` (module docstring).
 

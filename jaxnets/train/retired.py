@@ -30,7 +30,7 @@ __all__ = ["translate", "RETIRED", "register_checkpoint"]
 
 #: ``checkpoint_dir=`` builds its callback through this, which :mod:`jaxnets.checkpoint` registers when it is imported
 #: (``import jaxnets`` imports it): train/ itself never imports the checkpoint module, so no import circle forms.
-_CHECKPOINT: dict = {}
+_CHECKPOINT: dict[str, Any] = {}
 
 
 def register_checkpoint(factory) -> None:
@@ -45,13 +45,13 @@ def _warn(old: str, new: str) -> None:
     warnings.warn(f"fit({old}=...) is deprecated and will be removed in 0.3: use {new}", DeprecationWarning, stacklevel=4)
 
 
-def translate(retired: dict, *, data: Any, precision: Any, placement: Any, callbacks: Any, batch_size: int):
+def translate(retired: dict[str, Any], *, data: Any, precision: Any, placement: Any, callbacks: Any, batch_size: int):
     """``(data, precision, placement, callbacks)`` with the retired keywords folded in; unknown keywords a TypeError."""
     unknown = sorted(set(retired) - set(RETIRED))
     if unknown:
         raise TypeError(f"fit() got unexpected keyword arguments {unknown}")
     callbacks = list(callbacks) if callbacks is not None else None
-    extra: list = []
+    extra: list[Any] = []
     if "train" in retired:
         _warn("train", "data=")
         data = retired.pop("train") if data is None else data

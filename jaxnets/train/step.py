@@ -27,7 +27,7 @@ wraps any step with an exponential moving average of its params.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,7 @@ import optax
 from jaxnets import _inputs
 from jaxnets import precision as precision_module
 from jaxnets.evaluation import normalized_objective, resolve_metrics
+from jaxnets.precision import LossScaleState
 from jaxnets.layers import Layer
 from jaxnets.train.state import TrainState, model_key
 
@@ -44,7 +45,7 @@ __all__ = ["objective_from_loss", "default_gradient", "make_step", "make_train_s
 Metrics = Mapping[str, "Callable[[Any, Any], jax.Array] | str"]
 
 
-def objective_from_loss(model: Layer, loss: Callable[[Any, Any], jax.Array], *, metrics: Metrics | None = None) -> Callable:
+def objective_from_loss(model: Layer, loss: Callable[[Any, Any], jax.Array], *, metrics: Metrics | None = None) -> Callable[..., Any]:
     """The objective of the common case: ``(params, (x, y), key, model_state) -> (loss(model(x), y), aux)``.
 
     The model runs in training mode with ``key``; ``aux`` holds the new
@@ -62,7 +63,7 @@ def objective_from_loss(model: Layer, loss: Callable[[Any, Any], jax.Array], *, 
     return objective
 
 
-def default_gradient(objective: Callable, params: Any, batch: Any, key: jax.Array, model_state: Any):
+def default_gradient(objective: Callable[..., Any], params: Any, batch: Any, key: jax.Array, model_state: Any):
     """``((loss, aux), grads)`` by ``jax.value_and_grad``: the gradient step of :func:`make_step` unless replaced.
 
     A replacement has this signature (e.g.
@@ -80,7 +81,7 @@ _DPSGD_MSG = ("optimizer {name} expects per-example gradients (leaves with a lea
               "noise_multiplier)")
 
 
-def check_gradient_fits(opt_state: Any, gradient: Callable) -> None:
+def check_gradient_fits(opt_state: Any, gradient: Callable[..., Any]) -> None:
     """``optax.contrib.dpsgd`` (which takes per-example gradients) with a batch gradient fails here, not silently."""
     nodes = jax.tree_util.tree_leaves(opt_state, is_leaf=lambda n: type(n).__name__ == "DifferentiallyPrivateAggregateState")
     wants_per_example = any(type(n).__name__ == "DifferentiallyPrivateAggregateState" for n in nodes)
@@ -92,13 +93,13 @@ def check_gradient_fits(opt_state: Any, gradient: Callable) -> None:
 
 
 def make_step(
-    objective: Callable,
+    objective: Callable[..., Any],
     optimizer: optax.GradientTransformation,
     *,
-    gradient: Callable | None = None,
-    transform: Callable | None = None,
+    gradient: Callable[..., Any] | None = None,
+    transform: Callable[..., Any] | None = None,
     jit: bool = True,
-) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, Any]]]:
     """The general training step ``(state, batch) -> (state, metrics)``.
 
     ``k = fold_in(state.key, 2 state.step)``; with a ``transform``,
@@ -135,7 +136,7 @@ def make_step(
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be callable as transform(key, batch) -> batch, got {transform!r}")
 
-    def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Any]]:
         check_gradient_fits(state.opt_state, gradient)
         scale = precision_module.loss_scale_of(state.opt_state)
         key = model_key(state)
@@ -157,14 +158,14 @@ def make_step(
         model_state = aux.pop("model_state", state.model_state)
         metrics = {"loss": value, **aux}  # non-scalar entries pass through (a composed step takes them out)
         if scale is not None:  # counted per epoch by scan_epoch (SCALE_METRICS)
-            metrics["skipped_steps"] = (opt_state.skipped - state.opt_state.skipped).astype(value.dtype)
-            metrics["loss_scale"] = opt_state.scale
+            metrics["skipped_steps"] = (cast(LossScaleState, opt_state).skipped - state.opt_state.skipped).astype(value.dtype)
+            metrics["loss_scale"] = cast(LossScaleState, opt_state).scale
         return TrainState(params, opt_state, model_state, state.step + 1, state.key), metrics
 
     return donating_jit(step) if jit else step
 
 
-def donating_jit(fn: Callable) -> Callable:
+def donating_jit(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``jax.jit(fn, donate_argnums=0)`` whose donated state, if used again, gets a clear error, not XLA's."""
     compiled = jax.jit(fn, donate_argnums=0)
 
@@ -177,7 +178,7 @@ def donating_jit(fn: Callable) -> Callable:
                 raise ValueError(_inputs.DONATED_MSG.format(name="state")) from error
             raise
 
-    call.lower = compiled.lower
+    cast(Any, call).lower = compiled.lower
     return call
 
 
@@ -188,7 +189,7 @@ def make_train_step(
     *,
     metrics: Metrics | None = None,
     jit: bool = True,
-) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
+) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict[str, Any]]]:
     """The training step of the common case, ``(state, x, y) -> (state, metrics)``.
 
     :func:`make_step` of :func:`objective_from_loss`. With the default
@@ -207,7 +208,7 @@ def make_train_step(
     """
     general = make_step(objective_from_loss(model, loss, metrics=metrics), optimizer, jit=False)
 
-    def step(state: TrainState, x: Any, y: Any) -> tuple[TrainState, dict]:
+    def step(state: TrainState, x: Any, y: Any) -> tuple[TrainState, dict[str, Any]]:
         return general(state, (x, y))
 
     return donating_jit(step) if jit else step
