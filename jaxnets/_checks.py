@@ -147,7 +147,7 @@ def prng_key(key: Any, name: str = "key") -> Any:
     float array or None gets one message telling how to make a key.
     """
     dtype = getattr(key, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if dtype is not None and jax.numpy.issubdtype(dtype, jax.dtypes.prng_key):
         return key
     if dtype is not None and np.dtype(dtype) == np.uint32 and len(getattr(key, "shape", ())) >= 1 and key.shape[-1] in (2, 4):
         return key  # a legacy jax.random.PRNGKey
@@ -176,7 +176,7 @@ def axis_index(axis: Any, ndim: int, name: str = "axis") -> int:
     """An int axis valid for an array of ``ndim`` dimensions (negative counts from the end)."""
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {axis!r} of type {type(axis).__name__}")
-    if not -ndim <= axis < ndim:
+    if not -ndim <= int(axis) < ndim:
         raise ValueError(f"{name} must be in [{-ndim}, {ndim}) for an array of {ndim} dimensions, got {axis}")
     return int(axis)
 
