@@ -130,7 +130,7 @@ def values_in_interval(x: Any, lo: float, hi: float, name: str) -> None:
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
-            f"{name} must lie in [{lo:g}, {hi:g}], got {arr[index]:g} at index {index if len(index) > 1 else index[0]} "
+            f"{name} must lie in [{lo:g}, {hi:g}], got {arr[index]:g} at index {index if len(index) != 1 else index[0]} "
             f"({int(bad.sum())} of {arr.size} entries outside)"
         )
 
