@@ -138,7 +138,7 @@ def values_in_interval(x: Any, lo: float, hi: float, name: str) -> None:
 KEY_HINT = "use jax.random.key(0) (or split one) instead of a bare integer seed"
 
 
-def prng_key(key: Any, name: str = "key") -> Any:
+def prng_key(key: Any, name: str = "key") -> jax.Array:
     """Return ``key`` if it is a ``jax.random`` key; raise a TypeError naming ``name`` otherwise.
 
     Accepts typed keys (``jax.random.key``, any implementation, any batch

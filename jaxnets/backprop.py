@@ -17,7 +17,7 @@ Check any of them against autodiff with :mod:`jaxnets.gradcheck`.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import jax
 
@@ -146,7 +146,7 @@ def hand_gradients(model: Layer) -> Layer:
     run.defvjp(run_fwd, run_bwd)
 
     def forward_fn(params, state, x, *, key=None, train=False):
-        y, new_state = run(params, state, x, key, train)
+        y, new_state = cast(tuple[Any, Any], run(params, state, x, key, train))
         return y, new_state, x
 
     def backward_fn(params, state, x, y_bar, *, key=None, train=False):

@@ -23,7 +23,7 @@ import gzip
 import math
 import os
 import zlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -200,7 +200,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0, standardize: bool 
     _require_sklearn("load_digits")
     from sklearn.datasets import load_digits as sk_digits
 
-    bunch = sk_digits()
+    bunch: Any = sk_digits()  # a Bunch (sklearn's return_X_y overloads are not typed)
     return _finish(
         bunch.data, bunch.target, "digits", 10,
         test_fraction=test_fraction, seed=seed, standardize_inputs=standardize,

@@ -18,7 +18,7 @@ is weighted by its size).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 import jax
 import jax.core
@@ -226,7 +226,7 @@ def _normalized(objective: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(objective)
     def wrapped(params, batch, key, model_state):
-        out = objective(params, batch, key, model_state)
+        out: Any = objective(params, batch, key, model_state)
         value, aux = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
         if not isinstance(aux, Mapping):
             raise TypeError(f"objective must return loss or (loss, aux) with aux a dict of metrics (and optionally "
@@ -236,5 +236,5 @@ def _normalized(objective: Callable[..., Any]) -> Callable[..., Any]:
                              "(reduce it, e.g. with .mean())")
         return value, dict(aux)
 
-    wrapped._jaxnets_normalized = True
+    cast(Any, wrapped)._jaxnets_normalized = True
     return wrapped

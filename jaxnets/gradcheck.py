@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -341,7 +341,7 @@ def check_grads(
     problems: dict[str, str] = {}
     shapes: dict[str, tuple[Any, ...]] = {}
     fd_methods: dict[str, str] = {}
-    x64_before = jax.config.jax_enable_x64
+    x64_before = cast(Any, jax.config).jax_enable_x64  # a flag jax.config sets as an attribute
 
     with jax.default_matmul_precision("highest"):
         for dtype_name in dtypes:

@@ -29,7 +29,7 @@ initializer        scale   n             reference
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -77,7 +77,7 @@ def _keyed(init: Initializer) -> Initializer:
     return checked
 
 
-def _vs(scale: float, mode: str, distribution: str) -> Initializer:
+def _vs(scale: float, mode: Literal["fan_in", "fan_avg"], distribution: Literal["truncated_normal", "uniform"]) -> Initializer:
     return _keyed(jax.nn.initializers.variance_scaling(scale, mode, distribution))
 
 

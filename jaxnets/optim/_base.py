@@ -60,7 +60,7 @@ def _concrete(value: Any, name: str) -> tuple[np.ndarray, bool] | None:
 def _first_bad(values: np.ndarray, ok: np.ndarray, is_array_value: bool) -> str:
     """The first offending value, with its index when there are several entries."""
     index = tuple(int(i) for i in np.argwhere(~ok)[0])
-    where = f" at index {index if len(index) > 1 else index[0]}" if values.ndim else ""
+    where = f" at index {index if len(index) != 1 else index[0]}" if values.ndim else ""
     value = float(values[index])
     return f"{value:.7g}{where}" if is_array_value else f"{value}{where}"
 
