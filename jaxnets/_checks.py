@@ -8,7 +8,7 @@ reported before JAX or XLA sees it.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, cast
 
 import jax
 import jax.core
@@ -73,11 +73,11 @@ def shape_tuple(shape: Any, name: str = "input_shape") -> tuple[int, ...]:
     return tuple(out)
 
 
-def padding_mode(padding: Any, name: str = "padding") -> str:
+def padding_mode(padding: Any, name: str = "padding") -> Literal["SAME", "VALID"]:
     """'SAME' or 'VALID' (any case)."""
     if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
         raise ValueError(f"{name} must be 'SAME' or 'VALID', got {padding!r}")
-    return padding.upper()
+    return cast(Literal["SAME", "VALID"], padding.upper())
 
 
 def array_like(x: Any, name: str) -> jax.Array | np.ndarray:

@@ -226,8 +226,8 @@ def _normalized(objective: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(objective)
     def wrapped(params, batch, key, model_state):
-        out: Any = objective(params, batch, key, model_state)
-        value, aux = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
+        out = objective(params, batch, key, model_state)
+        value, aux = cast(tuple[Any, Any], out if isinstance(out, tuple) and len(out) == 2 else (out, {}))
         if not isinstance(aux, Mapping):
             raise TypeError(f"objective must return loss or (loss, aux) with aux a dict of metrics (and optionally "
                             f"'model_state'), got aux of type {type(aux).__name__}")

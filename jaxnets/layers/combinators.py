@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -194,7 +194,7 @@ def residual(*layers: Layer) -> Layer:
         return x + y.astype(x.dtype), state, tape  # one dtype under a precision policy (a no-op otherwise)
 
     def backward_fn(params, state, tape, y_bar, *, key=None, train=False):
-        grads, x_bar = body.backward_fn(params, state, tape, y_bar, key=key, train=train)
+        grads, x_bar = cast(Callable[..., Any], body.backward_fn)(params, state, tape, y_bar, key=key, train=train)
         return grads, y_bar + x_bar.astype(y_bar.dtype)
 
     return _combinator("residual", spec, body.children, init_fn, forward_fn, backward_fn)

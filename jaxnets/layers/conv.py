@@ -7,7 +7,7 @@ where it trains over 10x faster inside a scanned epoch.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ def _resolve_impl(impl: str) -> str:
     return impl
 
 
-def _padding(padding, n: int, label: str):
+def _padding(padding: Any, n: int, label: str) -> Literal["SAME", "VALID"] | tuple[tuple[int, int], ...]:
     """``"SAME"``/``"VALID"``, or explicit ``((lo, hi), ...)`` per spatial axis from an int, ints or pairs."""
     if isinstance(padding, str):
         return _checks.padding_mode(padding)
@@ -238,7 +238,7 @@ def Conv(
     kernel_size: Sequence[int],
     *,
     strides: int | Sequence[int] = 1,
-    padding: str | int | Sequence = "SAME",
+    padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = "SAME",
     dilation: int | Sequence[int] = 1,
     feature_groups: int = 1,
     use_bias: bool = True,
@@ -313,7 +313,7 @@ def ConvTranspose(
     kernel_size: Sequence[int],
     *,
     strides: int | Sequence[int] = 1,
-    padding: str | int | Sequence = "SAME",
+    padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = "SAME",
     dilation: int | Sequence[int] = 1,
     feature_groups: int = 1,
     use_bias: bool = True,

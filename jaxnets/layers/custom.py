@@ -209,7 +209,7 @@ def define_layer(
         y, new_state, _ = checked_run(params, state, x, key=key, train=train)
         return y, new_state
 
-    rule = None
+    rule = None  # pyright: ignore[reportAssignmentType]  (the def below, when there is a backward)
     if user_backward is not None:
 
         def rule(params, state, x, y_bar, *, key=None, train=False, saved=None):
@@ -240,7 +240,7 @@ def define_layer(
         y, new_state, saved = checked_run(params, state, x, key=key, train=train)
         return y, new_state, (x, saved)
 
-    backward_fn = None
+    backward_fn = None  # pyright: ignore[reportAssignmentType]  (the def below, when there is a rule)
     if rule is not None:
 
         def backward_fn(params, state, tape, y_bar, *, key=None, train=False):

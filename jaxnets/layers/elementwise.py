@@ -8,7 +8,7 @@ shape-changing or not, with autodiff as its rule unless one is given.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +69,7 @@ def Elementwise(fn: Callable[[jax.Array], jax.Array], name: str = "elementwise",
 
     def backward(params, x, y_bar, *, key=None, train=False):
         del params, key, train
-        return {}, vjp(x, y_bar, **fn_kwargs)
+        return {}, cast(Callable[..., Any], vjp)(x, y_bar, **fn_kwargs)  # used only when vjp is given
 
     return core.build_stateless(name, spec, init, apply, backward if vjp is not None else None)
 

@@ -88,6 +88,8 @@ class Incremental(NamedTuple):
 class Unsupported(ValueError):
     """A layer without an incremental step (its path and spec in the message)."""
 
+    located: bool  # set (True) once the message names the layer's path
+
 
 def attach(layer: Layer, make: Callable[[int, Callable[..., Any]], Incremental]) -> Layer:
     """Declare ``layer``'s incremental rule: ``make(max_length, resolve) -> Incremental``. Returns ``layer``.
