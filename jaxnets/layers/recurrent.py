@@ -588,7 +588,7 @@ def GRU(hidden: int, *, return_sequences: bool = True, initial_state: str = "zer
 
 
 for _layer in (SimpleRNN, LSTM, GRU):
-    _layer.__doc__ += _ARGS_DOC
+    _layer.__doc__ = (_layer.__doc__ or "") + _ARGS_DOC  # None under python -OO
 del _layer
 
 
@@ -645,5 +645,5 @@ def GRUCell(hidden: int, *, w_init: inits.Initializer | None = None,
 
 
 for _layer in (SimpleRNNCell, LSTMCell, GRUCell):
-    _layer.__doc__ += _CELL_DOC
+    _layer.__doc__ = (_layer.__doc__ or "") + _CELL_DOC  # None under python -OO
 del _layer
