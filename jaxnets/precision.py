@@ -53,7 +53,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -211,12 +211,12 @@ def with_policy(model: Layer, policy: str | Policy = "bfloat16", *,
             y, new_state, tape = run(params, state, x, key=key, train=train)
         return cast_floating(y, policy.output_dtype), new_state, tape
 
-    backward_fn = None
+    backward_fn = None  # pyright: ignore[reportAssignmentType]  (the def below, when the model has a rule)
     if model.backward_fn is not None:
 
         def backward_fn(params, state, tape, y_bar, *, key=None, train=False):
             with casting(plan):
-                run = model.backward_fn if model.children else plan("", model, "backward", model.backward_fn)
+                run = cast(Callable[..., Any], model.backward_fn if model.children else plan("", model, "backward", model.backward_fn))
                 params_bar, x_bar = run(params, state, tape, y_bar, key=key, train=train)
             return _cast_like(params_bar, params), x_bar
 
@@ -353,7 +353,8 @@ def loss_scaling(
         skipped = state.skipped + (~finite).astype(jnp.int32)
         return updates, LossScaleState(new_scale.astype(jnp.float32), good.astype(jnp.int32), skipped, inner)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    # update names its first argument grads (as every optimizer here), optax's protocol updates: the same positionally
+    return optax.GradientTransformationExtraArgs(init, cast(optax.TransformUpdateExtraArgsFn, update))
 
 
 def loss_scale_of(opt_state: Any) -> jax.Array | None:

@@ -202,7 +202,7 @@ def _recurrent(cell: _Cell, spec: str, hidden: int, return_sequences: bool, init
              + (tuple(f"{s}0" for s in cell.state) if with_input else ()))
     arity = len(names)
 
-    def split_input(x):
+    def split_input(x: Any) -> tuple[Any, Any, Any]:
         """``x`` -> ``(x, lengths or None, initial carry parts or None)``."""
         if arity == 1:
             return x, None, None
