@@ -31,7 +31,7 @@ import copy
 import math
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -182,7 +182,7 @@ def loop(step: Callable[..., Any], state: Any, source: Any, *, steps: int | None
         raise ValueError(f"on_nonfinite must be 'raise', 'warn' or 'ignore', got {on_nonfinite!r}")
     if (steps is None) == (epochs is None):
         raise TypeError("loop needs exactly one of steps and epochs, got " + ("both" if steps is not None else "neither"))
-    spe = source.steps_per_epoch
+    spe: int | None = source.steps_per_epoch
     if epochs is not None:
         epochs = _checks.positive_int(epochs, "epochs")
         if spe is None:
@@ -190,9 +190,9 @@ def loop(step: Callable[..., Any], state: Any, source: Any, *, steps: int | None
         total = epochs * spe
     else:
         total = _checks.positive_int(steps, "steps")
-    steps_per_call = (spe if epochs is not None else min(total, 100)) if steps_per_call is None \
+    steps_per_call = (cast(int, spe) if epochs is not None else min(total, 100)) if steps_per_call is None \
         else _checks.positive_int(steps_per_call, "steps_per_call")
-    log_every = (spe if epochs is not None else steps_per_call) if log_every is None \
+    log_every = (cast(int, spe) if epochs is not None else steps_per_call) if log_every is None \
         else _checks.positive_int(log_every, "log_every")
     if key is None and not hasattr(state, "key"):
         raise TypeError("key must be given (a jax.random key for the source) when the state has no key of its own")
@@ -296,7 +296,7 @@ def loop(step: Callable[..., Any], state: Any, source: Any, *, steps: int | None
         error = caught
         if not hasattr(caught, "state") and not isinstance(caught, KeyboardInterrupt):
             try:
-                caught.state, caught.history = run.state if run.state is not None else state, history
+                cast(Any, caught).state, cast(Any, caught).history = run.state if run.state is not None else state, history
                 caught.add_note(f"raised during jaxnets.train.loop at step {run.position - run.origin} of the run; "
                                 "error.state and error.history hold the last good state and its history")
             except (AttributeError, TypeError):  # an exception type that takes no attributes
