@@ -51,7 +51,7 @@ import tempfile
 import threading
 import warnings
 import zlib
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -156,7 +156,7 @@ class Checkpoints:
         process 0 locks across processes).
     """
 
-    def __init__(self, directory: str, *, keep: int = 3, best: str | None = None, best_mode: str | None = None,
+    def __init__(self, directory: str | os.PathLike[str], *, keep: int = 3, best: str | None = None, best_mode: str | None = None,
                  async_save: bool = True, lock: bool = True):
         ocp = _orbax()
         if isinstance(directory, bool) or not isinstance(directory, (str, os.PathLike)):
@@ -168,6 +168,10 @@ class Checkpoints:
         best_mode = best_mode or ("min" if best and best.endswith("loss") else "max")
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+        self.directory: str
+        self.best: str | None
+        self.best_mode: str | None
+        self.keep: int
         self.directory, self.best, self.best_mode, self.keep = os.path.abspath(os.fspath(directory)), best, best_mode, keep
         if os.path.exists(self.directory) and not os.path.isdir(self.directory):
             raise ValueError(f"checkpoint directory {self.directory} is a file: give a folder")
@@ -182,7 +186,7 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True,
                                                cleanup_tmp_directories=True)  # retention and asynchrony: our own
         self._ocp = ocp
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager: Any = ocp.CheckpointManager(self.directory, options=options)  # orbax's
         self.async_save = bool(async_save) and jax.process_count() == 1
         self._cond = threading.Condition()
         self._pending = None  # the newest save not yet started
@@ -422,10 +426,10 @@ class Checkpoint(Callback):
             raise ValueError(f"save={save!r}, resume={resume!r} need best= (a history name such as 'test_loss')")
         self.every, self.save_mode, self.resume_mode, self.check_config = every, save, resume, bool(check_config)
         self.folder = directory if isinstance(directory, Checkpoints) else None
-        self._args = dict(keep=keep, best=best, best_mode=best_mode, async_save=async_save)
-        self.directory = directory
+        self._args: dict[str, Any] = dict(keep=keep, best=best, best_mode=best_mode, async_save=async_save)
+        self.directory: Any = directory  # as given: a path, or the Checkpoints folder
         self.saved_at: int | None = None
-        self.run = None
+        self.run: Any = None  # the loop's Run, from on_start
         #: where the run resumed (its absolute step), or None for a fresh one; set when the run starts
         self.resumed_at: int | None = None
         if self.folder is None:  # checked now: a bad path fails before anything else happens
@@ -453,7 +457,7 @@ class Checkpoint(Callback):
         counts_epochs = progress.run.config["loop"].get("epochs") is not None
         return progress.step // spe if counts_epochs and spe and progress.step % spe == 0 else progress.step
 
-    def on_start(self, run):
+    def on_start(self, run: Any) -> Resume | None:
         self.run = run
         if self.folder is None:
             self.folder = Checkpoints(self.directory, **self._args)
@@ -486,25 +490,25 @@ class Checkpoint(Callback):
         best = folder.best_epoch()
         if best is None:
             raise ValueError(f"no checkpoint in {folder.directory} has a value of best={folder.best!r}")
-        return folder.restore(like, epoch=best)
+        return cast(tuple[Any, dict[str, Any], dict[str, Any]], folder.restore(like, epoch=best))  # an epoch given: never None
 
     def _improved(self, progress: Progress) -> bool:
-        best = self.folder.best
-        values = [v for v in progress.history.get(best, []) if not math.isnan(v)]
+        best = cast(Checkpoints, self.folder).best  # the folder: set by on_start, as every use below
+        values = [v for v in progress.history.get(cast(str, best), []) if not math.isnan(v)]  # best None: no values
         if not values:
             return False
-        previous = self.folder.best_epoch()
+        previous = cast(Checkpoints, self.folder).best_epoch()
         if previous is None:
             return True
-        old = self.folder._metrics.get(previous)
-        return old is None or (values[-1] < old if self.folder.best_mode == "min" else values[-1] > old)
+        old = cast(Checkpoints, self.folder)._metrics.get(previous)
+        return old is None or (values[-1] < old if cast(Checkpoints, self.folder).best_mode == "min" else values[-1] > old)
 
     def _save(self, progress: Progress) -> None:
         if self.saved_at == progress.position:
             return
         meta = {"run": progress.run.config, "position": progress.position, "origin": progress.run.origin,
                 "step": progress.step}
-        self.folder.save(self._id(progress), progress.state, dict(progress.history), meta)
+        cast(Checkpoints, self.folder).save(self._id(progress), progress.state, dict(progress.history), meta)
         self.saved_at = progress.position
 
     def __call__(self, progress: Progress) -> None:
