@@ -54,7 +54,8 @@ def loss_gradient(loss: Callable[..., Any], loss_grad: Callable[..., Any] | None
     return lambda predictions, targets: rule(predictions, targets, 1.0)
 
 
-def vjp(model: Layer, params: Any, x: Any, *, state: Any = None, key: jax.Array | None = None, train: bool = False):
+def vjp(model: Layer, params: Any, x: Any, *, state: Any = None, key: jax.Array | None = None,
+        train: bool = False) -> tuple[Any, Any, Callable[[Any], tuple[Any, Any]]]:
     """Runs ``model`` forward and returns ``(y, new_state, pullback)``.
 
     ``pullback(y_bar) -> (params_bar, x_bar)`` applies the hand-derived rules
@@ -75,7 +76,8 @@ def vjp(model: Layer, params: Any, x: Any, *, state: Any = None, key: jax.Array 
     return y, new_state, pullback
 
 
-def value_and_grad(model: Layer, loss: Callable[..., Any], *, loss_grad: Callable[..., Any] | None = None, train: bool = True):
+def value_and_grad(model: Layer, loss: Callable[..., Any], *, loss_grad: Callable[..., Any] | None = None,
+                   train: bool = True) -> Callable[..., tuple[jax.Array, Any]]:
     """Like :func:`grad`, returning ``(loss value, grads)``."""
     model = _check_model(model)
     train = _checks.boolean(train, "train")
@@ -92,7 +94,8 @@ def value_and_grad(model: Layer, loss: Callable[..., Any], *, loss_grad: Callabl
     return value_and_grad_fn
 
 
-def grad(model: Layer, loss: Callable[..., Any], *, loss_grad: Callable[..., Any] | None = None, train: bool = True):
+def grad(model: Layer, loss: Callable[..., Any], *, loss_grad: Callable[..., Any] | None = None,
+         train: bool = True) -> Callable[..., Any]:
     """The gradient of ``loss(model(params, x), y)`` with respect to params, by hand rules alone.
 
     Args:

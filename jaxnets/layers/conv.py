@@ -298,12 +298,12 @@ def Conv(
                        transpose=False, impl=impl, dilation=dilation, feature_groups=feature_groups)
 
 
-def Conv1D(out_channels: int, kernel_size: int, **kwargs) -> Layer:
+def Conv1D(out_channels: int, kernel_size: int, **kwargs: Any) -> Layer:
     """1-D convolution over ``(batch, length, channels)``; see :func:`Conv`."""
     return Conv(out_channels, _checks.int_tuple(kernel_size, 1, "kernel_size"), **kwargs)
 
 
-def Conv2D(out_channels: int, kernel_size: int | Sequence[int], **kwargs) -> Layer:
+def Conv2D(out_channels: int, kernel_size: int | Sequence[int], **kwargs: Any) -> Layer:
     """2-D convolution over ``(batch, height, width, channels)``; see :func:`Conv`."""
     return Conv(out_channels, _checks.int_tuple(kernel_size, 2, "kernel_size"), **kwargs)
 
@@ -355,6 +355,6 @@ def ConvTranspose(
                        w_init, b_init, transpose=True, impl=impl, dilation=dilation, feature_groups=feature_groups)
 
 
-def ConvTranspose2D(out_channels: int, kernel_size: int | Sequence[int], **kwargs) -> Layer:
+def ConvTranspose2D(out_channels: int, kernel_size: int | Sequence[int], **kwargs: Any) -> Layer:
     """2-D transposed convolution over NHWC input; see :func:`ConvTranspose`."""
     return ConvTranspose(out_channels, _checks.int_tuple(kernel_size, 2, "kernel_size"), **kwargs)

@@ -28,7 +28,7 @@ def _spec(name: str, fn_kwargs: dict[str, Any]) -> str:
     return f"{''.join(p.capitalize() for p in name.split('_'))}({args})"
 
 
-def Elementwise(fn: Callable[[jax.Array], jax.Array], name: str = "elementwise", *, vjp: Callable[..., Any] | None = None, **fn_kwargs) -> Layer:
+def Elementwise(fn: Callable[[jax.Array], jax.Array], name: str = "elementwise", *, vjp: Callable[..., Any] | None = None, **fn_kwargs: Any) -> Layer:
     """A parameter-free layer applying ``fn(x, **fn_kwargs)``, which must keep the shape.
 
     The activation layers below are made with it; use it for your own.
@@ -74,7 +74,7 @@ def Elementwise(fn: Callable[[jax.Array], jax.Array], name: str = "elementwise",
     return core.build_stateless(name, spec, init, apply, backward if vjp is not None else None)
 
 
-def Lambda(fn: Callable[..., Any], name: str = "lambda", *, backward: Callable[..., Any] | None = None, **fn_kwargs) -> Layer:
+def Lambda(fn: Callable[..., Any], name: str = "lambda", *, backward: Callable[..., Any] | None = None, **fn_kwargs: Any) -> Layer:
     """A parameter-free layer applying any function ``fn(x, **fn_kwargs)``: reshapes,
     slices, sums, a fixed transform. The output shape is inferred with
     ``jax.eval_shape``.

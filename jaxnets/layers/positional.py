@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from jaxnets import _checks
 from jaxnets import initializers as inits
@@ -94,7 +95,7 @@ def PositionalEmbedding(max_length: int, *, embedding_init: inits.Initializer | 
     return incremental.attach(layer, incremental_rule)
 
 
-def sinusoidal_encoding(length: int, features: int, *, base: float = 10000.0, dtype=jnp.float32) -> jax.Array:
+def sinusoidal_encoding(length: int, features: int, *, base: float = 10000.0, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """``PE`` (length, features): ``PE[t, 2i] = sin(t / base^(2i/D))``, ``PE[t, 2i+1] = cos(t / base^(2i/D))``.
 
     Computed in float64 with NumPy (a constant), then cast to ``dtype``. An odd
