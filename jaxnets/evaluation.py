@@ -56,7 +56,8 @@ def resolve_metrics(metrics: Any, y: Any = None) -> dict[str, Callable[..., Any]
     return out
 
 
-def batched_outputs(model: Layer, batch_size: int, params, model_state, x, key=None):
+def batched_outputs(model: Layer, batch_size: int, params: Any, model_state: Any, x: Any,
+                    key: jax.Array | None = None) -> Any:
     """Outputs of ``model`` on the pytree ``x`` in evaluation mode, as a ``lax.scan`` over fixed-size batches.
 
     The last batch is padded with zeros and the padded rows are cut off every
@@ -80,7 +81,8 @@ def batched_outputs(model: Layer, batch_size: int, params, model_state, x, key=N
     return jax.tree_util.tree_map(lambda o: o.reshape((steps * batch_size,) + o.shape[2:])[:n], outs)  # drop the padding
 
 
-def objective_means(objective: Callable[..., Any], batch_size: int, params, model_state, data, key) -> dict[str, Any]:
+def objective_means(objective: Callable[..., Any], batch_size: int, params: Any, model_state: Any, data: Any,
+                    key: jax.Array) -> dict[str, Any]:
     """``{"loss": ..., **aux}``: the objective's loss and scalar aux entries, averaged over all examples.
 
     Full batches run in a ``lax.scan``, a shorter last batch once more;
@@ -149,7 +151,8 @@ def _objective_program(objective: Callable[..., Any], batch_size: int):
     return jax.jit(functools.partial(objective_means, objective, batch_size))
 
 
-def score(outputs, y, loss, metrics) -> dict[str, Any]:
+def score(outputs: Any, y: Any, loss: Callable[[Any, Any], jax.Array],
+          metrics: Mapping[str, Callable[[Any, Any], jax.Array]]) -> dict[str, Any]:
     return {"loss": loss(outputs, y), **{name: fn(outputs, y) for name, fn in metrics.items()}}
 
 
@@ -206,7 +209,7 @@ def evaluate(
     outputs = predict(model, params, x, model_state=model_state, batch_size=batch_size, key=key)
     if isinstance(outputs, jax.Array) and isinstance(y, (jax.Array, np.ndarray)):
         _inputs.check_labels(y, outputs.shape, "data")
-    return {k: float(v) for k, v in jax.device_get(score(outputs, jax.tree_util.tree_map(jnp.asarray, y), loss, metrics)).items()}
+    return {k: float(v) for k, v in jax.device_get(score(outputs, jax.tree_util.tree_map(jnp.asarray, y), cast(Callable[..., Any], loss), metrics)).items()}
 
 
 def normalized_objective(objective: Callable[..., Any]) -> Callable[..., Any]:

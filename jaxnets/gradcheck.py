@@ -72,8 +72,8 @@ class LeafReport:
     """One leaf's comparison. Errors are ``nan`` where a comparison could not run."""
 
     path: str
-    shape: tuple[Any, ...]
-    errors: dict[str, Any]  # name -> (max abs error, relative error), e.g. "float32 vs jax.grad"
+    shape: tuple[int, ...]
+    errors: dict[str, tuple[float, float]]  # name -> (max abs error, relative error), e.g. "float32 vs jax.grad"
     fd_method: str
     problem: str  # "" when the leaf could be compared; else what is wrong (missing, wrong shape, ...)
     passed: bool
@@ -83,9 +83,9 @@ class LeafReport:
 class GradReport:
     """Per-leaf results of :func:`check_grads`; ``passed`` when every leaf passed."""
 
-    leaves: list[Any]
+    leaves: list[LeafReport]
     tolerances: dict[str, Any]
-    notes: tuple[Any, ...] = ()  # why a column does not count, e.g. a layer that truncates its gradient by design
+    notes: tuple[str, ...] = ()  # why a column does not count, e.g. a layer that truncates its gradient by design
 
     @property
     def passed(self) -> bool:
@@ -99,7 +99,7 @@ class GradReport:
                   for abs_err, rel in [leaf.errors[column]] if not (rel > rtol and abs_err <= atol)]
         return float(np.nanmax(values)) if values else float("nan")
 
-    def worst(self, n: int = 5) -> list[Any]:
+    def worst(self, n: int = 5) -> list[LeafReport]:
         """The ``n`` leaves that failed (or came closest), worst first."""
 
         def badness(leaf):
@@ -113,7 +113,7 @@ class GradReport:
 
         return sorted(self.leaves, key=badness, reverse=True)[:n]
 
-    def table(self, leaves=None) -> str:
+    def table(self, leaves: Sequence[LeafReport] | None = None) -> str:
         leaves = self.leaves if leaves is None else leaves
         columns = list(dict.fromkeys(c for leaf in leaves for c in leaf.errors))
         header = ["leaf", "shape"] + [f"{c} (rel)" for c in columns] + ["finite differences", "ok"]  # noqa: E501
