@@ -208,7 +208,8 @@ def dp_gradient(l2_norm_clip: float, noise_multiplier: float) -> Callable[..., A
     return gradient
 
 
-def stacked_gradient(objective: Callable[..., Any], params: Any, batch: Any, key: jax.Array, model_state: Any):
+def stacked_gradient(objective: Callable[..., Any], params: Any, batch: Any, key: jax.Array,
+                     model_state: Any) -> tuple[tuple[jax.Array, dict[str, Any]], Any]:
     """The per-example gradients themselves (leaves ``(B, ...)``), for an optimizer that aggregates them.
 
     ``optax.contrib.dpsgd`` clips and noises per-example gradients itself;

@@ -46,7 +46,7 @@ from jaxnets.layers import Layer
 __all__ = ["grid", "fit_population", "member", "best_member"]
 
 
-def grid(**axes: Sequence) -> dict[str, list[Any]]:
+def grid(**axes: Sequence[Any]) -> dict[str, list[Any]]:
     """All combinations of the given values, as equal-length columns.
 
     ``grid(seed=[0, 1], learning_rate=[0.1, 0.01])`` gives
@@ -137,7 +137,7 @@ def fit_population(
     optimizer: Any,
     data: Any = None,
     *,
-    members: Mapping[str, Sequence] | None = None,
+    members: Mapping[str, Sequence[Any]] | None = None,
     state: train.TrainState | None = None,
     test: Any = None,
     epochs: int = 10,

@@ -95,7 +95,7 @@ class Policy:
     param_dtype: Any = jnp.float32
     output_dtype: Any = jnp.float32
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for field in ("compute_dtype", "param_dtype", "output_dtype"):
             object.__setattr__(self, field, _float_dtype(getattr(self, field), field))
 
@@ -477,7 +477,7 @@ class MixedPrecision:
     policy: Any = None
     loss_scale: Any = "auto"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.policy is not None and not isinstance(self.policy, (str, Policy)):
             raise TypeError(f"policy must be a dtype name ('bfloat16', 'float16'), a Policy or None, got {self.policy!r}")
         if self.policy is not None:

@@ -83,7 +83,7 @@ def _check(noise_multiplier: Any, sample_rate: Any, steps: Any, delta: Any | Non
     return sigma, q, int(steps)
 
 
-def dp_sgd_event(noise_multiplier: float, sample_rate: float, steps: int):
+def dp_sgd_event(noise_multiplier: float, sample_rate: float, steps: int) -> Any:  # a dp_accounting.DpEvent (optional extra)
     """The ``dp_accounting.DpEvent`` of a DP-SGD run: ``steps`` Poisson-sampled Gaussian mechanisms.
 
     For one's own accountant, or to compose a run with other events.

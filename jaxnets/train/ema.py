@@ -19,11 +19,11 @@ class EmaState(NamedTuple):
     ema: Any
 
     @property
-    def key(self):
+    def key(self) -> jax.Array:
         return self.state.key
 
     @property
-    def step(self):
+    def step(self) -> jax.Array:
         return self.state.step
 
 

@@ -18,7 +18,7 @@ param_sharding=r``
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 from jaxnets import distributed
 from jaxnets import precision as precision_module
@@ -33,7 +33,7 @@ __all__ = ["translate", "RETIRED", "register_checkpoint"]
 _CHECKPOINT: dict[str, Any] = {}
 
 
-def register_checkpoint(factory) -> None:
+def register_checkpoint(factory: Callable[..., Any]) -> None:
     """Called by :mod:`jaxnets.checkpoint`: ``factory(directory, every=, keep=, best=)`` builds its callback."""
     _CHECKPOINT["factory"] = factory
 
@@ -45,7 +45,8 @@ def _warn(old: str, new: str) -> None:
     warnings.warn(f"fit({old}=...) is deprecated and will be removed in 0.3: use {new}", DeprecationWarning, stacklevel=4)
 
 
-def translate(retired: dict[str, Any], *, data: Any, precision: Any, placement: Any, callbacks: Any, batch_size: int):
+def translate(retired: dict[str, Any], *, data: Any, precision: Any, placement: Any, callbacks: Any,
+              batch_size: int) -> tuple[Any, Any, Any, list[Any] | None]:
     """``(data, precision, placement, callbacks)`` with the retired keywords folded in; unknown keywords a TypeError."""
     unknown = sorted(set(retired) - set(RETIRED))
     if unknown:

@@ -96,7 +96,7 @@ def evaluator(model: Layer, loss: Callable[..., Any] | None = None, metrics: tup
         x, y = data
         outputs = batched_outputs(model, min(batch_size, _inputs.leading(x)), state.params, state.model_state, x,
                                   eval_key(state, 1))
-        return score(outputs, y, loss, resolved)
+        return score(outputs, y, cast(Callable[..., Any], loss), resolved)
 
     def with_objective(state, data):
         return objective_means(cast(Callable[..., Any], objective), min(

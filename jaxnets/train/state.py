@@ -113,7 +113,7 @@ def check_state_fits(optimizer: optax.GradientTransformation, state: Any) -> Non
                          f"the optimizer's state has structure {expected}, state.opt_state has {got}")
 
 
-def check_state_for_model(model: Layer, state: Any, input_shape) -> None:
+def check_state_for_model(model: Layer, state: Any, input_shape: Sequence[int]) -> None:
     """A state whose params or model state another model made fails here, listing the differing paths."""
     expected = jax.eval_shape(lambda k: model.init_with_state(k, input_shape)[1:], jax.random.key(0))
     _inputs.compare_trees(expected[0], state.params, "state.params")

@@ -63,7 +63,8 @@ def objective_from_loss(model: Layer, loss: Callable[[Any, Any], jax.Array], *, 
     return objective
 
 
-def default_gradient(objective: Callable[..., Any], params: Any, batch: Any, key: jax.Array, model_state: Any):
+def default_gradient(objective: Callable[..., Any], params: Any, batch: Any, key: jax.Array,
+                     model_state: Any) -> tuple[tuple[jax.Array, Any], Any]:
     """``((loss, aux), grads)`` by ``jax.value_and_grad``: the gradient step of :func:`make_step` unless replaced.
 
     A replacement has this signature (e.g.
