@@ -424,6 +424,8 @@ class Checkpoint(Callback):
             raise ValueError(f"resume must be 'latest', 'best' or None (a fresh run), got {resume!r}")
         if (save == "improved" or resume == "best") and best is None and not isinstance(directory, Checkpoints):
             raise ValueError(f"save={save!r}, resume={resume!r} need best= (a history name such as 'test_loss')")
+        self.every: Any
+        self.check_config: bool
         self.every, self.save_mode, self.resume_mode, self.check_config = every, save, resume, bool(check_config)
         self.folder = directory if isinstance(directory, Checkpoints) else None
         self._args: dict[str, Any] = dict(keep=keep, best=best, best_mode=best_mode, async_save=async_save)

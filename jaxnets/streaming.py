@@ -88,10 +88,11 @@ class _ArrayReader:
     """Rows of a pytree of host arrays (NumPy, memory-mapped) that share a leading axis."""
 
     def __init__(self, tree: Any):
+        self.treedef: Any
         leaves, self.treedef = jax.tree_util.tree_flatten_with_path(tree)
         if not leaves:
             raise ValueError("data holds no arrays (from_arrays needs at least one array with a leading example axis)")
-        sizes = {}
+        sizes: dict[str, int] = {}
         for path, leaf in leaves:
             label = "data" + jax.tree_util.keystr(path)
             if isinstance(leaf, jax.Array):
@@ -108,11 +109,11 @@ class _ArrayReader:
             sizes[label] = leaf.shape[0]
         if len(set(sizes.values())) != 1:
             raise ValueError(f"data arrays must have the same number of examples (leading axis), got {sizes}")
-        self.leaves = [leaf for _, leaf in leaves]
-        self.paths = [path for path, _ in leaves]
-        self.length = next(iter(sizes.values()))
+        self.leaves: list[np.ndarray] = [leaf for _, leaf in leaves]
+        self.paths: list[Any] = [path for path, _ in leaves]
+        self.length: int = next(iter(sizes.values()))
         # memory-mapped files: their size and modification time, checked before every chunk is read
-        self.files = {}
+        self.files: dict[str, tuple[int, int, int]] = {}
         for leaf in self.leaves:
             name = getattr(leaf, "filename", None)
             if name is not None and os.path.exists(name):
@@ -153,13 +154,18 @@ class _RecordReader:
         if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
             raise TypeError(f"source must be a random-access data source with __len__ and __getitem__ (a grain "
                             f"RandomAccessDataSource or MapDataset, a list of records), got {type(source).__name__}")
+        self.source: Any
+        self.length: int
         self.source, self.length = source, len(source)
         if self.length == 0:
             raise ValueError("source is empty (0 records)")
         first = source[0]
+        self.treedef: Any
         leaves, self.treedef = jax.tree_util.tree_flatten_with_path(first)
         if not leaves:
             raise ValueError("source record 0 holds no arrays")
+        self.paths: list[Any]
+        self.specs: list[tuple[tuple[int, ...], np.dtype]]
         self.paths, self.specs = [], []
         for path, leaf in leaves:
             value = np.asarray(leaf) if isinstance(leaf, (np.ndarray, np.generic, int, float, bool, jax.Array)) else None

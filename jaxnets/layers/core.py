@@ -63,8 +63,7 @@ from jaxnets.layers import _util
 
 __all__ = ["Layer", "check_params", "count_params", "require_rule", "observing", "casting"]
 
-observing = _util.observing  # see jaxnets.debug
-casting = _util.casting  # see jaxnets.precision
+from jaxnets.layers._util import casting, observing  # noqa: E402  (re-exported: see jaxnets.debug, jaxnets.precision)
 
 Params = Any  # a nested dict of arrays
 
