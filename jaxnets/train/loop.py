@@ -50,14 +50,7 @@ _PROGRAMS: dict[Any, Any] = {}
 class Run:
     """What callbacks know of the run: its configuration, source, origin, target and history."""
 
-    def __init__(self, config: dict[str, Any], source: Any, origin: int, end: int, history: History,
-                 steps_per_epoch: int | None):
-        self.config: dict[str, Any]
-        self.source: Any
-        self.origin: int
-        self.end: int
-        self.history: History
-        self.steps_per_epoch: int | None
+    def __init__(self, config: dict[str, Any], source: Any, origin: int, end: int, history: History, steps_per_epoch: int | None):
         self.config, self.source, self.origin, self.end = config, source, origin, end
         self.history, self.steps_per_epoch = history, steps_per_epoch
         self.state: Any = None
