@@ -8,9 +8,10 @@ reported before JAX or XLA sees it.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, cast
 
 import jax
+import jax.core
 import numpy as np
 
 
@@ -72,11 +73,11 @@ def shape_tuple(shape: Any, name: str = "input_shape") -> tuple[int, ...]:
     return tuple(out)
 
 
-def padding_mode(padding: Any, name: str = "padding") -> str:
+def padding_mode(padding: Any, name: str = "padding") -> Literal["SAME", "VALID"]:
     """'SAME' or 'VALID' (any case)."""
     if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
         raise ValueError(f"{name} must be 'SAME' or 'VALID', got {padding!r}")
-    return padding.upper()
+    return cast(Literal["SAME", "VALID"], padding.upper())
 
 
 def array_like(x: Any, name: str) -> jax.Array | np.ndarray:
@@ -129,7 +130,7 @@ def values_in_interval(x: Any, lo: float, hi: float, name: str) -> None:
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
-            f"{name} must lie in [{lo:g}, {hi:g}], got {arr[index]:g} at index {index if len(index) > 1 else index[0]} "
+            f"{name} must lie in [{lo:g}, {hi:g}], got {arr[index]:g} at index {index if len(index) != 1 else index[0]} "
             f"({int(bad.sum())} of {arr.size} entries outside)"
         )
 
@@ -137,7 +138,7 @@ def values_in_interval(x: Any, lo: float, hi: float, name: str) -> None:
 KEY_HINT = "use jax.random.key(0) (or split one) instead of a bare integer seed"
 
 
-def prng_key(key: Any, name: str = "key") -> Any:
+def prng_key(key: Any, name: str = "key") -> jax.Array:
     """Return ``key`` if it is a ``jax.random`` key; raise a TypeError naming ``name`` otherwise.
 
     Accepts typed keys (``jax.random.key``, any implementation, any batch
@@ -146,7 +147,7 @@ def prng_key(key: Any, name: str = "key") -> Any:
     float array or None gets one message telling how to make a key.
     """
     dtype = getattr(key, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if dtype is not None and jax.numpy.issubdtype(dtype, jax.dtypes.prng_key):
         return key
     if dtype is not None and np.dtype(dtype) == np.uint32 and len(getattr(key, "shape", ())) >= 1 and key.shape[-1] in (2, 4):
         return key  # a legacy jax.random.PRNGKey
@@ -194,7 +195,7 @@ def axis_index(axis: Any, ndim: int, name: str = "axis") -> int:
     """An int axis valid for an array of ``ndim`` dimensions (negative counts from the end)."""
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {axis!r} of type {type(axis).__name__}")
-    if not -ndim <= axis < ndim:
+    if not -ndim <= int(axis) < ndim:
         raise ValueError(f"{name} must be in [{-ndim}, {ndim}) for an array of {ndim} dimensions, got {axis}")
     return int(axis)
 

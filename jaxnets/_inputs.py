@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -36,7 +37,7 @@ def check_optimizer(optimizer: Any) -> optax.GradientTransformation:
     return optimizer
 
 
-def check_loss(loss: Any) -> Callable:
+def check_loss(loss: Any) -> Callable[..., Any]:
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(outputs, targets), got {loss!r}")
     return loss
@@ -70,7 +71,7 @@ def check_not_donated(tree: Any, name: str) -> None:
 
 
 
-def shapes_by_path(tree: Any) -> dict[str, tuple]:
+def shapes_by_path(tree: Any) -> dict[str, tuple[Any, ...]]:
     """``{"dense_0/w": (shape, dtype name)}`` for every leaf of ``tree``."""
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:

@@ -26,6 +26,7 @@ with layers and losses); ``GRADIENTS`` maps each activation to it.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -302,7 +303,7 @@ def _from_derivative(derivative):
 
 
 # activation -> its hand-derived rule as a vjp (x, y_bar, **kwargs) -> x_bar
-GRADIENTS = {
+GRADIENTS: dict[Callable[..., jax.Array], Callable[..., jax.Array]] = {
     relu: _from_derivative(relu_grad),
     leaky_relu: _from_derivative(leaky_relu_grad),
     elu: _from_derivative(elu_grad),

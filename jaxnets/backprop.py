@@ -17,7 +17,7 @@ Check any of them against autodiff with :mod:`jaxnets.gradcheck`.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import jax
 
@@ -34,7 +34,7 @@ def _check_model(model: Any) -> Layer:
     return model
 
 
-def loss_gradient(loss: Callable, loss_grad: Callable | None = None) -> Callable:
+def loss_gradient(loss: Callable[..., Any], loss_grad: Callable[..., Any] | None = None) -> Callable[..., Any]:
     """The hand-derived gradient of ``loss`` with respect to its predictions, ``(predictions, targets) -> dL/dpredictions``.
 
     ``loss_grad`` if given, else from ``loss.backward(predictions, targets,
@@ -54,7 +54,8 @@ def loss_gradient(loss: Callable, loss_grad: Callable | None = None) -> Callable
     return lambda predictions, targets: rule(predictions, targets, 1.0)
 
 
-def vjp(model: Layer, params: Any, x: Any, *, state: Any = None, key: jax.Array | None = None, train: bool = False):
+def vjp(model: Layer, params: Any, x: Any, *, state: Any = None, key: jax.Array | None = None,
+        train: bool = False) -> tuple[Any, Any, Callable[[Any], tuple[Any, Any]]]:
     """Runs ``model`` forward and returns ``(y, new_state, pullback)``.
 
     ``pullback(y_bar) -> (params_bar, x_bar)`` applies the hand-derived rules
@@ -75,7 +76,8 @@ def vjp(model: Layer, params: Any, x: Any, *, state: Any = None, key: jax.Array 
     return y, new_state, pullback
 
 
-def value_and_grad(model: Layer, loss: Callable, *, loss_grad: Callable | None = None, train: bool = True):
+def value_and_grad(model: Layer, loss: Callable[..., Any], *, loss_grad: Callable[..., Any] | None = None,
+                   train: bool = True) -> Callable[..., tuple[jax.Array, Any]]:
     """Like :func:`grad`, returning ``(loss value, grads)``."""
     model = _check_model(model)
     train = _checks.boolean(train, "train")
@@ -92,7 +94,8 @@ def value_and_grad(model: Layer, loss: Callable, *, loss_grad: Callable | None =
     return value_and_grad_fn
 
 
-def grad(model: Layer, loss: Callable, *, loss_grad: Callable | None = None, train: bool = True):
+def grad(model: Layer, loss: Callable[..., Any], *, loss_grad: Callable[..., Any] | None = None,
+         train: bool = True) -> Callable[..., Any]:
     """The gradient of ``loss(model(params, x), y)`` with respect to params, by hand rules alone.
 
     Args:
@@ -146,7 +149,7 @@ def hand_gradients(model: Layer) -> Layer:
     run.defvjp(run_fwd, run_bwd)
 
     def forward_fn(params, state, x, *, key=None, train=False):
-        y, new_state = run(params, state, x, key, train)
+        y, new_state = cast(tuple[Any, Any], run(params, state, x, key, train))
         return y, new_state, x
 
     def backward_fn(params, state, x, y_bar, *, key=None, train=False):

@@ -60,7 +60,7 @@ import threading
 import time
 import warnings
 import zlib
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -128,7 +128,7 @@ def _unpack(blob: np.ndarray, like_host: Any) -> Any:
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like_host), out)
 
 
-def _checksums(host: Any) -> dict:
+def _checksums(host: Any) -> dict[str, Any]:
     return {_inputs.path_name(p): zlib.crc32(np.ascontiguousarray(leaf).tobytes())
             for p, leaf in jax.tree_util.tree_flatten_with_path(host)[0]}
 
@@ -176,7 +176,7 @@ class Checkpoints:
         process 0 locks across processes).
     """
 
-    def __init__(self, directory: str, *, keep: int = 3, best: str | None = None, best_mode: str | None = None,
+    def __init__(self, directory: str | os.PathLike[str], *, keep: int = 3, best: str | None = None, best_mode: str | None = None,
                  async_save: bool = True, lock: bool = True, writer_share: float = 0.1):
         ocp = _orbax()
         if isinstance(directory, bool) or not isinstance(directory, (str, os.PathLike)):
@@ -189,6 +189,10 @@ class Checkpoints:
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
         async_save, lock = _checks.boolean(async_save, "async_save"), _checks.boolean(lock, "lock")
+        self.directory: str
+        self.best: str | None
+        self.best_mode: str | None
+        self.keep: int
         self.directory, self.best, self.best_mode, self.keep = os.path.abspath(os.fspath(directory)), best, best_mode, keep
         if os.path.exists(self.directory) and not os.path.isdir(self.directory):
             raise ValueError(f"checkpoint directory {self.directory} is a file: give a folder")
@@ -203,7 +207,7 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True,
                                                cleanup_tmp_directories=True)  # retention and asynchrony: our own
         self._ocp = ocp
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager: Any = ocp.CheckpointManager(self.directory, options=options)  # orbax's
         self.async_save = bool(async_save) and jax.process_count() == 1
         if isinstance(writer_share, bool) or not isinstance(writer_share, (int, float)) or not 0 < writer_share <= 1:
             raise ValueError(f"writer_share must be a number in (0, 1], got {writer_share!r}")
@@ -222,7 +226,7 @@ class Checkpoints:
         """The ids (epochs, or steps for a run counted in steps) that have a checkpoint, oldest first."""
         return sorted(self.manager.all_steps())
 
-    def save(self, epoch: int, state: Any, history: dict, config: dict | None = None) -> None:
+    def save(self, epoch: int, state: Any, history: dict[str, Any], config: dict[str, Any] | None = None) -> None:
         """Save ``state``, ``history`` and ``config`` as checkpoint ``epoch`` (in the background unless ``async_save=False``)."""
         self._raise_failed()
         _check_id(epoch)
@@ -258,9 +262,10 @@ class Checkpoints:
             v = entry[3].get("best_value")
             return None if v is None or math.isnan(v) else (v if self.best_mode == "min" else -v)
 
-        keep = [e for e in pending if value(e) is not None]
-        keep = [min(keep, key=value)] if keep else []
-        if keep and (value(item) is not None and value(keep[0]) >= value(item)):
+        scored = [(v, e) for e in pending if (v := value(e)) is not None]
+        keep = [min(scored, key=lambda ve: ve[0])[1]] if scored else []
+        new = value(item)
+        if scored and new is not None and min(v for v, _ in scored) >= new:
             keep = []
         self.skipped.extend(e[0] for e in pending if all(e is not k for k in keep))
         return keep + [item]
@@ -303,7 +308,7 @@ class Checkpoints:
             return None
         return (min if self.best_mode == "min" else max)(values, key=lambda e: (values[e], e))
 
-    def _read_meta(self, epoch: int) -> dict:
+    def _read_meta(self, epoch: int) -> dict[str, Any]:
         try:
             return self.manager.restore(epoch, args=self._ocp.args.Composite(config=self._ocp.args.JsonRestore()))["config"]
         except Exception:  # noqa: BLE001 - an unreadable checkpoint has no metric
@@ -346,7 +351,7 @@ class Checkpoints:
             raise RuntimeError(f"saving a checkpoint in {self.directory} failed{hint}: {type(error).__name__}: {error}; "
                                f"the earlier checkpoints there stay readable") from error
 
-    def restore(self, like: Any, epoch: int | None = None) -> tuple[Any, dict, dict] | None:
+    def restore(self, like: Any, epoch: int | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
         """``(state, history, meta)`` of checkpoint ``epoch`` (default the latest readable one), or None if there is none.
 
         ``like`` is a state of the run (a fresh one will do): the checkpoint
@@ -443,7 +448,7 @@ def _check_options(keep: Any, best: Any, best_mode: Any, async_save: Any) -> Non
 _MAY_CHANGE = ("loop/steps", "loop/epochs", "loop/steps_per_call")  # steps per call change no number (tested)
 
 
-def _flatten(config: Any, prefix: str = "") -> dict:
+def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(config, dict):
         out = {}
         for k, v in config.items():
@@ -488,13 +493,15 @@ class Checkpoint(Callback):
         if not isinstance(directory, Checkpoints):  # the folder's own options, checked now (the folder opens at the start)
             _check_options(keep, best, best_mode, async_save)
         check_every(every)
+        self.every: Any
         self.every, self.save_mode, self.resume_mode = every, save, resume
-        self.check_config = _checks.boolean(check_config, "check_config")
+        self.check_config: bool = _checks.boolean(check_config, "check_config")
         self.folder = directory if isinstance(directory, Checkpoints) else None
-        self._args = dict(keep=keep, best=best, best_mode=best_mode, async_save=async_save, writer_share=writer_share)
-        self.directory = directory
+        self._args: dict[str, Any] = dict(keep=keep, best=best, best_mode=best_mode, async_save=async_save,
+                                          writer_share=writer_share)
+        self.directory: Any = directory  # as given: a path, or the Checkpoints folder
         self.saved_at: int | None = None
-        self.run = None
+        self.run: Any = None  # the loop's Run, from on_start
         #: where the run resumed (its absolute step), or None for a fresh one; set when the run starts
         self.resumed_at: int | None = None
         if self.folder is None:  # checked now: a bad path fails before anything else happens
@@ -522,7 +529,7 @@ class Checkpoint(Callback):
         counts_epochs = progress.run.config["loop"].get("epochs") is not None
         return progress.step // spe if counts_epochs and spe and progress.step % spe == 0 else progress.step
 
-    def on_start(self, run):
+    def on_start(self, run: Any) -> Resume | None:
         self.run = run
         if self.folder is None:
             self.folder = Checkpoints(self.directory, **self._args)
@@ -547,7 +554,7 @@ class Checkpoint(Callback):
         self.saved_at = self.resumed_at = int(meta["position"])
         return Resume(state, int(meta["position"]), int(meta["origin"]), history, self.folder.directory)
 
-    def best_state(self, like: Any) -> tuple[Any, dict, dict]:
+    def best_state(self, like: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         """``(state, history, meta)`` of the folder's best checkpoint by ``best`` (e.g. to sample from the best params
         after the run); ``like`` gives the structure (the state the loop returned will do)."""
         folder = self.folder if self.folder is not None and self.folder._lock is not None else \
@@ -555,25 +562,25 @@ class Checkpoint(Callback):
         best = folder.best_epoch()
         if best is None:
             raise ValueError(f"no checkpoint in {folder.directory} has a value of best={folder.best!r}")
-        return folder.restore(like, epoch=best)
+        return cast(tuple[Any, dict[str, Any], dict[str, Any]], folder.restore(like, epoch=best))  # an epoch given: never None
 
     def _improved(self, progress: Progress) -> bool:
-        best = self.folder.best
-        values = [v for v in progress.history.get(best, []) if not math.isnan(v)]
+        best = cast(Checkpoints, self.folder).best  # the folder: set by on_start, as every use below
+        values = [v for v in progress.history.get(cast(str, best), []) if not math.isnan(v)]  # best None: no values
         if not values:
             return False
-        previous = self.folder.best_epoch()
+        previous = cast(Checkpoints, self.folder).best_epoch()
         if previous is None:
             return True
-        old = self.folder._metrics.get(previous)
-        return old is None or (values[-1] < old if self.folder.best_mode == "min" else values[-1] > old)
+        old = cast(Checkpoints, self.folder)._metrics.get(previous)
+        return old is None or (values[-1] < old if cast(Checkpoints, self.folder).best_mode == "min" else values[-1] > old)
 
     def _save(self, progress: Progress) -> None:
         if self.saved_at == progress.position:
             return
         meta = {"run": progress.run.config, "position": progress.position, "origin": progress.run.origin,
                 "step": progress.step}
-        self.folder.save(self._id(progress), progress.state, dict(progress.history), meta)
+        cast(Checkpoints, self.folder).save(self._id(progress), progress.state, dict(progress.history), meta)
         self.saved_at = progress.position
 
     def __call__(self, progress: Progress) -> None:
@@ -597,7 +604,8 @@ class Checkpoint(Callback):
                 error.add_note(f"the checkpoint's final save failed too: {type(late).__name__}: {late}")
                 return
             if not hasattr(late, "state"):
-                late.state, late.history = progress.state, progress.history
+                setattr(late, "state", progress.state)
+                setattr(late, "history", progress.history)
                 late.add_note(f"raised by the checkpoint's final save after step {progress.step} of the run; "
                               "error.state and error.history hold the last good state and its history")
             raise

@@ -23,7 +23,7 @@ import gzip
 import math
 import os
 import zlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -85,7 +85,8 @@ def _require_sklearn(what: str):
         raise ImportError(f"{what} needs scikit-learn: pip install 'jaxnets[data]'") from e
 
 
-def train_test_split(x: np.ndarray, y: np.ndarray, *, test_fraction: float = 0.2, seed: int = 0):
+def train_test_split(x: np.ndarray, y: np.ndarray, *, test_fraction: float = 0.2,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Deterministic stratified split: each class keeps its share in both parts.
 
     The test part holds ``ceil(test_fraction * n)`` examples (scikit-learn's
@@ -143,7 +144,7 @@ def train_test_split(x: np.ndarray, y: np.ndarray, *, test_fraction: float = 0.2
     return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
 
-def standardize(x_train: np.ndarray, x_test: np.ndarray, eps: float = 1e-8):
+def standardize(x_train: np.ndarray, x_test: np.ndarray, eps: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
     """Scale each feature to zero mean and unit variance, with statistics of ``x_train`` only.
 
     Features that are constant on the training set (the always-blank corner
@@ -200,7 +201,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0, standardize: bool 
     _require_sklearn("load_digits")
     from sklearn.datasets import load_digits as sk_digits
 
-    bunch = sk_digits()
+    bunch: Any = sk_digits()  # a Bunch (sklearn's return_X_y overloads are not typed)
     return _finish(
         bunch.data, bunch.target, "digits", 10,
         test_fraction=test_fraction, seed=seed, standardize_inputs=standardize,
@@ -254,7 +255,7 @@ def make_spirals(
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _read_bytes(path: str | os.PathLike, what: str = "path") -> bytes:
+def _read_bytes(path: str | os.PathLike[str], what: str = "path") -> bytes:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataFileNotFoundError(2, f"{what}: no such file", path)
@@ -268,7 +269,7 @@ def _read_bytes(path: str | os.PathLike, what: str = "path") -> bytes:
     return raw
 
 
-def load_idx(path: str | os.PathLike) -> np.ndarray:
+def load_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Reads one IDX file (raw or gzipped, detected from its first bytes).
 
     The format: a magic number ``0x00 0x00 <type> <ndim>``, then ``ndim``
@@ -314,7 +315,7 @@ _MNIST_FILES = {
 }
 
 
-def load_mnist(directory: str | os.PathLike, *, as_images: bool = False, name: str = "mnist") -> Dataset:
+def load_mnist(directory: str | os.PathLike[str], *, as_images: bool = False, name: str = "mnist") -> Dataset:
     """MNIST (or Fashion-MNIST, or any set in its layout) from a local folder.
 
     The folder holds the four standard files, each raw or with ``.gz``:
@@ -367,7 +368,7 @@ def load_mnist(directory: str | os.PathLike, *, as_images: bool = False, name: s
 
 
 def load_csv(
-    path: str | os.PathLike, *, label_column: int = -1, skip_header: bool = False, delimiter: str = ",",
+    path: str | os.PathLike[str], *, label_column: int = -1, skip_header: bool = False, delimiter: str = ",",
     test_fraction: float = 0.2, seed: int = 0, standardize: bool = True,
 ) -> Dataset:
     """A numeric CSV: one row per example, one integer label column, the rest features.

@@ -45,7 +45,7 @@ class Check:
 class NonFiniteReport:
     """Every check in the order computed; :attr:`first` is the culprit, or ``None``."""
 
-    checks: list
+    checks: list[Any]
 
     @property
     def first(self) -> Check | None:
@@ -76,7 +76,7 @@ def _join(*parts: str) -> str:
     return "/".join(p for p in parts if p) or "(model)"
 
 
-def locate_nonfinite(model: Layer, params: Any, x: Any, y: Any = None, *, loss: Callable | None = None,
+def locate_nonfinite(model: Layer, params: Any, x: Any, y: Any = None, *, loss: Callable[..., Any] | None = None,
                      state: Any = None, key: jax.Array | None = None, train: bool = True) -> NonFiniteReport:
     """Run ``model`` forward and backward on one batch and report the first non-finite intermediate.
 

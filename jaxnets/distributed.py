@@ -82,7 +82,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar, cast
+
+_T = TypeVar("_T")
 
 import jax
 import jax.numpy as jnp
@@ -171,7 +173,7 @@ def fsdp_spec(shape: Sequence[int], size: int, axis: str = "data") -> PartitionS
     return PartitionSpec(*([None] * largest + [axis]))
 
 
-def _leaf_sharding(mesh: Mesh, rule: str | Callable, axis: str) -> Callable[[Any], NamedSharding]:
+def _leaf_sharding(mesh: Mesh, rule: str | Callable[..., Any], axis: str) -> Callable[[Any], NamedSharding]:
     size = mesh.shape[axis]
 
     def sharding(leaf):
@@ -179,7 +181,7 @@ def _leaf_sharding(mesh: Mesh, rule: str | Callable, axis: str) -> Callable[[Any
             return NamedSharding(mesh, PartitionSpec())
         if rule == "fsdp":
             return NamedSharding(mesh, fsdp_spec(np.shape(leaf), size, axis))
-        spec = rule(leaf)
+        spec = cast(Callable[..., Any], rule)(leaf)  # a callable: _check_rule let no other string through
         return spec if isinstance(spec, NamedSharding) else NamedSharding(mesh, spec)
 
     return sharding
@@ -190,7 +192,7 @@ def _check_rule(rule: Any) -> None:
         raise ValueError(f"param_sharding must be one of {RULES} or a callable leaf -> PartitionSpec, got {rule!r}")
 
 
-def state_shardings(tree: Any, mesh: Any, rule: str | Callable = "replicated", axis: str = "data") -> Any:
+def state_shardings(tree: Any, mesh: Any, rule: str | Callable[..., Any] = "replicated", axis: str = "data") -> Any:
     """A ``NamedSharding`` per leaf of ``tree`` (params, optimizer state, a whole :class:`jaxnets.TrainState`).
 
     Args:
@@ -446,7 +448,7 @@ class Placement:
             return jax.tree_util.tree_map(lambda leaf: NamedSharding(self.mesh, PartitionSpec(self.axis)), state)
         return state_shardings(state, self.mesh, self.rule, self.axis)
 
-    def state(self, state: Any) -> Any:
+    def state(self, state: _T) -> _T:
         """``state`` placed by the rule (a copy)."""
         return shard(state, self.shardings(state))
 

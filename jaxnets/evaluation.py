@@ -18,9 +18,10 @@ is weighted by its size).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -31,10 +32,10 @@ from jaxnets.losses import accuracy
 __all__ = ["predict", "evaluate", "resolve_metrics", "KNOWN_METRICS"]
 
 #: Metrics that may be named by a string in ``metrics={"acc": "accuracy"}``.
-KNOWN_METRICS: dict[str, Callable] = {"accuracy": accuracy}
+KNOWN_METRICS: dict[str, Callable[..., Any]] = {"accuracy": accuracy}
 
 
-def resolve_metrics(metrics: Any, y: Any = None) -> dict[str, Callable]:
+def resolve_metrics(metrics: Any, y: Any = None) -> dict[str, Callable[..., Any]]:
     """``name -> fn(outputs, targets)``; strings name :data:`KNOWN_METRICS`; default accuracy for integer labels."""
     if metrics is None:
         is_int = isinstance(y, (jax.Array, np.ndarray)) and np.issubdtype(np.dtype(y.dtype), np.integer)
@@ -55,7 +56,8 @@ def resolve_metrics(metrics: Any, y: Any = None) -> dict[str, Callable]:
     return out
 
 
-def batched_outputs(model: Layer, batch_size: int, params, model_state, x, key=None):
+def batched_outputs(model: Layer, batch_size: int, params: Any, model_state: Any, x: Any,
+                    key: jax.Array | None = None) -> Any:
     """Outputs of ``model`` on the pytree ``x`` in evaluation mode, as a ``lax.scan`` over fixed-size batches.
 
     The last batch is padded with zeros and the padded rows are cut off every
@@ -79,7 +81,8 @@ def batched_outputs(model: Layer, batch_size: int, params, model_state, x, key=N
     return jax.tree_util.tree_map(lambda o: o.reshape((steps * batch_size,) + o.shape[2:])[:n], outs)  # drop the padding
 
 
-def objective_means(objective: Callable, batch_size: int, params, model_state, data, key) -> dict:
+def objective_means(objective: Callable[..., Any], batch_size: int, params: Any, model_state: Any, data: Any,
+                    key: jax.Array) -> dict[str, Any]:
     """``{"loss": ..., **aux}``: the objective's loss and scalar aux entries, averaged over all examples.
 
     Full batches run in a ``lax.scan``, a shorter last batch once more;
@@ -153,11 +156,12 @@ def _predict_program(model: Layer, batch_size: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _objective_program(objective: Callable, batch_size: int):
+def _objective_program(objective: Callable[..., Any], batch_size: int):
     return jax.jit(functools.partial(objective_means, objective, batch_size))
 
 
-def score(outputs, y, loss, metrics) -> dict:
+def score(outputs: Any, y: Any, loss: Callable[[Any, Any], jax.Array],
+          metrics: Mapping[str, Callable[[Any, Any], jax.Array]]) -> dict[str, Any]:
     return {"loss": loss(outputs, y), **{name: fn(outputs, y) for name, fn in metrics.items()}}
 
 
@@ -165,12 +169,12 @@ def evaluate(
     model: Layer,
     params: Any,
     data: Any,
-    loss: Callable | None = None,
+    loss: Callable[..., Any] | None = None,
     *,
-    objective: Callable | None = None,
+    objective: Callable[..., Any] | None = None,
     key: jax.Array | None = None,
     model_state: Any = None,
-    metrics: Mapping[str, Callable | str] | None = None,
+    metrics: Mapping[str, Callable[..., Any] | str] | None = None,
     batch_size: int = 1024,
 ) -> dict[str, float]:
     """Loss and metrics of a model on held-out data, in evaluation mode.
@@ -215,10 +219,10 @@ def evaluate(
     outputs = predict(model, params, x, model_state=model_state, batch_size=batch_size, key=key)
     if isinstance(outputs, jax.Array) and isinstance(y, (jax.Array, np.ndarray)):
         _inputs.check_labels(y, outputs.shape, "data")
-    return {k: float(v) for k, v in jax.device_get(score(outputs, jax.tree_util.tree_map(jnp.asarray, y), loss, metrics)).items()}
+    return {k: float(v) for k, v in jax.device_get(score(outputs, jax.tree_util.tree_map(jnp.asarray, y), cast(Callable[..., Any], loss), metrics)).items()}
 
 
-def normalized_objective(objective: Callable) -> Callable:
+def normalized_objective(objective: Callable[..., Any]) -> Callable[..., Any]:
     """``objective`` made to return ``(loss, aux dict)``, with the loss checked to be a scalar (at trace time).
 
     The same objective always gives the same wrapper, so programs built on it are reused.
@@ -231,12 +235,12 @@ def normalized_objective(objective: Callable) -> Callable:
 
 
 @functools.lru_cache(maxsize=256)
-def _normalized(objective: Callable) -> Callable:
+def _normalized(objective: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(objective)
     def wrapped(params, batch, key, model_state):
         out = objective(params, batch, key, model_state)
-        value, aux = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
+        value, aux = cast(tuple[Any, Any], out if isinstance(out, tuple) and len(out) == 2 else (out, {}))
         if not isinstance(aux, Mapping):
             raise TypeError(f"objective must return loss or (loss, aux) with aux a dict of metrics (and optionally "
                             f"'model_state'), got aux of type {type(aux).__name__}")
@@ -245,5 +249,5 @@ def _normalized(objective: Callable) -> Callable:
                              "(reduce it, e.g. with .mean())")
         return value, dict(aux)
 
-    wrapped._jaxnets_normalized = True
+    cast(Any, wrapped)._jaxnets_normalized = True
     return wrapped

@@ -106,7 +106,7 @@ def _check_top_k(top_k: Any, vocab: int | None = None) -> int | None:
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
         raise TypeError(f"top_k must be a positive int (the number of tokens kept) or None, got {top_k!r} of type "
                         f"{type(top_k).__name__}")
-    if vocab is not None and not 1 <= top_k <= vocab:  # the vocabulary is known once the model is traced
+    if vocab is not None and not 1 <= int(top_k) <= vocab:  # the vocabulary is known once the model is traced
         raise ValueError(f"top_k must be in [1, {vocab}] (the vocabulary), got {top_k}")
     return int(top_k)
 
@@ -212,7 +212,7 @@ def _generate(model, params, state, prompt, key, temperature, top_p, *, num_new_
         _check_logits_shape(logits, batch, prompt_length, model.spec)
         first = choose(keys[0], logits[:, -1])
 
-        def body(carry, k):
+        def body(carry, k):  # pyright: ignore[reportRedeclaration]  (this branch returns; the other body is below)
             cache, token, position = carry
             logits, cache = dec.step(params, cache, token[:, None], position)
             token = choose(k, logits[:, -1])

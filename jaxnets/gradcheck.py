@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -72,8 +72,8 @@ class LeafReport:
     """One leaf's comparison. Errors are ``nan`` where a comparison could not run."""
 
     path: str
-    shape: tuple
-    errors: dict  # name -> (max abs error, relative error), e.g. "float32 vs jax.grad"
+    shape: tuple[int, ...]
+    errors: dict[str, tuple[float, float]]  # name -> (max abs error, relative error), e.g. "float32 vs jax.grad"
     fd_method: str
     problem: str  # "" when the leaf could be compared; else what is wrong (missing, wrong shape, ...)
     passed: bool
@@ -83,9 +83,9 @@ class LeafReport:
 class GradReport:
     """Per-leaf results of :func:`check_grads`; ``passed`` when every leaf passed."""
 
-    leaves: list
-    tolerances: dict
-    notes: tuple = ()  # why a column does not count, e.g. a layer that truncates its gradient by design
+    leaves: list[LeafReport]
+    tolerances: dict[str, Any]
+    notes: tuple[str, ...] = ()  # why a column does not count, e.g. a layer that truncates its gradient by design
 
     @property
     def passed(self) -> bool:
@@ -99,7 +99,7 @@ class GradReport:
                   for abs_err, rel in [leaf.errors[column]] if not (rel > rtol and abs_err <= atol)]
         return float(np.nanmax(values)) if values else float("nan")
 
-    def worst(self, n: int = 5) -> list:
+    def worst(self, n: int = 5) -> list[LeafReport]:
         """The ``n`` leaves that failed (or came closest), worst first."""
 
         def badness(leaf):
@@ -113,7 +113,7 @@ class GradReport:
 
         return sorted(self.leaves, key=badness, reverse=True)[:n]
 
-    def table(self, leaves=None) -> str:
+    def table(self, leaves: Sequence[LeafReport] | None = None) -> str:
         leaves = self.leaves if leaves is None else leaves
         columns = list(dict.fromkeys(c for leaf in leaves for c in leaf.errors))
         header = ["leaf", "shape"] + [f"{c} (rel)" for c in columns] + ["finite differences", "ok"]  # noqa: E501
@@ -145,7 +145,7 @@ def _path(key_path) -> str:
     return jax.tree_util.keystr(key_path, simple=True, separator="/") or "(root)"
 
 
-def _leaves_by_path(tree) -> dict:
+def _leaves_by_path(tree) -> dict[str, Any]:
     return {_path(kp): leaf for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
@@ -241,7 +241,7 @@ def _nothing(why: str) -> ValueError:
 
 
 def _check_arguments(grad_fn, loss_fn, params, dtypes, finite_differences, tolerances, fd_rtol, fd_atol,
-                     directions, max_full, seed) -> tuple:
+                     directions, max_full, seed) -> tuple[Any, ...]:
     """Every argument of :func:`check_grads` checked before anything is traced; returns the dtype names and
     the numbers as Python values. A check that would compare nothing is a ValueError, never a passing report."""
     _checks.callable_arg(grad_fn, "grad_fn", "grad_fn(params, *args) -> grads")
@@ -289,13 +289,13 @@ def _check_arguments(grad_fn, loss_fn, params, dtypes, finite_differences, toler
 
 
 def check_grads(
-    grad_fn: Callable,
-    loss_fn: Callable,
+    grad_fn: Callable[..., Any],
+    loss_fn: Callable[..., Any],
     params: Any,
     *args: Any,
     dtypes: Sequence[str] = ("float32", "float64"),
     finite_differences: bool = True,
-    tolerances: dict | None = None,
+    tolerances: dict[str, Any] | None = None,
     fd_rtol: float = FD_RTOL,
     fd_atol: float = FD_ATOL,
     directions: int = 8,
@@ -337,11 +337,11 @@ def check_grads(
     reduction = max([int(np.size(a)) for a in jax.tree_util.tree_leaves((params, args))] or [1])
     derived = {d: dtype_tolerance(d, reduction) for d in dtypes if d in LOW_PRECISION}
     tolerances = {**DEFAULT_TOLERANCES, **derived, **(tolerances or {})}
-    results: dict[str, dict] = {}
+    results: dict[str, dict[str, Any]] = {}
     problems: dict[str, str] = {}
-    shapes: dict[str, tuple] = {}
+    shapes: dict[str, tuple[Any, ...]] = {}
     fd_methods: dict[str, str] = {}
-    x64_before = jax.config.jax_enable_x64
+    x64_before = cast(Any, jax.config).jax_enable_x64  # a flag jax.config sets as an attribute
 
     with jax.default_matmul_precision("highest"):
         for dtype_name in dtypes:
@@ -398,7 +398,7 @@ def check_grads(
     return GradReport(leaves, report_tolerances)
 
 
-def assert_grads_close(grad_fn: Callable, loss_fn: Callable, params: Any, *args: Any, **kwargs: Any) -> GradReport:
+def assert_grads_close(grad_fn: Callable[..., Any], loss_fn: Callable[..., Any], params: Any, *args: Any, **kwargs: Any) -> GradReport:
     """:func:`check_grads`, raising ``AssertionError`` with the worst leaves when any leaf fails."""
     report = check_grads(grad_fn, loss_fn, params, *args, **kwargs)
     if not report.passed:

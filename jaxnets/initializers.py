@@ -29,11 +29,12 @@ initializer        scale   n             reference
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from jaxnets import _checks
 
@@ -77,7 +78,7 @@ def _keyed(init: Initializer) -> Initializer:
     return checked
 
 
-def _vs(scale: float, mode: str, distribution: str) -> Initializer:
+def _vs(scale: float, mode: Literal["fan_in", "fan_avg"], distribution: Literal["truncated_normal", "uniform"]) -> Initializer:
     return _keyed(jax.nn.initializers.variance_scaling(scale, mode, distribution))
 
 
@@ -130,14 +131,14 @@ def orthogonal(scale: float = 1.0) -> Initializer:
     return _keyed(jax.nn.initializers.orthogonal(_checks.positive_float(scale, "scale")))
 
 
-def zeros(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+def zeros(key: jax.Array, shape: int | Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
     """All zeros (the default for biases). Takes a key only to share the contract (it is checked all the same).
     Any numeric dtype (an integer counter is all zeros too)."""
     _checks.prng_key(key, "key")
     return jnp.zeros(_shape(shape), _checks.dtype_like(dtype, "dtype"))
 
 
-def ones(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+def ones(key: jax.Array, shape: int | Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
     """All ones (the default for normalisation scales)."""
     _checks.prng_key(key, "key")
     return jnp.ones(_shape(shape), _checks.dtype_like(dtype, "dtype"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -141,7 +142,7 @@ def clip(per_example_grads: Any, max_norm: float) -> Any:
     return jax.tree_util.tree_map(lambda g: g * scale.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), per_example_grads)
 
 
-def _per_example(objective: Callable, params: Any, batch: Any, key: jax.Array, model_state: Any):
+def _per_example(objective: Callable[..., Any], params: Any, batch: Any, key: jax.Array, model_state: Any):
     """Per-example ``(losses (B,), aux means, grads with leaves (B, ...))`` of an objective, each example a batch of one."""
     _checks.callable_arg(objective, "objective", "objective(params, batch, key, model_state) -> (loss, aux)")
     _checks.prng_key(key, "key")
@@ -166,7 +167,7 @@ def _per_example(objective: Callable, params: Any, batch: Any, key: jax.Array, m
     return values, jax.tree_util.tree_map(jnp.mean, aux), g
 
 
-def dp_gradient(l2_norm_clip: float, noise_multiplier: float) -> Callable:
+def dp_gradient(l2_norm_clip: float, noise_multiplier: float) -> Callable[..., Any]:
     """DP-SGD's gradient step (Abadi et al., 2016), for ``jaxnets.fit(..., gradient=...)`` or ``train.make_step``.
 
     With ``g_b`` the gradient of example ``b``'s loss (the objective on a
@@ -207,7 +208,8 @@ def dp_gradient(l2_norm_clip: float, noise_multiplier: float) -> Callable:
     return gradient
 
 
-def stacked_gradient(objective: Callable, params: Any, batch: Any, key: jax.Array, model_state: Any):
+def stacked_gradient(objective: Callable[..., Any], params: Any, batch: Any, key: jax.Array,
+                     model_state: Any) -> tuple[tuple[jax.Array, dict[str, Any]], Any]:
     """The per-example gradients themselves (leaves ``(B, ...)``), for an optimizer that aggregates them.
 
     ``optax.contrib.dpsgd`` clips and noises per-example gradients itself;

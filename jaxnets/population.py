@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,8 @@ import optax
 import time
 
 from jaxnets import _checks, _inputs, train
+import jaxnets.train.history  # jaxnets.train.history and .state: the modules (train.state is not a name of train)
+import jaxnets.train.state
 from jaxnets.evaluation import resolve_metrics
 from jaxnets.train import program as program_module
 from jaxnets.train import setup
@@ -44,7 +46,7 @@ from jaxnets.layers import Layer
 __all__ = ["grid", "fit_population", "member", "best_member"]
 
 
-def grid(**axes: Sequence) -> dict[str, list]:
+def grid(**axes: Sequence[Any]) -> dict[str, list[Any]]:
     """All combinations of the given values, as equal-length columns.
 
     ``grid(seed=[0, 1], learning_rate=[0.1, 0.01])`` gives
@@ -110,7 +112,7 @@ def _check_hyperparams(hyperparams: dict[str, np.ndarray]) -> None:
                 raise ValueError(f"members[{name!r}][{index}] (member {index}) must be {interval}, got {value}")
 
 
-def _member_optimizer(optimizer: Any, hyperparams: dict[str, np.ndarray]) -> Callable[[dict], optax.GradientTransformation]:
+def _member_optimizer(optimizer: Any, hyperparams: dict[str, np.ndarray]) -> Callable[[dict[str, Any]], optax.GradientTransformation]:
     """``hyperparams -> GradientTransformation`` whose state carries them (``optax.inject_hyperparams``)."""
     if not hyperparams:
         _inputs.check_optimizer(optimizer)
@@ -120,7 +122,7 @@ def _member_optimizer(optimizer: Any, hyperparams: dict[str, np.ndarray]) -> Cal
                         f"jaxnets.optim.adam (called with them), not a built GradientTransformation; got {optimizer!r}")
     if not callable(optimizer):
         raise TypeError(f"optimizer must be an optimizer factory such as optax.adam, got {optimizer!r}")
-    injected = optax.inject_hyperparams(optimizer)
+    injected = optax.inject_hyperparams(cast(Callable[..., optax.GradientTransformation], optimizer))
     try:
         sample = injected(**{k: v[0].item() for k, v in hyperparams.items()})
     except TypeError as error:
@@ -135,12 +137,12 @@ def fit_population(
     optimizer: Any,
     data: Any = None,
     *,
-    members: Mapping[str, Sequence] | None = None,
+    members: Mapping[str, Sequence[Any]] | None = None,
     state: train.TrainState | None = None,
     test: Any = None,
     epochs: int = 10,
     batch_size: int = 64,
-    metrics: Mapping[str, Callable] | None = None,
+    metrics: Mapping[str, Callable[..., Any] | str] | None = None,
     epochs_per_call: int = 1,
     drop_last: bool = False,
     eval_batch_size: int = 1024,
@@ -223,7 +225,7 @@ def fit_population(
     source, test = setup.source_for(data, test, pair=True, batch_size=batch_size, drop_last=drop_last,
                                     placement=placement)
     x, y = source.data
-    metrics = tuple(resolve_metrics(metrics, y).items())
+    metric_fns = tuple(resolve_metrics(metrics, y).items())
     eval_batch_size = _checks.positive_int(eval_batch_size, "eval_batch_size")
     _check_hyperparams(hyperparams)
     input_shape = (-1,) + tuple(x.shape[1:])
@@ -235,21 +237,21 @@ def fit_population(
 
     if state is None:
         keys = jnp.stack([jax.random.key(s) for s in seeds])
-        state = jax.jit(jax.vmap(init))(keys, {k: jnp.asarray(v) for k, v in hyperparams.items()})
+        state = cast(train.TrainState, jax.jit(jax.vmap(init))(keys, {k: jnp.asarray(v) for k, v in hyperparams.items()}))
     else:
         state = _continued(state, shared, hyperparams, len(seeds))
     if placement is not None:
         state = placement.state(state)
     one = member(state, 0)
-    train.state.check_state_for_model(model, one, input_shape)
+    jaxnets.train.state.check_state_for_model(model, one, input_shape)
     setup.check_targets(model, one, (x, y), test)
     spe = source.steps_per_epoch
     per_call = 1 if test is not None else min(epochs_per_call, epochs)  # evaluated after every epoch
-    step = setup.cached_step(model, shared, loss=loss, metrics=metrics)
+    step = setup.cached_step(model, shared, loss=loss, metrics=metric_fns)
     built = program_module.build(step, source, length=spe, max_count=per_call, freeze=False)
     program = jax.jit(jax.vmap(built, in_axes=(0, None, None, None, None, None, None),  # results: (epochs, P)
                                out_axes=(0, {"sums": 1, "lasts": 1, "nonfinite": 1, "done": 0})), donate_argnums=0)
-    score = jax.jit(jax.vmap(train.evaluator(model, loss, metrics, batch_size=eval_batch_size), in_axes=(0, None)))
+    score = jax.jit(jax.vmap(train.evaluator(model, loss, metric_fns, batch_size=eval_batch_size), in_axes=(0, None)))
     history: dict[str, Any] = {"epoch": [], "time": []}
     rows, diverged = [], {}
     origin = int(np.asarray(state.step).reshape(-1)[0])
@@ -283,20 +285,20 @@ def fit_population(
     if diverged:
         warnings.warn("training diverged (loss or params NaN/Inf) for member(s) " +
                       ", ".join(f"{m} at epoch {e}" for m, e in sorted(diverged.items())) +
-                      f"; the others trained on. To find the cause, {train.history.LOCATE_ADVICE}", RuntimeWarning,
+                      f"; the others trained on. To find the cause, {jaxnets.train.history.LOCATE_ADVICE}", RuntimeWarning,
                       stacklevel=2)
     for name in rows[0]:
         history[name] = np.stack([np.asarray(r[name]) for r in rows])  # (epochs, P)
     history["members"] = {**({} if continued else {"seed": list(seeds)}), **{k: v.tolist() for k, v in hyperparams.items()}}
-    return state, history
+    return cast(train.TrainState, state), history  # the compiled program's output state
 
 
-def _continued(state: Any, optimizer: optax.GradientTransformation, hyperparams: dict, size: int) -> train.TrainState:
+def _continued(state: Any, optimizer: optax.GradientTransformation, hyperparams: dict[str, Any], size: int) -> train.TrainState:
     """A copy of a population's ``state`` for ``size`` members, with ``hyperparams`` written into its optimizer state."""
     if _population_size(state) != size:
         raise ValueError(f"state must hold {size} members (one per value in members), got step of shape {np.shape(state.step)}")
     one = member(state, 0)
-    train.state.check_state_fits(optimizer, one)
+    jaxnets.train.state.check_state_fits(optimizer, one)
     state = jax.device_put(state, may_alias=False)  # a copy (compiles nothing): the program donates its input
     if hyperparams:
         held = state.opt_state.hyperparams
@@ -334,7 +336,7 @@ def best_member(history: Mapping[str, Any], metric: str | None = None, *, mode: 
     """
     if metric is None:
         metric = next((m for m in ("test_accuracy", "test_loss", "train_loss") if m in history), None)
-    if metric not in history or np.ndim(history[metric]) != 2:
+    if metric is None or metric not in history or np.ndim(history[metric]) != 2:
         choices = sorted(k for k, v in history.items() if np.ndim(v) == 2)
         raise ValueError(f"metric must be one of the population's metrics {choices}, got {metric!r}")
     mode = mode or ("min" if metric.endswith("loss") else "max")

@@ -61,7 +61,7 @@ def _check_model(model: Any, input_shape: Any) -> None:
         raise TypeError(f"input_shape must be a tuple of ints (the shape of one batch), got {input_shape!r}")
 
 
-def _stax_layer(layer: Layer, p: Any, path: str) -> tuple[dict, dict]:
+def _stax_layer(layer: Layer, p: Any, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """One stax layer's params as jaxnets ``(params, state)``."""
     if layer.name in ("serial", "parallel"):
         if not isinstance(p, (list, tuple)) or len(p) != len(layer.children):
@@ -94,7 +94,7 @@ def _stax_layer(layer: Layer, p: Any, path: str) -> tuple[dict, dict]:
     return {}, {}
 
 
-def from_stax(model: Layer, stax_params: Any, input_shape: tuple, *, key: jax.Array | None = None) -> tuple[dict, dict]:
+def from_stax(model: Layer, stax_params: Any, input_shape: tuple[Any, ...], *, key: jax.Array | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """jaxnets ``(params, state)`` from the params of the same network built with stax.
 
     Args:
@@ -119,7 +119,7 @@ def from_stax(model: Layer, stax_params: Any, input_shape: tuple, *, key: jax.Ar
     return params, state
 
 
-def _flax_leaf(tree: dict, module: str, name: str, what: str) -> jax.Array:
+def _flax_leaf(tree: dict[str, Any], module: str, name: str, what: str) -> jax.Array:
     if module not in tree:
         raise ValueError(f"flax {what} have no module {module!r}; they have {sorted(tree)}")
     if name not in tree[module]:
@@ -127,7 +127,7 @@ def _flax_leaf(tree: dict, module: str, name: str, what: str) -> jax.Array:
     return jnp.array(tree[module][name])  # a copy: a donating step must not delete the caller's flax variables
 
 
-def from_flax(model: Layer, variables: dict, input_shape: tuple) -> tuple[dict, dict]:
+def from_flax(model: Layer, variables: dict[str, Any], input_shape: tuple[Any, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
     """jaxnets ``(params, state)`` from the variables of the same network written in flax.linen.
 
     Args:
@@ -201,7 +201,7 @@ def _numpy(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
-def _param_layers(layer: Layer, expected: Any, path: tuple = ()):
+def _param_layers(layer: Layer, expected: Any, path: tuple[Any, ...] = ()):
     """``(path, layer)`` of every primitive layer holding params, in params order (depth first)."""
     if layer.children:
         for name, child in layer.children:
@@ -212,13 +212,13 @@ def _param_layers(layer: Layer, expected: Any, path: tuple = ()):
         yield path, layer
 
 
-def _get(tree: dict, path: tuple) -> Any:
+def _get(tree: dict[str, Any], path: tuple[Any, ...]) -> Any:
     for name in path:
         tree = tree[name]
     return tree
 
 
-def _put(tree: dict, path: tuple, value: dict) -> None:
+def _put(tree: dict[str, Any], path: tuple[Any, ...], value: dict[str, Any]) -> None:
     if not path:
         tree.update(value)
         return
@@ -227,7 +227,7 @@ def _put(tree: dict, path: tuple, value: dict) -> None:
     tree[path[-1]] = value
 
 
-def _entry(group: dict, key: str, where: str, what: str) -> np.ndarray:
+def _entry(group: dict[str, Any], key: str, where: str, what: str) -> np.ndarray:
     if key not in group:
         name = f"{where}.{key}" if where else key
         raise ValueError(f"{what}: {name!r} is missing (for a {group['__layer__']}); the module has "
@@ -241,7 +241,7 @@ def _channels_last(w: np.ndarray) -> np.ndarray:
     return np.transpose(w, tuple(range(2, 2 + n)) + (1, 0))
 
 
-def _convert(layer: Layer, group: dict, where: str, what: str) -> tuple[dict, dict, dict]:
+def _convert(layer: Layer, group: dict[str, Any], where: str, what: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """One module's arrays (PyTorch names) as jaxnets ``(params, state, sources)``;
     ``sources`` maps each jaxnets leaf to the key it came from (for errors)."""
     get = lambda key: _entry(group, key, where, what)  # noqa: E731
@@ -304,7 +304,7 @@ def _convert(layer: Layer, group: dict, where: str, what: str) -> tuple[dict, di
     return params, state, src
 
 
-def _load(model: Layer, groups: list, input_shape: tuple, what: str, key: jax.Array | None) -> tuple[dict, dict]:
+def _load(model: Layer, groups: list[Any], input_shape: tuple[Any, ...], what: str, key: jax.Array | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pair the model's layers with params and the other library's modules, in order; convert; check shapes."""
     k = jax.random.key(0) if key is None else key
     expected, expected_state = jax.eval_shape(lambda k: model.init_with_state(k, input_shape)[1:], k)
@@ -350,13 +350,13 @@ def _load(model: Layer, groups: list, input_shape: tuple, what: str, key: jax.Ar
     return params, state
 
 
-def group_shape(group: dict, source: str) -> tuple:
+def group_shape(group: dict[str, Any], source: str) -> tuple[Any, ...]:
     """The shape of the array a source key names (``"a + b"`` names two of one shape)."""
     name = source.split(" + ")[0].rsplit(".", 1)[-1]
     return np.shape(group.get(name, ()))
 
 
-def from_torch(model: Layer, state_dict: Any, input_shape: tuple, *, key: jax.Array | None = None) -> tuple[dict, dict]:
+def from_torch(model: Layer, state_dict: Any, input_shape: tuple[Any, ...], *, key: jax.Array | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """jaxnets ``(params, state)`` from a PyTorch ``state_dict`` of the same network.
 
     The ``state_dict``'s keys are grouped by module (``"features.0.weight"``
@@ -403,7 +403,7 @@ def from_torch(model: Layer, state_dict: Any, input_shape: tuple, *, key: jax.Ar
     if not hasattr(state_dict, "items"):
         raise TypeError(f"state_dict must be a mapping of names to tensors (module.state_dict()), "
                         f"got {type(state_dict).__name__}")
-    groups: dict = {}
+    groups: dict[str, Any] = {}
     for name, value in state_dict.items():
         if name.endswith("num_batches_tracked"):
             continue
@@ -423,7 +423,7 @@ _EQX_KINDS = {"Linear": "weight", "Conv": "weight", "Conv1d": "weight", "Conv2d"
               "LSTMCell": "weight_ih", "GRUCell": "weight_ih"}
 
 
-def _eqx_groups(module: Any, path: str, out: list) -> None:
+def _eqx_groups(module: Any, path: str, out: list[Any]) -> None:
     kind = type(module).__name__
     if hasattr(module, "layers") and isinstance(getattr(module, "layers"), (tuple, list)):
         for i, child in enumerate(module.layers):
@@ -436,7 +436,7 @@ def _eqx_groups(module: Any, path: str, out: list) -> None:
         raise ValueError(f"from_equinox: {path or 'the module'} is an equinox {kind}, which from_equinox does not map "
                          f"(it maps {sorted(set(_EQX_KINDS))}); map its params by hand"
                          + (" (BatchNorm keeps its statistics in an eqx.nn.State)" if "Norm" in kind else ""))
-    group: dict = {"__name__": path, "__layer__": kind, "__flavor__": "equinox"}
+    group: dict[str, Any] = {"__name__": path, "__layer__": kind, "__flavor__": "equinox"}
     if kind == "PReLU":
         group["weight"] = _numpy(module.negative_slope)
     elif kind in ("LSTMCell", "GRUCell"):
@@ -453,7 +453,7 @@ def _eqx_groups(module: Any, path: str, out: list) -> None:
     out.append(group)
 
 
-def from_equinox(model: Layer, eqx_module: Any, input_shape: tuple) -> tuple[dict, dict]:
+def from_equinox(model: Layer, eqx_module: Any, input_shape: tuple[Any, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
     """jaxnets ``(params, state)`` from an equinox module of the same network.
 
     The module's submodules with arrays (through ``nn.Sequential``, depth
@@ -488,6 +488,6 @@ def from_equinox(model: Layer, eqx_module: Any, input_shape: tuple) -> tuple[dic
         (``layers[2].weight``), and for a submodule it does not map.
     """
     _check_model(model, input_shape)
-    groups: list = []
+    groups: list[Any] = []
     _eqx_groups(eqx_module, "", groups)
     return _load(model, groups, input_shape, "from_equinox", None)

@@ -53,7 +53,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +95,7 @@ class Policy:
     param_dtype: Any = jnp.float32
     output_dtype: Any = jnp.float32
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for field in ("compute_dtype", "param_dtype", "output_dtype"):
             object.__setattr__(self, field, _float_dtype(getattr(self, field), field))
 
@@ -141,7 +141,7 @@ def _cast_like(tree: Any, like: Any) -> Any:
         tree, like)
 
 
-def _plan(policy: Policy, float32: frozenset, overrides: Mapping[str, jnp.dtype]) -> Callable:
+def _plan(policy: Policy, float32: frozenset, overrides: Mapping[str, jnp.dtype]) -> Callable[..., Any]:
     """The casting plan: each primitive layer's function, wrapped to compute in its dtype."""
 
     def dtype_of(path: str, layer: Layer) -> jnp.dtype:
@@ -151,7 +151,7 @@ def _plan(policy: Policy, float32: frozenset, overrides: Mapping[str, jnp.dtype]
             return overrides[layer.name]
         return jnp.dtype(jnp.float32) if layer.name in float32 else policy.compute_dtype
 
-    def plan(path: str, layer: Layer, phase: str, fn: Callable) -> Callable:
+    def plan(path: str, layer: Layer, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         dtype = dtype_of(path, layer)
         if phase == "forward":
             def forward(params, state, x, **kwargs):
@@ -211,12 +211,12 @@ def with_policy(model: Layer, policy: str | Policy = "bfloat16", *,
             y, new_state, tape = run(params, state, x, key=key, train=train)
         return cast_floating(y, policy.output_dtype), new_state, tape
 
-    backward_fn = None
+    backward_fn = None  # pyright: ignore[reportAssignmentType]  (the def below, when the model has a rule)
     if model.backward_fn is not None:
 
         def backward_fn(params, state, tape, y_bar, *, key=None, train=False):
             with casting(plan):
-                run = model.backward_fn if model.children else plan("", model, "backward", model.backward_fn)
+                run = cast(Callable[..., Any], model.backward_fn if model.children else plan("", model, "backward", model.backward_fn))
                 params_bar, x_bar = run(params, state, tape, y_bar, key=key, train=train)
             return _cast_like(params_bar, params), x_bar
 
@@ -353,7 +353,8 @@ def loss_scaling(
         skipped = state.skipped + (~finite).astype(jnp.int32)
         return updates, LossScaleState(new_scale.astype(jnp.float32), good.astype(jnp.int32), skipped, inner)
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    # update names its first argument grads (as every optimizer here), optax's protocol updates: the same positionally
+    return optax.GradientTransformationExtraArgs(init, cast(optax.TransformUpdateExtraArgsFn, update))
 
 
 def loss_scale_of(opt_state: Any) -> jax.Array | None:
@@ -374,7 +375,7 @@ def loss_scale_of(opt_state: Any) -> jax.Array | None:
     return None
 
 
-def scaled_objective(objective: Callable, scale: Any) -> Callable:
+def scaled_objective(objective: Callable[..., Any], scale: Any) -> Callable[..., Any]:
     """``objective`` with its loss multiplied by ``scale`` in float32 (``aux`` untouched).
 
     ``objective`` returns ``loss`` or ``(loss, aux)``; so does the result.
@@ -391,7 +392,7 @@ def scaled_objective(objective: Callable, scale: Any) -> Callable:
     return scaled
 
 
-def underflowing_layers(model: Layer, loss: Callable, params: Any, x: Any, y: Any, *, policy: str | Policy = "float16",
+def underflowing_layers(model: Layer, loss: Callable[..., Any], params: Any, x: Any, y: Any, *, policy: str | Policy = "float16",
                         state: Any = None, key: jax.Array | None = None, threshold: float = 0.5) -> dict[str, float]:
     """The layers whose gradients underflow to zero under ``policy`` without loss scaling.
 
@@ -432,7 +433,7 @@ def underflowing_layers(model: Layer, loss: Callable, params: Any, x: Any, y: An
     return found
 
 
-def warn_underflow(model: Layer, loss: Callable, params: Any, x: Any, y: Any, *, policy: str | Policy = "float16",
+def warn_underflow(model: Layer, loss: Callable[..., Any], params: Any, x: Any, y: Any, *, policy: str | Policy = "float16",
                    state: Any = None) -> dict[str, float]:
     """:func:`underflowing_layers` on one batch, and a ``RuntimeWarning`` naming each layer found (what ``fit`` runs
     before training in float16 without loss scaling). Returns what it found."""
@@ -476,7 +477,7 @@ class MixedPrecision:
     policy: Any = None
     loss_scale: Any = "auto"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.policy is not None and not isinstance(self.policy, (str, Policy)):
             raise TypeError(f"policy must be a dtype name ('bfloat16', 'float16'), a Policy or None, got {self.policy!r}")
         if self.policy is not None:
@@ -485,7 +486,7 @@ class MixedPrecision:
 
 def for_training(model: Layer | None, optimizer: optax.GradientTransformation, precision: str | Policy | None,
                  loss_scale: str | float | None = "auto", *, loss_mode: bool = True,
-                 gradient: Callable | None = None) -> tuple[Layer | None, optax.GradientTransformation, Policy | None]:
+                 gradient: Callable[..., Any] | None = None) -> tuple[Layer | None, optax.GradientTransformation, Policy | None]:
     """``fit``'s ``precision=`` and ``loss_scale=``: the model under its policy and the optimizer behind its scale.
 
     ``loss_scale="auto"`` is dynamic scaling for a float16 policy, none

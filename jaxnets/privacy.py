@@ -64,7 +64,7 @@ def _real(value: Any, name: str) -> float:
     return float(value)
 
 
-def _check(noise_multiplier: Any, sample_rate: Any, steps: Any, delta: Any | None, accountant: str) -> tuple:
+def _check(noise_multiplier: Any, sample_rate: Any, steps: Any, delta: Any | None, accountant: str) -> tuple[Any, ...]:
     sigma = _real(noise_multiplier, "noise_multiplier")
     if not 0 < sigma < math.inf:
         raise ValueError(f"noise_multiplier must be > 0 (without noise epsilon is infinite), got {noise_multiplier}")
@@ -83,7 +83,7 @@ def _check(noise_multiplier: Any, sample_rate: Any, steps: Any, delta: Any | Non
     return sigma, q, int(steps)
 
 
-def dp_sgd_event(noise_multiplier: float, sample_rate: float, steps: int):
+def dp_sgd_event(noise_multiplier: float, sample_rate: float, steps: int) -> Any:  # a dp_accounting.DpEvent (optional extra)
     """The ``dp_accounting.DpEvent`` of a DP-SGD run: ``steps`` Poisson-sampled Gaussian mechanisms.
 
     For one's own accountant, or to compose a run with other events.

@@ -58,7 +58,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -88,10 +88,11 @@ class _ArrayReader:
     """Rows of a pytree of host arrays (NumPy, memory-mapped) that share a leading axis."""
 
     def __init__(self, tree: Any):
+        self.treedef: Any
         leaves, self.treedef = jax.tree_util.tree_flatten_with_path(tree)
         if not leaves:
             raise ValueError("data holds no arrays (from_arrays needs at least one array with a leading example axis)")
-        sizes = {}
+        sizes: dict[str, int] = {}
         for path, leaf in leaves:
             label = "data" + jax.tree_util.keystr(path)
             if isinstance(leaf, jax.Array):
@@ -108,11 +109,11 @@ class _ArrayReader:
             sizes[label] = leaf.shape[0]
         if len(set(sizes.values())) != 1:
             raise ValueError(f"data arrays must have the same number of examples (leading axis), got {sizes}")
-        self.leaves = [leaf for _, leaf in leaves]
-        self.paths = [path for path, _ in leaves]
-        self.length = next(iter(sizes.values()))
+        self.leaves: list[np.ndarray] = [leaf for _, leaf in leaves]
+        self.paths: list[Any] = [path for path, _ in leaves]
+        self.length: int = next(iter(sizes.values()))
         # memory-mapped files: their size and modification time, checked before every chunk is read
-        self.files = {}
+        self.files: dict[str, tuple[int, int, int]] = {}
         for leaf in self.leaves:
             name = getattr(leaf, "filename", None)
             if name is not None and os.path.exists(name):
@@ -132,7 +133,7 @@ class _ArrayReader:
                                  f"reading it on would train on other data (or crash on a truncated mapping); "
                                  f"make a new stream of the file as it is now, and resume from a checkpoint")
 
-    def read(self, rows: np.ndarray, where: tuple) -> Any:
+    def read(self, rows: np.ndarray, where: tuple[Any, ...]) -> Any:
         """``rows`` (any shape, ints) of every leaf, as ``rows.shape + feature shape`` arrays in the device dtype."""
         flat = rows.reshape(-1)
         order = np.argsort(flat, kind="stable")  # read the file front to back, then put the rows back in order
@@ -153,13 +154,18 @@ class _RecordReader:
         if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
             raise TypeError(f"source must be a random-access data source with __len__ and __getitem__ (a grain "
                             f"RandomAccessDataSource or MapDataset, a list of records), got {type(source).__name__}")
+        self.source: Any
+        self.length: int
         self.source, self.length = source, len(source)
         if self.length == 0:
             raise ValueError("source is empty (0 records)")
         first = source[0]
+        self.treedef: Any
         leaves, self.treedef = jax.tree_util.tree_flatten_with_path(first)
         if not leaves:
             raise ValueError("source record 0 holds no arrays")
+        self.paths: list[Any]
+        self.specs: list[tuple[tuple[int, ...], np.dtype]]
         self.paths, self.specs = [], []
         for path, leaf in leaves:
             value = np.asarray(leaf) if isinstance(leaf, (np.ndarray, np.generic, int, float, bool, jax.Array)) else None
@@ -172,7 +178,7 @@ class _RecordReader:
     def check_unchanged(self) -> None:
         """A source reads its records itself: nothing to check here."""
 
-    def read(self, rows: np.ndarray, where: tuple) -> Any:
+    def read(self, rows: np.ndarray, where: tuple[Any, ...]) -> Any:
         flat = rows.reshape(-1)
         columns = [[] for _ in self.specs]
         for i in flat.tolist():
@@ -218,23 +224,26 @@ class Stream:
         ``steps_per_chunk``, or read faster storage).
     """
 
-    def __init__(self, reader, *, steps_per_chunk: int = 16, steps_per_epoch: int | None = None, prefetch: int = 2,
+    def __init__(self, reader: _ArrayReader | _RecordReader, *, steps_per_chunk: int = 16, steps_per_epoch: int | None = None, prefetch: int = 2,
                  sharding: Any = None, check_finite: bool = True, kind: str = "arrays"):
         self._reader = reader
-        self.num_examples = reader.length
+        self.num_examples: int = reader.length
         if self.num_examples == 0:
             raise ValueError("data is empty (0 examples)")
-        self.steps_per_chunk = _checks.positive_int(steps_per_chunk, "steps_per_chunk")
-        self.steps_per_epoch = None if steps_per_epoch is None else _checks.positive_int(steps_per_epoch, "steps_per_epoch")
-        self.prefetch = _checks.positive_int(prefetch, "prefetch")
+        self.steps_per_chunk: int = _checks.positive_int(steps_per_chunk, "steps_per_chunk")
+        self.steps_per_epoch: int | None = None if steps_per_epoch is None else _checks.positive_int(steps_per_epoch, "steps_per_epoch")
+        self.prefetch: int = _checks.positive_int(prefetch, "prefetch")
         if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
             raise TypeError(f"sharding must be a jax.sharding.Sharding of the (steps, batch, ...) chunk, e.g. "
                             f"NamedSharding(mesh, P(None, 'data')), got {sharding!r}")
         if not isinstance(check_finite, bool):
             raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
+        self.sharding: jax.sharding.Sharding | None
+        self.check_finite: bool
+        self.kind: str
         self.sharding, self.check_finite, self.kind = sharding, check_finite, kind
-        self.timings = {"chunks": 0, "read_s": 0.0, "transfer_s": 0.0, "wait_s": 0.0}
-        self.example = reader.read(np.zeros((1,), np.int64), (0, 0))
+        self.timings: dict[str, float] = {"chunks": 0, "read_s": 0.0, "transfer_s": 0.0, "wait_s": 0.0}
+        self.example: Any = reader.read(np.zeros((1,), np.int64), (0, 0))
 
     def __repr__(self) -> str:
         shapes = jax.tree_util.tree_map(lambda a: tuple(a.shape[1:]), self.example)
@@ -245,7 +254,7 @@ class Stream:
         """Raise a ValueError if a memory-mapped file behind the stream changed since it was made."""
         self._reader.check_unchanged()
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """What a checkpoint records about the stream (its length, epoch size, and a digest of a few records), so
         that a resume on another stream fails instead of drifting."""
         n = self.num_examples
@@ -400,7 +409,7 @@ class _Reader:
                 if e != epoch:
                     epoch, order = e, self.order(e)  # (steps, batch) host indices
                 length = min(k, self.spe - into, self.last - step)
-                rows = order[into:into + length]
+                rows = cast(np.ndarray, order)[into:into + length]  # set at the first step (epoch None before)
                 lo, hi = (0, rows.shape[1]) if stream.sharding is None else _process_rows(stream.sharding, k, rows.shape[1])
                 began = time.perf_counter()
                 stream.check_unchanged()
@@ -497,36 +506,39 @@ class BoundStream(Source):
     def __init__(self, stream: Stream, batch_size: int, drop_last: bool, pair: bool):
         if not isinstance(drop_last, bool):
             raise TypeError(f"drop_last must be a bool, got {drop_last!r}")
+        self.stream: Stream
+        self.batch_size: int
+        self.drop_last: bool
         self.stream, self.batch_size, self.drop_last = stream, batch_size, drop_last
         full = steps_per_epoch(stream.num_examples, batch_size, drop_last)
-        self.steps_per_epoch = full if stream.steps_per_epoch is None else min(full, stream.steps_per_epoch)
+        self.steps_per_epoch: int = full if stream.steps_per_epoch is None else min(full, stream.steps_per_epoch)
         if pair and not (isinstance(stream.example, tuple) and len(stream.example) == 2):
             raise TypeError(f"data records must be pairs (x, y) to train with a loss, got records of structure "
                             f"{jax.tree_util.tree_structure(stream.example)}; train other records with an objective")
         if stream.sharding is not None:
             _process_rows(stream.sharding, stream.steps_per_chunk, batch_size)  # a sharding that does not fit fails now
-        self.example = jax.tree_util.tree_map(jnp.asarray, stream.example)  # record 0, a batch of one
+        self.example: Any = jax.tree_util.tree_map(jnp.asarray, stream.example)  # record 0, a batch of one
         self.classes: int | None = None
         self._reader: _Reader | None = None
 
     def __repr__(self) -> str:
         return f"{self.stream!r} in batches of {self.batch_size}"
 
-    def signature(self) -> tuple:
+    def signature(self) -> tuple[Any, ...]:
         return ("stream", self.batch_size, self.steps_per_epoch)
 
     def set_classes(self, classes: int | None) -> None:
         """Check that every chunk's integer labels lie in ``[0, classes)``."""
         self.classes = classes
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {**self.stream.describe(), "batch_size": self.batch_size, "drop_last": self.drop_last}
 
     def max_length(self, position: int, origin: int) -> int:
         into = (position - origin) % self.steps_per_epoch
         return min(self.stream.steps_per_chunk, self.steps_per_epoch - into)
 
-    def start(self, key, position, origin, end) -> None:
+    def start(self, key: jax.Array, position: int, origin: int, end: int) -> None:
         self.close()
         program = _order_program(self.stream.num_examples, self.batch_size, self.drop_last)
         key, spe = jnp.array(key, copy=True), self.steps_per_epoch
@@ -536,7 +548,7 @@ class BoundStream(Source):
 
         self._reader = _Reader(self.stream, order, position - origin, end - origin, spe, self.classes)
 
-    def feed(self, key, position, origin, length):
+    def feed(self, key: jax.Array, position: int, origin: int, length: int) -> Any:
         if self._reader is None:
             raise RuntimeError("the stream was not started (the loop calls start before the first call)")
         item = self._reader.get()
@@ -546,10 +558,10 @@ class BoundStream(Source):
                                f"({length} steps), got {got}")
         return item.batches
 
-    def inputs(self, data, feed, key, position, origin, length):
+    def inputs(self, data: Any, feed: Any, key: jax.Array, position: jax.Array, origin: jax.Array, length: int) -> Any:
         return feed
 
-    def batch(self, data, x):
+    def batch(self, data: Any, x: Any) -> Any:
         return x
 
     def close(self) -> None:

@@ -84,7 +84,7 @@ class Summary:
 
     model: str
     input_shape: Any
-    rows: tuple
+    rows: tuple[Any, ...]
     params: int
     state: int
     state_bytes: int

@@ -289,7 +289,8 @@ cases("jaxnets._checks.labels_in_range",
       Case("negative", lambda: C.labels_in_range(np.array([-1, 0]), 2), ValueError, r"labels must lie in \[0, 2\) for 2 classes, got values in \[-1, 0\]", "labels"),
       Case("int64 beyond int32", lambda: C.labels_in_range(np.array([0, 2**31]), 10, "y"), ValueError, r"y must lie in \[0, 10\) for 10 classes, got values in \[0, 2147483648\]", "y"))
 cases("jaxnets._checks.values_in_interval",
-      Case("above", lambda: C.values_in_interval(np.array([0.5, 2.0]), 0.0, 1.0, "targets"), ValueError, r"targets must lie in \[0, 1\], got 2 at index 1", "targets"))
+      Case("above", lambda: C.values_in_interval(np.array([0.5, 2.0]), 0.0, 1.0, "targets"), ValueError, r"targets must lie in \[0, 1\], got 2 at index 1", "targets"),
+      Case("a 0-d array", lambda: C.values_in_interval(np.float32(1.5), 0.0, 1.0, "targets"), ValueError, r"targets must lie in \[0, 1\], got 1.5 at index \(\)", "targets"))
 cases("jaxnets._checks.prng_key",
       Case("int seed", lambda: C.prng_key(0, "key"), TypeError, KEY_MESSAGE + "the integer 0", "key"),
       Case("numpy int seed", lambda: C.prng_key(np.int32(3), "rng"), TypeError, r"rng must be a jax.random key: .* got the integer", "rng"),

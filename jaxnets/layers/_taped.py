@@ -9,14 +9,14 @@ than a second forward pass on top.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from jaxnets.layers import core
 from jaxnets.layers.core import Layer
 
 
-def build_taped(name: str, spec: str, init: Callable, forward: Callable, backward: Callable,
-                check_shape: Callable | None = None) -> Layer:
+def build_taped(name: str, spec: str, init: Callable[..., Any], forward: Callable[..., Any], backward: Callable[..., Any],
+                check_shape: Callable[..., Any] | None = None) -> Layer:
     """A stateless primitive layer from
 
     ``init(key, input_shape) -> (output_shape, params)``,

@@ -76,7 +76,7 @@ def check_last_dim(input_shape: Shape, layer: str) -> int:
     return features
 
 
-def check_initializer(fn: Any, name: str) -> Callable:
+def check_initializer(fn: Any, name: str) -> Callable[..., Any]:
     if not callable(fn):
         raise TypeError(f"{name} must be an initializer (key, shape, dtype) -> array, got {fn!r}")
     return fn
@@ -93,12 +93,12 @@ def window_out(size: int, window: int, stride: int, padding: str, what: str) -> 
     return (size - window) // stride + 1
 
 
-def split_key(key, n: int) -> list:
+def split_key(key, n: int) -> list[Any]:
     """``n`` sub-keys, or ``n`` times ``None`` for a deterministic call."""
     return [None] * n if key is None else list(jax.random.split(key, n))
 
 
-def keep(tree: dict, name: str, value: Any) -> None:
+def keep(tree: dict[str, Any], name: str, value: Any) -> None:
     """Store a child's params or state under its name unless it has none."""
     if has_leaves(value):
         tree[name] = value
@@ -114,7 +114,7 @@ _MESSAGE = "jaxnets_message"
 _NOTE = "raised inside layer "
 
 
-def located(path: str, fn: Callable, *args, **kwargs):
+def located(path: str, fn: Callable[..., Any], *args, **kwargs):
     """Call a child layer's function; errors learn the child's path, tracebacks stay whole.
 
     Our own ``ValueError``/``TypeError`` messages get the path in front
@@ -189,7 +189,7 @@ def observing(callback: Callable[[str, str, Any], None]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def casting(plan: Callable[[str, Any, str, Callable], Callable]) -> Iterator[None]:
+def casting(plan: Callable[[str, Any, str, Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
     """Within the block, every primitive child's function is ``plan(path, layer, phase, fn)``:
     the plan wraps it to cast what goes in and comes out (:mod:`jaxnets.precision`)."""
     token = _CASTING.set(plan)

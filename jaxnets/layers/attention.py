@@ -29,6 +29,7 @@ Layout follows ``jax.nn.dot_product_attention``: ``q`` (..., T, N, H),
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,7 @@ def causal_mask(num_queries: int, num_keys: int | None = None) -> jax.Array:
     return jnp.tril(jnp.ones((num_queries, num_keys), dtype=bool))
 
 
-def padding_mask(valid: jax.Array) -> jax.Array:
+def padding_mask(valid: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
     """A key-padding mask: ``valid`` (..., S) bool (True at real tokens) -> (..., 1, 1, S).
 
     Broadcasts against scores (..., N, T, S): every head and query ignores the
@@ -337,7 +338,7 @@ def MultiHeadAttention(
     def split_input(x):
         """``(x_q, x_kv, mask)`` from the input (x_kv is x_q in self-attention; mask may be None)."""
         if arity == 1:
-            items = (x,)
+            items: tuple[Any, ...] = (x,)
         elif not isinstance(x, (tuple, list)) or len(x) != arity:
             got = f"a tuple of {len(x)}" if isinstance(x, (tuple, list)) else f"one {type(x).__name__}"
             raise ValueError(f"{spec} expects the input ({', '.join(names)}), got {got}")
@@ -372,7 +373,7 @@ def MultiHeadAttention(
     def init_fn(key, input_shape):
         check_shape(input_shape)
         input_shape = core.input_shapes(input_shape)
-        shapes = (input_shape,) if arity == 1 else tuple(input_shape)
+        shapes: tuple[Any, ...] = (input_shape,) if arity == 1 else tuple(input_shape)
         shape_q = shapes[0]
         shape_kv = shapes[1] if cross else shape_q
         d_q = _util.check_last_dim(shape_q, spec)

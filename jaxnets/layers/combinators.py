@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +75,7 @@ def _init_children(children, key, input_shapes):
     return shapes, params, state
 
 
-def _combinator(name: str, spec: str, children, init_fn: Callable, forward_fn: Callable, backward_fn: Callable) -> Layer:
+def _combinator(name: str, spec: str, children, init_fn: Callable[..., Any], forward_fn: Callable[..., Any], backward_fn: Callable[..., Any]) -> Layer:
     return Layer(name, spec, init_fn, forward_fn, backward_fn, tuple(children))
 
 
@@ -194,7 +194,7 @@ def residual(*layers: Layer) -> Layer:
         return x + y.astype(x.dtype), state, tape  # one dtype under a precision policy (a no-op otherwise)
 
     def backward_fn(params, state, tape, y_bar, *, key=None, train=False):
-        grads, x_bar = body.backward_fn(params, state, tape, y_bar, key=key, train=train)
+        grads, x_bar = cast(Callable[..., Any], body.backward_fn)(params, state, tape, y_bar, key=key, train=train)
         return grads, y_bar + x_bar.astype(y_bar.dtype)
 
     return _combinator("residual", spec, body.children, init_fn, forward_fn, backward_fn)
@@ -225,7 +225,7 @@ def FanOut(num: int) -> Layer:
     return Layer("fan_out", spec, init_fn, forward_fn, backward_fn)
 
 
-def _fan_in(name: str, spec: str, out_shape: Callable, combine: Callable, split: Callable) -> Layer:
+def _fan_in(name: str, spec: str, out_shape: Callable[..., Any], combine: Callable[..., Any], split: Callable[..., Any]) -> Layer:
     def init_fn(key, input_shapes):
         del key
         if not isinstance(input_shapes, (tuple, list)) or not input_shapes or not all(isinstance(s, (tuple, list)) for s in input_shapes):

@@ -7,7 +7,7 @@ where it trains over 10x faster inside a scanned epoch.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ def _resolve_impl(impl: str) -> str:
     return impl
 
 
-def _padding(padding, n: int, label: str):
+def _padding(padding: Any, n: int, label: str) -> Literal["SAME", "VALID"] | tuple[tuple[int, int], ...]:
     """``"SAME"``/``"VALID"``, or explicit ``((lo, hi), ...)`` per spatial axis from an int, ints or pairs."""
     if isinstance(padding, str):
         return _checks.padding_mode(padding)
@@ -79,8 +79,8 @@ def _conv_layer(
     strides: int | Sequence[int],
     padding,
     use_bias: bool,
-    w_init: Callable | None,
-    b_init: Callable,
+    w_init: Callable[..., Any] | None,
+    b_init: Callable[..., Any],
     transpose: bool,
     impl: str,
     dilation: int | Sequence[int] = 1,
@@ -238,7 +238,7 @@ def Conv(
     kernel_size: Sequence[int],
     *,
     strides: int | Sequence[int] = 1,
-    padding: str | int | Sequence = "SAME",
+    padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = "SAME",
     dilation: int | Sequence[int] = 1,
     feature_groups: int = 1,
     use_bias: bool = True,
@@ -298,12 +298,12 @@ def Conv(
                        transpose=False, impl=impl, dilation=dilation, feature_groups=feature_groups)
 
 
-def Conv1D(out_channels: int, kernel_size: int, **kwargs) -> Layer:
+def Conv1D(out_channels: int, kernel_size: int, **kwargs: Any) -> Layer:
     """1-D convolution over ``(batch, length, channels)``; see :func:`Conv`."""
     return Conv(out_channels, _checks.int_tuple(kernel_size, 1, "kernel_size"), **kwargs)
 
 
-def Conv2D(out_channels: int, kernel_size: int | Sequence[int], **kwargs) -> Layer:
+def Conv2D(out_channels: int, kernel_size: int | Sequence[int], **kwargs: Any) -> Layer:
     """2-D convolution over ``(batch, height, width, channels)``; see :func:`Conv`."""
     return Conv(out_channels, _checks.int_tuple(kernel_size, 2, "kernel_size"), **kwargs)
 
@@ -313,7 +313,7 @@ def ConvTranspose(
     kernel_size: Sequence[int],
     *,
     strides: int | Sequence[int] = 1,
-    padding: str | int | Sequence = "SAME",
+    padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = "SAME",
     dilation: int | Sequence[int] = 1,
     feature_groups: int = 1,
     use_bias: bool = True,
@@ -355,6 +355,6 @@ def ConvTranspose(
                        w_init, b_init, transpose=True, impl=impl, dilation=dilation, feature_groups=feature_groups)
 
 
-def ConvTranspose2D(out_channels: int, kernel_size: int | Sequence[int], **kwargs) -> Layer:
+def ConvTranspose2D(out_channels: int, kernel_size: int | Sequence[int], **kwargs: Any) -> Layer:
     """2-D transposed convolution over NHWC input; see :func:`ConvTranspose`."""
     return ConvTranspose(out_channels, _checks.int_tuple(kernel_size, 2, "kernel_size"), **kwargs)

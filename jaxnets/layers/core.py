@@ -49,20 +49,21 @@ import functools
 import hashlib
 import os
 import types
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from jaxnets import _checks
+from jaxnets._types import PyTree, Shape
 from jaxnets.layers import _util
 
 __all__ = ["Layer", "check_params", "count_params", "require_rule", "observing", "casting"]
 
-observing = _util.observing  # see jaxnets.debug
-casting = _util.casting  # see jaxnets.precision
+from jaxnets.layers._util import casting, observing  # noqa: E402  (re-exported: see jaxnets.debug, jaxnets.precision)
 
 Params = Any  # a nested dict of arrays
 
@@ -120,15 +121,15 @@ class Layer:
 
     name: str
     spec: str
-    init_fn: Callable[..., tuple]
-    forward_fn: Callable[..., tuple]
-    backward_fn: Callable[..., tuple] | None = None
-    children: tuple = ()
+    init_fn: Callable[..., tuple[Any, ...]]
+    forward_fn: Callable[..., tuple[Any, ...]]
+    backward_fn: Callable[..., tuple[Any, ...]] | None = None
+    children: tuple[tuple[str, Layer], ...] = ()
 
     def __repr__(self) -> str:
         return self.spec
 
-    def _structure(self) -> tuple:
+    def _structure(self) -> tuple[Any, ...]:
         """The hashable structure that equality and hashing compare (computed once, see the class docstring)."""
         cached = self.__dict__.get("_structure_key")
         if cached is None:
@@ -150,30 +151,32 @@ class Layer:
 
     # -- tier 1 ---------------------------------------------------------------
 
-    def init(self, key, input_shape) -> tuple:
+    def init(self, key: jax.Array, input_shape: Shape) -> tuple[Shape, Params]:
         """``(key, input_shape) -> (output_shape, params)``; ``-1`` leaves a size unknown."""
         out_shape, params, _ = self.init_with_state(key, input_shape)
         return out_shape, params
 
-    def apply(self, params, x, *, key=None, train=False):
+    def apply(self, params: Params, x: PyTree, *, key: jax.Array | None = None, train: bool | jax.Array = False) -> PyTree:
         """``(params, x, *, key=None, train=False) -> y``."""
         return self.apply_with_state(params, {}, x, key=key, train=train)[0]
 
     # -- state ----------------------------------------------------------------
 
-    def init_with_state(self, key, input_shape) -> tuple:
+    def init_with_state(self, key: jax.Array, input_shape: Shape) -> tuple[Shape, Params, PyTree]:
         """``(key, input_shape) -> (output_shape, params, state)``."""
         _util.check_key(key)
         return self.init_fn(key, input_shape)
 
-    def apply_with_state(self, params, state, x, *, key=None, train=False) -> tuple:
+    def apply_with_state(self, params: Params, state: PyTree, x: PyTree, *, key: jax.Array | None = None,
+                         train: bool | jax.Array = False) -> tuple[PyTree, PyTree]:
         """``(params, state, x, *, key=None, train=False) -> (y, state)``."""
         y, new_state, _ = self.tape_forward(params, state, x, key=key, train=train)
         return y, new_state
 
     # -- hand rules -------------------------------------------------------------
 
-    def tape_forward(self, params, state, x, *, key=None, train=False) -> tuple:
+    def tape_forward(self, params: Params, state: PyTree, x: PyTree, *, key: jax.Array | None = None,
+                     train: bool | jax.Array = False) -> tuple[PyTree, PyTree, PyTree]:
         """``-> (y, state, tape)``: the forward pass, recording what the rules need."""
         if key is not None:
             _util.check_key(key)
@@ -192,16 +195,18 @@ class Layer:
                                  f"jax.jit(model.apply, static_argnames='train'))") from error
             raise
 
-    def tape_backward(self, params, state, tape, y_bar, *, key=None, train=False) -> tuple:
+    def tape_backward(self, params: Params, state: PyTree, tape: PyTree, y_bar: PyTree, *, key: jax.Array | None = None,
+                      train: bool | jax.Array = False) -> tuple[Params, PyTree]:
         """``-> (params_bar, x_bar)`` from a tape that :meth:`tape_forward` recorded."""
         require_rule(self)
         mode = _static_mode(train)
         if mode is None:
             raise TypeError(f"{self.spec}: tape_backward needs train as a Python bool, got a traced value; "
                             f"pass it as static (jax.jit(..., static_argnames='train'))")
-        return self.backward_fn(params, state, tape, y_bar, key=key, train=mode)
+        return cast(Callable[..., tuple[Any, ...]], self.backward_fn)(params, state, tape, y_bar, key=key, train=mode)  # not None: require_rule
 
-    def backward(self, params, state, x, y_bar, *, key=None, train=False) -> tuple:
+    def backward(self, params: Params, state: PyTree, x: PyTree, y_bar: PyTree, *, key: jax.Array | None = None,
+                 train: bool | jax.Array = False) -> tuple[Params, PyTree]:
         """The hand rule ``(params, state, x, y_bar, *, key, train) -> (params_bar, x_bar)``."""
         require_rule(self)
         _, _, tape = self.tape_forward(params, state, x, key=key, train=train)
@@ -232,7 +237,7 @@ _VALUE_TYPES = (int, float, complex, str, bytes, bool, type(None), type(Ellipsis
                 slice)
 
 
-def _layer_key(layer: Layer, active: dict) -> tuple:
+def _layer_key(layer: Layer, active: dict[int, int]) -> tuple[Any, ...]:
     if "_structure_key" in layer.__dict__:
         return layer.__dict__["_structure_key"]
     return ("layer", layer.name, layer.spec, _value_key(layer.init_fn, active), _value_key(layer.forward_fn, active),
@@ -240,7 +245,7 @@ def _layer_key(layer: Layer, active: dict) -> tuple:
             tuple((name, _value_key(child, active)) for name, child in layer.children))
 
 
-def _value_key(value: Any, active: dict) -> Any:
+def _value_key(value: Any, active: dict[int, int]) -> Any:
     """A hashable key equal for values that behave the same (see :class:`Layer`); identity where unsure.
 
     ``active`` holds the ids of the containers and functions being keyed, so a
@@ -355,13 +360,13 @@ def shape_tree(x: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=256)
-def _expected(layer: Layer, input_shape: tuple):
+def _expected(layer: Layer, input_shape: tuple[Any, ...]):
     """``(params, state)`` as ``ShapeDtypeStruct`` pytrees, as ``init`` makes them for this input shape."""
     _, params, state = jax.eval_shape(lambda k: layer.init_fn(k, input_shape), jax.random.key(0))
     return params, state
 
 
-def _leaves(tree: Any) -> dict:
+def _leaves(tree: Any) -> dict[str, Any]:
     return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
@@ -468,8 +473,8 @@ def input_shapes(shape: Any) -> Any:
     return _checks.shape_tuple(shape)
 
 
-def build(name: str, spec: str, init_with_state: Callable, apply_with_state: Callable,
-          backward: Callable | None = None) -> Layer:
+def build(name: str, spec: str, init_with_state: Callable[..., Any], apply_with_state: Callable[..., Any],
+          backward: Callable[..., Any] | None = None) -> Layer:
     """A primitive layer from its general functions; its tape is its input.
 
     ``init_with_state(key, input_shape) -> (output_shape, params, state)``,
@@ -487,7 +492,7 @@ def build(name: str, spec: str, init_with_state: Callable, apply_with_state: Cal
     return Layer(name, spec, init_fn, forward_fn, backward)
 
 
-def build_stateless(name: str, spec: str, init: Callable, apply: Callable, backward: Callable | None = None) -> Layer:
+def build_stateless(name: str, spec: str, init: Callable[..., Any], apply: Callable[..., Any], backward: Callable[..., Any] | None = None) -> Layer:
     """A primitive layer without state from ``init(key, shape) -> (out_shape, params)``,
     ``apply(params, x, *, key, train) -> y`` and ``backward(params, x, y_bar, *, key, train)``."""
 
@@ -498,7 +503,7 @@ def build_stateless(name: str, spec: str, init: Callable, apply: Callable, backw
     def apply_with_state(params, state, x, *, key=None, train=False):
         return apply(params, x, key=key, train=train), state
 
-    rule = None
+    rule = None  # pyright: ignore[reportAssignmentType]  (the def below, when there is a backward)
     if backward is not None:
 
         def rule(params, state, x, y_bar, *, key=None, train=False):

@@ -22,7 +22,7 @@ from jaxnets.layers.core import Layer
 __all__ = ["define_layer"]
 
 
-def _keywords(fn: Callable, names=("key", "train")) -> Callable:
+def _keywords(fn: Callable[..., Any], names=("key", "train")) -> Callable[..., Any]:
     """``fn`` called with only those of ``key``/``train`` that it accepts."""
     try:
         parameters = inspect.signature(fn).parameters
@@ -71,11 +71,11 @@ def _shape_ok(promised: Any, got: Any) -> bool:
 
 def define_layer(
     name: str,
-    init: Callable,
-    apply: Callable,
+    init: Callable[..., Any],
+    apply: Callable[..., Any],
     *,
-    backward: Callable | None = None,
-    output_shape: Callable | None = None,
+    backward: Callable[..., Any] | None = None,
+    output_shape: Callable[..., Any] | None = None,
     stateful: bool = False,
     input_dtype: Any = None,
     spec: str | None = None,
@@ -209,7 +209,7 @@ def define_layer(
         y, new_state, _ = checked_run(params, state, x, key=key, train=train)
         return y, new_state
 
-    rule = None
+    rule = None  # pyright: ignore[reportAssignmentType]  (the def below, when there is a backward)
     if user_backward is not None:
 
         def rule(params, state, x, y_bar, *, key=None, train=False, saved=None):
@@ -240,7 +240,7 @@ def define_layer(
         y, new_state, saved = checked_run(params, state, x, key=key, train=train)
         return y, new_state, (x, saved)
 
-    backward_fn = None
+    backward_fn = None  # pyright: ignore[reportAssignmentType]  (the def below, when there is a rule)
     if rule is not None:
 
         def backward_fn(params, state, tape, y_bar, *, key=None, train=False):

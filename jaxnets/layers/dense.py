@@ -8,6 +8,8 @@ after its forward function.
 
 from __future__ import annotations
 
+from typing import Any, Callable, cast
+
 import jax
 import jax.numpy as jnp
 
@@ -244,7 +246,7 @@ def TiedEmbedding(num_embeddings: int, features: int, *layers: Layer,
         tape, head_tape = tapes
         table = _util.entry(params, table_name, "params", spec)
         head_bar, h_bar = _util.child("head", "backward", head, table, {}, head_tape, y_bar, key=None, train=train)
-        grads, ids_bar = inner.backward_fn(params, state, tape, h_bar, key=key, train=train)
+        grads, ids_bar = cast(Callable[..., Any], inner.backward_fn)(params, state, tape, h_bar, key=key, train=train)
         grads[table_name] = {"table": grads[table_name]["table"] + head_bar["table"].astype(grads[table_name]["table"].dtype)}
         return grads, ids_bar
 

@@ -8,7 +8,7 @@ shape-changing or not, with autodiff as its rule unless one is given.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, cast
 
 import jax
 import jax.numpy as jnp
@@ -23,12 +23,12 @@ __all__ = ["Elementwise", "Lambda", "Relu", "LeakyRelu", "PReLU", "Elu", "Gelu",
            "Softmax", "LogSoftmax", "Identity"]
 
 
-def _spec(name: str, fn_kwargs: dict) -> str:
+def _spec(name: str, fn_kwargs: dict[str, Any]) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in fn_kwargs.items())
     return f"{''.join(p.capitalize() for p in name.split('_'))}({args})"
 
 
-def Elementwise(fn: Callable[[jax.Array], jax.Array], name: str = "elementwise", *, vjp: Callable | None = None, **fn_kwargs) -> Layer:
+def Elementwise(fn: Callable[[jax.Array], jax.Array], name: str = "elementwise", *, vjp: Callable[..., Any] | None = None, **fn_kwargs: Any) -> Layer:
     """A parameter-free layer applying ``fn(x, **fn_kwargs)``, which must keep the shape.
 
     The activation layers below are made with it; use it for your own.
@@ -69,12 +69,12 @@ def Elementwise(fn: Callable[[jax.Array], jax.Array], name: str = "elementwise",
 
     def backward(params, x, y_bar, *, key=None, train=False):
         del params, key, train
-        return {}, vjp(x, y_bar, **fn_kwargs)
+        return {}, cast(Callable[..., Any], vjp)(x, y_bar, **fn_kwargs)  # used only when vjp is given
 
     return core.build_stateless(name, spec, init, apply, backward if vjp is not None else None)
 
 
-def Lambda(fn: Callable, name: str = "lambda", *, backward: Callable | None = None, **fn_kwargs) -> Layer:
+def Lambda(fn: Callable[..., Any], name: str = "lambda", *, backward: Callable[..., Any] | None = None, **fn_kwargs: Any) -> Layer:
     """A parameter-free layer applying any function ``fn(x, **fn_kwargs)``: reshapes,
     slices, sums, a fixed transform. The output shape is inferred with
     ``jax.eval_shape``.

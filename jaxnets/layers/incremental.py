@@ -82,14 +82,16 @@ class Incremental(NamedTuple):
     """
 
     init_cache: Callable[..., Any]
-    step: Callable[..., tuple]
+    step: Callable[..., tuple[Any, ...]]
 
 
 class Unsupported(ValueError):
     """A layer without an incremental step (its path and spec in the message)."""
 
+    located: bool  # set (True) once the message names the layer's path
 
-def attach(layer: Layer, make: Callable[[int, Callable], Incremental]) -> Layer:
+
+def attach(layer: Layer, make: Callable[[int, Callable[..., Any]], Incremental]) -> Layer:
     """Declare ``layer``'s incremental rule: ``make(max_length, resolve) -> Incremental``. Returns ``layer``.
 
     ``resolve(child, path)`` builds a child's rule (for combinators). The rule
@@ -119,7 +121,7 @@ def positionwise(layer: Layer) -> Layer:
     return attach(layer, lambda max_length, resolve: _positionwise_rule(layer))
 
 
-def chain(children: tuple, max_length: int, resolve: Callable, path: str = "") -> Incremental:
+def chain(children: tuple[Any, ...], max_length: int, resolve: Callable[..., Any], path: str = "") -> Incremental:
     """The rule of ``serial(*children)`` (``((name, layer), ...)``): the children's steps in order, caches by name."""
     rules = [(name, resolve(layer, f"{path}/{name}".lstrip("/"))) for name, layer in children]
 
@@ -193,7 +195,7 @@ class Decoder:
     max_length: int
     rule: Incremental = dataclasses.field(repr=False, compare=False, hash=False)
 
-    def init_cache(self, params: Any, batch_shape: int | tuple = (), dtype: Any = None) -> Any:
+    def init_cache(self, params: Any, batch_shape: int | tuple[Any, ...] = (), dtype: Any = None) -> Any:
         """Zeros for every cached layer: ``{"k", "v"}`` of ``(*batch_shape, max_length, N, H)`` per attention layer.
 
         ``dtype``: default, the params' floating dtype (float32 params: a float32 cache).
@@ -206,7 +208,7 @@ class Decoder:
             dtype = floats[0] if floats else jnp.float32
         return self.rule.init_cache(params, batch_shape, jnp.dtype(dtype))
 
-    def step(self, params: Any, cache: Any, x: Any, position: Any) -> tuple:
+    def step(self, params: Any, cache: Any, x: Any, position: Any) -> tuple[Any, ...]:
         """``(y, cache)``: the model's outputs at positions ``position .. position + t - 1`` (``t`` = x's sequence length)."""
         length = _sequence_length(x, self.model.spec)
         if not _checks.is_traced(position):

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from jaxnets import _checks
 from jaxnets import initializers as inits
@@ -94,7 +95,7 @@ def PositionalEmbedding(max_length: int, *, embedding_init: inits.Initializer | 
     return incremental.attach(layer, incremental_rule)
 
 
-def sinusoidal_encoding(length: int, features: int, *, base: float = 10000.0, dtype=jnp.float32) -> jax.Array:
+def sinusoidal_encoding(length: int, features: int, *, base: float = 10000.0, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """``PE`` (length, features): ``PE[t, 2i] = sin(t / base^(2i/D))``, ``PE[t, 2i+1] = cos(t / base^(2i/D))``.
 
     Computed in float64 with NumPy (a constant), then cast to ``dtype``. An odd
@@ -154,7 +155,7 @@ def _rotary_angles(length: int, features: int, base: float, dtype):
     return jnp.asarray(np.cos(angles), dtype), jnp.asarray(np.sin(angles), dtype)
 
 
-def _rotary_check(x, time_axis: int, where: str) -> tuple:
+def _rotary_check(x, time_axis: int, where: str) -> tuple[Any, ...]:
     if x.shape[-1] % 2:
         raise ValueError(f"{where}: rotary embeddings rotate pairs of features, so the last axis must be even, "
                          f"got x of shape {tuple(x.shape)}")
@@ -165,7 +166,7 @@ def _rotary_check(x, time_axis: int, where: str) -> tuple:
     return ax, (x.shape[ax],) + (1,) * (x.ndim - 2 - ax) + (x.shape[-1] // 2,)
 
 
-def _rotary_tables(x, ax: int, shape: tuple, base: float, offset, max_length, dtype, where: str):
+def _rotary_tables(x, ax: int, shape: tuple[Any, ...], base: float, offset, max_length, dtype, where: str):
     """``cos``, ``sin`` of the angles at positions ``offset .. offset + T - 1``, shaped to broadcast against ``x``."""
     length = x.shape[ax]
     if _checks.is_traced(offset) or not isinstance(offset, (int, np.integer)):

@@ -65,7 +65,7 @@ cotangent comes back in its own dtype.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -93,9 +93,9 @@ class _Cell:
 
     name: str
     gates: int
-    state: tuple  # names of the carried arrays: ("h",) or ("h", "c")
-    step: Callable
-    step_back: Callable
+    state: tuple[Any, ...]  # names of the carried arrays: ("h",) or ("h", "c")
+    step: Callable[..., Any]
+    step_back: Callable[..., Any]
     separate_hidden_bias: bool = False  # GRU: b_h inside the reset gate's product
 
 
@@ -178,12 +178,12 @@ def _cut(t, truncate):
     return jnp.logical_and(t % truncate == 0, t > 0)
 
 
-def _carry_value(cell: _Cell, parts: tuple):
+def _carry_value(cell: _Cell, parts: tuple[Any, ...]):
     """The public form of a carry: ``h`` for one array, ``(h, c)`` for the LSTM."""
     return parts[0] if len(cell.state) == 1 else tuple(parts)
 
 
-def _carry_parts(cell: _Cell, carry, what: str, spec: str) -> tuple:
+def _carry_parts(cell: _Cell, carry, what: str, spec: str) -> tuple[Any, ...]:
     """``h`` or ``(h, c)`` as a tuple of arrays, or an error naming what was received."""
     if len(cell.state) == 1:
         return (carry,)
@@ -202,7 +202,7 @@ def _recurrent(cell: _Cell, spec: str, hidden: int, return_sequences: bool, init
              + (tuple(f"{s}0" for s in cell.state) if with_input else ()))
     arity = len(names)
 
-    def split_input(x):
+    def split_input(x: Any) -> tuple[Any, Any, Any]:
         """``x`` -> ``(x, lengths or None, initial carry parts or None)``."""
         if arity == 1:
             return x, None, None
@@ -353,7 +353,7 @@ def _recurrent(cell: _Cell, spec: str, hidden: int, return_sequences: bool, init
     return build_taped(cell.name, spec, init, forward, backward, check_shape)
 
 
-def _cell_params(cell: _Cell, key, d: int, hidden: int, w_init, recurrent_init, b_init) -> dict:
+def _cell_params(cell: _Cell, key, d: int, hidden: int, w_init, recurrent_init, b_init) -> dict[str, Any]:
     """``{"wx": (D, G H), "wh": (H, G H), "b": (G H,)}`` (the GRU: ``"bx"``, ``"bh"``), shared by layer and cell."""
     g = cell.gates
     k_x, k_h = jax.random.split(key)
@@ -371,7 +371,7 @@ def _bias(cell: _Cell, params) -> jax.Array:
     return params["bx"] if cell.separate_hidden_bias else params["b"]
 
 
-def _cell_grads(cell: _Cell, x_rows, h_rows, dzx_rows, dzh_rows) -> dict:
+def _cell_grads(cell: _Cell, x_rows, h_rows, dzx_rows, dzh_rows) -> dict[str, Any]:
     """``W_x_bar = X^T dZ_x``, ``W_h_bar = H_prev^T dZ_h``, the biases' the sums (float32 for 16-bit dtypes)."""
     grads = {"wx": _util.batch_matmul_t(x_rows, dzx_rows), "wh": _util.batch_matmul_t(h_rows, dzh_rows)}
     if cell.separate_hidden_bias:
@@ -588,7 +588,7 @@ def GRU(hidden: int, *, return_sequences: bool = True, initial_state: str = "zer
 
 
 for _layer in (SimpleRNN, LSTM, GRU):
-    _layer.__doc__ += _ARGS_DOC
+    _layer.__doc__ = (_layer.__doc__ or "") + _ARGS_DOC  # None under python -OO
 del _layer
 
 
@@ -645,5 +645,5 @@ def GRUCell(hidden: int, *, w_init: inits.Initializer | None = None,
 
 
 for _layer in (SimpleRNNCell, LSTMCell, GRUCell):
-    _layer.__doc__ += _CELL_DOC
+    _layer.__doc__ = (_layer.__doc__ or "") + _CELL_DOC  # None under python -OO
 del _layer

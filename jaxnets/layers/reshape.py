@@ -6,7 +6,7 @@ Their rule reshapes the cotangent back: a reshape's adjoint is the inverse resha
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 from jaxnets.layers import _util, core
 from jaxnets.layers.core import Layer
@@ -52,7 +52,7 @@ def Reshape(shape: Sequence[int]) -> Layer:
         raise ValueError(f"shape may hold at most one -1, got {shape}")
     spec = f"Reshape({shape})"
 
-    def resolve(rest: tuple) -> tuple:
+    def resolve(rest: tuple[Any, ...]) -> tuple[Any, ...]:
         size = math.prod(rest)
         known = math.prod(d for d in shape if d != -1)
         if -1 in shape:

@@ -18,7 +18,7 @@ from jaxnets.optim.sgd import SgdState, sgd
 OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adamw", "adamax", "nadam", "amsgrad", "lion")
 
 __all__ = [
-    *OPTIMIZERS,
+    "sgd", "adagrad", "rmsprop", "adam", "adamw", "adamax", "nadam", "amsgrad", "lion",  # OPTIMIZERS, spelled out for type checkers
     "SgdState",
     "AdagradState",
     "RmspropState",

@@ -11,6 +11,7 @@ import numbers
 from typing import Any, Callable
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -59,7 +60,7 @@ def _concrete(value: Any, name: str) -> tuple[np.ndarray, bool] | None:
 def _first_bad(values: np.ndarray, ok: np.ndarray, is_array_value: bool) -> str:
     """The first offending value, with its index when there are several entries."""
     index = tuple(int(i) for i in np.argwhere(~ok)[0])
-    where = f" at index {index if len(index) > 1 else index[0]}" if values.ndim else ""
+    where = f" at index {index if len(index) != 1 else index[0]}" if values.ndim else ""
     value = float(values[index])
     return f"{value:.7g}{where}" if is_array_value else f"{value}{where}"
 
@@ -239,7 +240,7 @@ def increment(count: jax.Array) -> jax.Array:
     return jnp.where(count < top, count + 1, jnp.asarray(top, jnp.int32))
 
 
-def scheduled(schedule: Callable, count: jax.Array, name: str, *, lower: float = 0.0) -> Any:
+def scheduled(schedule: Callable[..., Any], count: jax.Array, name: str, *, lower: float = 0.0) -> Any:
     """A schedule's value at ``count``, checked: a scalar (its shape is static, checked under ``jit`` too), and,
     when its value is concrete (eager updates), finite and ``>= lower``."""
     value = schedule(count)
@@ -312,7 +313,7 @@ def add_weight_decay(updates: Any, params: Any, weight_decay: ScalarOrSchedule, 
     return jax.tree_util.tree_map(lambda u, p, m: add(u, scale(s, p)) if m else u, updates, params, selected)
 
 
-def transformation(init: Callable, update: Callable) -> optax.GradientTransformationExtraArgs:
+def transformation(init: Callable[..., Any], update: Callable[..., Any]) -> optax.GradientTransformationExtraArgs:
     """Wraps init/update as an optax transformation whose update ignores extra keyword arguments."""
 
     def update_fn(updates, state, params=None, **extra_args):

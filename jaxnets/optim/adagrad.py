@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 
 from jaxnets.optim import _base
@@ -18,7 +19,7 @@ class AdagradState(NamedTuple):
     sum_of_squares: Any
 
 
-def adagrad(learning_rate: _base.ScalarOrSchedule, initial_accumulator_value: float = 0.1, eps: float = 1e-7):
+def adagrad(learning_rate: _base.ScalarOrSchedule, initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> optax.GradientTransformation:
     r"""Adagrad (Duchi et al., 2011).
 
     .. math::

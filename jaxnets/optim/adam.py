@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxnets.optim import _base
 
@@ -71,7 +72,7 @@ def adam(
     mu_dtype: Any = None,
     *,
     nesterov: bool = False,
-):
+) -> optax.GradientTransformation:
     r"""Adam (Kingma & Ba, 2015).
 
     .. math::
@@ -125,7 +126,7 @@ def nadam(
     mu_dtype: Any = None,
     *,
     nesterov: bool = True,
-):
+) -> optax.GradientTransformation:
     """NAdam (Dozat, 2016): :func:`adam` with Nesterov momentum (``nesterov=True`` by default).
 
     Same as ``optax.nadam``. PyTorch's ``NAdam`` also decays the momentum
@@ -145,7 +146,7 @@ def adamw(
     mask: Any = None,
     *,
     nesterov: bool = False,
-):
+) -> optax.GradientTransformation:
     r"""AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
 
     .. math::
@@ -193,7 +194,7 @@ class AdamaxState(NamedTuple):
     nu: Any
 
 
-def adamax(learning_rate: _base.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+def adamax(learning_rate: _base.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
     r"""Adamax (Kingma & Ba, 2015, section 7): Adam with the infinity norm.
 
     .. math::
@@ -250,7 +251,7 @@ def amsgrad(
     mu_dtype: Any = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
-):
+) -> optax.GradientTransformation:
     r"""AMSGrad (Reddi et al., 2018): Adam whose denominator never shrinks.
 
     .. math::

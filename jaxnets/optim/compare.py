@@ -7,6 +7,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 import optax
 
 from jaxnets import _checks
@@ -21,7 +22,7 @@ class Problem(NamedTuple):
     solution: Any
 
 
-def quadratic_problem(dim: int = 10, *, condition: float = 10.0, seed: int = 0, dtype=jnp.float32) -> Problem:
+def quadratic_problem(dim: int = 10, *, condition: float = 10.0, seed: int = 0, dtype: DTypeLike = jnp.float32) -> Problem:
     """``f(x) = 1/2 (x - x*)^T A (x - x*)`` with ``A`` diagonal, eigenvalues from 1 to ``condition``.
 
     Params are a dict ``{"x": (dim,)}``; the minimum is ``f(x*) = 0``.
@@ -42,7 +43,7 @@ def quadratic_problem(dim: int = 10, *, condition: float = 10.0, seed: int = 0, 
     return Problem({"x": jax.random.normal(k_start, (dim,), dtype)}, loss, lambda p, step: jax.grad(loss)(p), {"x": target})
 
 
-def rosenbrock_problem(a: float = 1.0, b: float = 100.0, *, dtype=jnp.float32) -> Problem:
+def rosenbrock_problem(a: float = 1.0, b: float = 100.0, *, dtype: DTypeLike = jnp.float32) -> Problem:
     """``f(x, y) = (a - x)^2 + b (y - x^2)^2`` from ``(-1.2, 1)``; minimum 0 at ``(a, a^2)``.
 
     Params are a tuple of two scalars, so optimizers are exercised on a

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxnets.optim import _base
 
@@ -24,7 +25,7 @@ def lion(
     mu_dtype: Any = None,
     weight_decay: _base.ScalarOrSchedule = 1e-3,
     mask: Any = None,
-):
+) -> optax.GradientTransformation:
     r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms").
 
     .. math::

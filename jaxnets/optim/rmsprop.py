@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 
 from jaxnets.optim import _base
@@ -35,7 +36,7 @@ def rmsprop(
     momentum: float | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
-):
+) -> optax.GradientTransformation:
     r"""RMSProp (Tieleman & Hinton, 2012).
 
     .. math::

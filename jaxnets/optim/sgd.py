@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxnets.optim import _base
 
@@ -26,7 +27,7 @@ def sgd(
     momentum: float | None = None,
     nesterov: bool = False,
     accumulator_dtype: Any = None,
-):
+) -> optax.GradientTransformation:
     r"""Stochastic gradient descent, optionally with momentum.
 
     Without momentum: ``p <- p - lr g``. With momentum ``mu``:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+from jaxnets.train.history import History
+
 __all__ = ["Callback", "Progress", "Resume", "Hook", "as_callback", "period", "check_every"]
 
 
@@ -49,8 +51,8 @@ class Progress(NamedTuple):
 
     epoch: int
     epochs: int | None
-    metrics: dict
-    history: dict
+    metrics: dict[str, Any]
+    history: History
     state: Any
     step: int = 0
     steps: int = 0
@@ -64,7 +66,7 @@ class Resume(NamedTuple):
     state: Any
     position: int
     origin: int
-    history: dict
+    history: dict[str, Any]
     source: str = ""  # where it came from, for messages
 
 
@@ -115,8 +117,10 @@ class Hook(Callback):
         if not callable(fn):
             raise TypeError(f"a hook must be callable as hook(progress) -> bool | None, got {fn!r}")
         check_every(every)
+        self.fn: Callable[[Progress], Any]
+        self.every: Any
         self.fn, self.every = fn, every
-        self.__name__ = getattr(fn, "__name__", repr(fn))
+        self.__name__: str = getattr(fn, "__name__", repr(fn))
 
     def __repr__(self) -> str:
         return f"Hook({self.__name__})"

@@ -26,13 +26,15 @@ class EarlyStopping(Callback):
                  min_delta: float = 0.0, every: Any = None):
         if not isinstance(metric, str):
             raise TypeError(f"metric must be a history name such as 'test_loss', got {metric!r}")
+        self.metric: str
+        self.every: Any
         self.metric, self.every = metric, check_every(every)
-        self.patience = _checks.positive_int(patience, "patience")
-        self.min_delta = _checks.positive_float(min_delta, "min_delta", allow_zero=True)
-        self.mode = mode or ("min" if metric.endswith("loss") else "max")
+        self.patience: int = _checks.positive_int(patience, "patience")
+        self.min_delta: float = _checks.positive_float(min_delta, "min_delta", allow_zero=True)
+        self.mode: str = mode or ("min" if metric.endswith("loss") else "max")
         if self.mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        self.__name__ = f"early_stopping({metric!r}, patience={self.patience})"
+        self.__name__: str = f"early_stopping({metric!r}, patience={self.patience})"
 
     def __repr__(self) -> str:
         return f"EarlyStopping({self.metric!r}, patience={self.patience}, mode={self.mode!r})"

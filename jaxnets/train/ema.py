@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,11 +21,11 @@ class EmaState(NamedTuple):
     ema: Any
 
     @property
-    def key(self):
+    def key(self) -> jax.Array:
         return self.state.key
 
     @property
-    def step(self):
+    def step(self) -> jax.Array:
         return self.state.step
 
 
@@ -57,7 +58,7 @@ def _check_of(of: Any) -> None:
         raise TypeError(f"of must be callable as of(state) -> the pytree to average (default: state.params), got {of!r}")
 
 
-def with_ema(step: Callable, decay: float, *, of: Callable[[Any], Any] = _params) -> Callable:
+def with_ema(step: Callable[..., Any], decay: float, *, of: Callable[[Any], Any] = _params) -> Callable[..., Any]:
     """``step`` over an :class:`EmaState`: after each step, ``ema <- decay ema + (1 - decay) of(state)``.
 
     The update runs inside the same compiled step (fused with it), not on the

@@ -18,7 +18,7 @@ same epochs through :class:`jaxnets.train.ArraySource`.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -120,7 +120,17 @@ def first_nonfinite(losses: jax.Array, params: Any, skipped: jax.Array | None = 
     return jnp.where(bad.any(), jnp.argmax(bad), last).astype(jnp.int32)
 
 
-def epoch_indices(state: TrainState, num_examples: int, batch_size: int, *, drop_last: bool = False) -> jax.Array:
+class _KeyAndStep(Protocol):
+    """What :func:`epoch_indices` reads of a state: a :class:`TrainState`, or any record with these two fields."""
+
+    @property
+    def key(self) -> jax.Array: ...
+
+    @property
+    def step(self) -> jax.Array: ...
+
+
+def epoch_indices(state: _KeyAndStep | TrainState, num_examples: int, batch_size: int, *, drop_last: bool = False) -> jax.Array:
     """The example indices of each step of the epoch that starts at ``state``.
 
     The order is :func:`permutation` under the state's epoch key. Without
@@ -141,17 +151,17 @@ def epoch_indices(state: TrainState, num_examples: int, batch_size: int, *, drop
 
 # Loss-scaling metrics of a step (precision.loss_scaling) and how an epoch reduces them: the skipped steps are
 # counted, the scale is the one the epoch ends with. Every other metric is the mean over the epoch's steps.
-SCALE_METRICS = {"skipped_steps": jnp.sum, "loss_scale": lambda v: v[-1]}
+SCALE_METRICS: dict[str, Callable[[jax.Array], jax.Array]] = {"skipped_steps": jnp.sum, "loss_scale": lambda v: v[-1]}
 
 
 def scan_epoch(
-    step: Callable[[TrainState, Any], tuple[TrainState, dict]],
+    step: Callable[[TrainState, Any], tuple[TrainState, dict[str, Any]]],
     *,
     batch_size: int,
     drop_last: bool = False,
     check_finite: bool = True,
     jit: bool = True,
-) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, Any]]]:
     """One epoch of a general step as one program: ``(state, data) -> (state, mean metrics)``.
 
     ``data`` is a pytree whose leaves hold all examples on the device (leading
@@ -172,7 +182,7 @@ def scan_epoch(
     drop_last, check_finite = _checks.boolean(drop_last, "drop_last"), _checks.boolean(check_finite, "check_finite")
     jit = _checks.boolean(jit, "jit")
 
-    def epoch(state: TrainState, data: Any) -> tuple[TrainState, dict]:
+    def epoch(state: TrainState, data: Any) -> tuple[TrainState, dict[str, Any]]:
         if not jax.tree_util.tree_leaves(data):
             raise ValueError(f"data holds no arrays (a pytree of arrays with a leading example axis), got {data!r:.60}")
         batches = epoch_indices(state, _inputs.leading(data), batch_size, drop_last=drop_last)
@@ -196,7 +206,7 @@ def make_epoch(
     metrics: Metrics | None = None,
     check_finite: bool = True,
     jit: bool = True,
-) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
+) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict[str, Any]]]:
     """One epoch of the common case as one program: ``(state, x, y) -> (state, mean metrics)``.
 
     :func:`scan_epoch` of :func:`make_train_step`'s step on ``data = (x, y)``.
@@ -214,7 +224,7 @@ def make_epoch(
     general = make_step(objective_from_loss(model, loss, metrics=metrics), optimizer, jit=False)
     scanned = scan_epoch(general, batch_size=batch_size, drop_last=drop_last, check_finite=check_finite, jit=False)
 
-    def epoch(state: TrainState, x: Any, y: Any) -> tuple[TrainState, dict]:
+    def epoch(state: TrainState, x: Any, y: Any) -> tuple[TrainState, dict[str, Any]]:
         if _inputs.leading(x) != num_examples or _inputs.leading(y) != num_examples:
             raise ValueError(f"this epoch was built for num_examples={num_examples}, got x {tuple(x.shape)} and y {tuple(y.shape)}")
         return scanned(state, (x, y))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import jax
 import optax
@@ -22,12 +22,13 @@ from jaxnets.train.state import TrainState
 __all__ = ["fit"]
 
 
-def fit(model: Layer | None, loss: Callable | None = None, optimizer: optax.GradientTransformation | None = None,
-        data: Any = None, *, objective: Callable | None = None, eval_objective: Callable | None = None, test: Any = None,
+def fit(model: Layer | None, loss: Callable[..., Any] | None = None, optimizer: optax.GradientTransformation | None = None,
+        data: Any = None, *, objective: Callable[..., Any] | None = None, eval_objective: Callable[..., Any] | None = None, test: Any = None,
         epochs: int | None = None, steps: int | None = None, batch_size: int = 64, seed: int | None = None,
         key: jax.Array | None = None, state: TrainState | None = None, input_shape: Sequence[int] | None = None,
-        metrics: Any = None, transform: Callable | None = None, gradient: Callable | None = None,
-        precision: Any = None, placement: Any = None, callbacks: Sequence[Any] | None = None,
+        metrics: Any = None, transform: Callable[..., Any] | None = None, gradient: Callable[..., Any] | None = None,
+        precision: Any = None, placement: distributed.Placement | jax.sharding.Mesh | Sequence[Any] | None = None,
+        callbacks: Sequence[Any] | None = None,
         epochs_per_call: int = 1, steps_per_call: int | None = None, log_every: int | None = None,
         drop_last: bool = False, eval_batch_size: int = 1024, on_nonfinite: str = "raise",
         **retired: Any) -> tuple[TrainState, History]:
@@ -124,14 +125,15 @@ def fit(model: Layer | None, loss: Callable | None = None, optimizer: optax.Grad
         x, y = example
         if isinstance(x, jax.Array) and isinstance(y, jax.Array):
             n = min(batch_size, x.shape[0])
-            precision_module.warn_underflow(base_model, loss, state.params, x[:n], y[:n], policy=policy,
+            precision_module.warn_underflow(cast(Layer, base_model), loss, state.params, x[:n], y[:n], policy=policy,
                                             state=state.model_state)
     step = setup.cached_step(model, optimizer, loss=loss, objective=objective, metrics=metrics, gradient=gradient,
                              transform=transform, placement=placement)
     callbacks = [ProgressBar()] if callbacks is None else list(callbacks)
     if test is not None:
-        score = evaluator(model, loss, metrics, batch_size=eval_batch_size) if loss is not None else \
-            evaluator(model, objective=setup.normalized_objective(eval_objective or objective), batch_size=eval_batch_size)
+        score = evaluator(cast(Layer, model), loss, metrics, batch_size=eval_batch_size) if loss is not None else \
+            evaluator(cast(Layer, model), objective=setup.normalized_objective(cast(Callable[..., Any], eval_objective or objective)),
+                      batch_size=eval_batch_size)
         every = (1, "epochs") if steps is None else log_every
         callbacks.insert(0, Evaluate(score, test, every=every, prefix="test_"))
     if placement is not None:

@@ -19,7 +19,7 @@ def _value(v: Any) -> int | float:
     return int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else float(v)
 
 
-class History(dict):
+class History(dict[str, list[Any]]):
     """``{name: [values]}`` with one row per logged point, every column as long as ``history["step"]``.
 
     A row is added at every log point (:meth:`add_row`); a callback that runs
@@ -32,7 +32,8 @@ class History(dict):
     def rows(self) -> int:
         return len(self.get("step", self.get("epoch", [])))
 
-    def add_row(self, row: dict) -> None:
+    def add_row(self, row: dict[str, Any]) -> None:
+        """Append a row (``{name: value}``); a column the row lacks gets NaN, a new column NaN in the rows before."""
         n = self.rows()
         for name in row:
             if name not in self:
@@ -40,7 +41,8 @@ class History(dict):
         for name, column in self.items():
             column.append(_value(row[name]) if name in row else math.nan)
 
-    def set_last(self, values: dict) -> None:
+    def set_last(self, values: dict[str, Any]) -> None:
+        """Write ``values`` into the last row (a callback's metrics at a log point)."""
         n = self.rows()
         if n == 0:
             raise ValueError("set_last needs a row: the history is empty")
@@ -68,6 +70,10 @@ class NonFiniteError(ValueError):
       history: the history up to that state.
     """
 
-    def __init__(self, message: str, *, epoch: int | None, step: int | None, state: Any, history: dict):
+    def __init__(self, message: str, *, epoch: int | None, step: int | None, state: Any, history: dict[str, Any]):
         super().__init__(message)
+        self.epoch: int | None
+        self.step: int | None
+        self.state: Any
+        self.history: dict[str, Any]
         self.epoch, self.step, self.state, self.history = epoch, step, state, history

@@ -13,7 +13,7 @@ from jaxnets.train.callbacks import Callback, Progress
 __all__ = ["HistoryFile"]
 
 
-def _lines(history: dict, first: int, last: int) -> str:
+def _lines(history: dict[str, Any], first: int, last: int) -> str:
     names = list(history)
     return "".join(json.dumps({k: history[k][i] for k in names}, allow_nan=True) + "\n" for i in range(first, last))
 
@@ -36,12 +36,15 @@ class HistoryFile(Callback):
     def __init__(self, path: Any, *, enabled: bool = True):
         if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"history_file must be a path (str or os.PathLike), got {type(path).__name__} {path!r}")
+        self.path: str
+        self.enabled: bool
+        self.written: int
         self.path, self.enabled, self.written = os.fspath(path), _checks.boolean(enabled, "enabled"), 0
 
     def __repr__(self) -> str:
         return f"HistoryFile({self.path!r})"
 
-    def on_start(self, run):
+    def on_start(self, run: Any) -> None:
         if not self.enabled:
             return None
         folder = os.path.dirname(os.path.abspath(self.path))
@@ -56,7 +59,7 @@ class HistoryFile(Callback):
             self._rewrite(run.history)
         return None
 
-    def _rewrite(self, history: dict) -> None:
+    def _rewrite(self, history: dict[str, Any]) -> None:
         folder = os.path.dirname(os.path.abspath(self.path))
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".history-", suffix=".tmp")
         try:
@@ -82,6 +85,6 @@ class HistoryFile(Callback):
             self.written = rows
         return None
 
-    def on_end(self, progress, error):
+    def on_end(self, progress: Progress, error: BaseException | None) -> None:
         if self.enabled:  # the rows before an error (a divergence keeps them) are written too
             self(progress)

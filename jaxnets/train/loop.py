@@ -31,7 +31,7 @@ import copy
 import math
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -41,16 +41,17 @@ from jaxnets import _checks, _inputs
 from jaxnets.train import program as program_module
 from jaxnets.train.callbacks import Progress, Resume, as_callback, period
 from jaxnets.train.history import LOCATE_ADVICE, History, NonFiniteError
+from jaxnets.train.state import copy_state as _copy, step_counter as _counter
 
 __all__ = ["loop", "Run"]
 
-_PROGRAMS: dict = {}
+_PROGRAMS: dict[Any, Any] = {}
 
 
 class Run:
     """What callbacks know of the run: its configuration, source, origin, target and history."""
 
-    def __init__(self, config: dict, source: Any, origin: int, end: int, history: History, steps_per_epoch):
+    def __init__(self, config: dict[str, Any], source: Any, origin: int, end: int, history: History, steps_per_epoch: int | None):
         self.config, self.source, self.origin, self.end = config, source, origin, end
         self.history, self.steps_per_epoch = history, steps_per_epoch
         self.state: Any = None
@@ -89,48 +90,6 @@ def _compiled(step, source, length, max_count, watch, check, freeze, jit):
     return built
 
 
-@jax.jit
-def _copied(arrays: list) -> list:
-    return [jnp.copy(a) for a in arrays]
-
-
-def _copy(state: Any) -> Any:
-    """A copy of every array leaf, in its own sharding (arrays spread over processes too).
-
-    One compiled copy (cached per structure by ``jax.jit``): about 20 us, where
-    ``jax.device_put(state, may_alias=False)`` dispatches a transfer per leaf (2.4 ms
-    for the W1 MLP's Adam state, measured by experiments/benchmarks/w1.py's loop rows).
-    """
-    leaves, treedef = jax.tree_util.tree_flatten(state)
-    where = [i for i, a in enumerate(leaves) if isinstance(a, jax.Array)]
-    try:
-        copies = _copied([leaves[i] for i in where])
-    except ValueError:  # leaves on different device sets: copy each where it lives
-        def one(a):
-            if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-                return jax.random.wrap_key_data(jnp.copy(jax.random.key_data(a)), impl=jax.random.key_impl(a))
-            return jnp.copy(a)
-
-        copies = [one(leaves[i]) for i in where]
-    for i, c in zip(where, copies):
-        leaves[i] = c
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def _counter(state: Any) -> int:
-    """The step counter a state carries: its ``.step``, or the first one inside it (a dict of TrainStates); else 0."""
-    held = getattr(state, "step", None) if not isinstance(state, dict) else None
-    if held is not None and np.shape(held) == ():
-        return int(held)
-    inner = getattr(state, "state", None)  # an EmaState
-    children = list(state.values()) if isinstance(state, dict) else ([inner] if inner is not None else [])
-    for child in children:
-        found = _counter(child)
-        if found:
-            return found
-    return 0
-
-
 def _every_step_skipped(run, state, here: int, steps: int, on_nonfinite: str, history, spe) -> None:
     """A row whose every step a loss scale skipped: gradients never finite, whatever the scale; a divergence."""
     first = here - steps
@@ -163,10 +122,10 @@ def _check_options(start, watch, prefix, config, jit) -> None:
     _checks.boolean(jit, "jit")
 
 
-def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, epochs: int | None = None,
+def loop(step: Callable[..., Any], state: Any, source: Any, *, steps: int | None = None, epochs: int | None = None,
          callbacks: Sequence[Any] = (), steps_per_call: int | None = None, log_every: int | None = None,
          key: jax.Array | None = None, start: int | None = None, on_nonfinite: str = "raise",
-         watch: Sequence[str] | None = None, prefix: str = "train_", config: dict | None = None,
+         watch: Sequence[str] | None = None, prefix: str = "train_", config: dict[str, Any] | None = None,
          jit: bool = True) -> tuple[Any, History]:
     """Runs ``step`` over ``source`` for ``steps`` or ``epochs``; returns ``(state, history)`` (module docstring).
 
@@ -203,7 +162,7 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
     if (steps is None) == (epochs is None):
         raise TypeError("loop needs exactly one of steps and epochs, got " + ("both" if steps is not None else "neither"))
     _check_options(start, watch, prefix, config, jit)
-    spe = source.steps_per_epoch
+    spe: int | None = source.steps_per_epoch
     if epochs is not None:
         epochs = _checks.positive_int(epochs, "epochs")
         if spe is None:
@@ -211,9 +170,9 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
         total = epochs * spe
     else:
         total = _checks.positive_int(steps, "steps")
-    steps_per_call = (spe if epochs is not None else min(total, 100)) if steps_per_call is None \
+    steps_per_call = (cast(int, spe) if epochs is not None else min(total, 100)) if steps_per_call is None \
         else _checks.positive_int(steps_per_call, "steps_per_call")
-    log_every = (spe if epochs is not None else steps_per_call) if log_every is None \
+    log_every = (cast(int, spe) if epochs is not None else steps_per_call) if log_every is None \
         else _checks.positive_int(log_every, "log_every")
     if key is None and not hasattr(state, "key"):
         raise TypeError("key must be given (a jax.random key for the source) when the state has no key of its own")
@@ -319,7 +278,7 @@ def loop(step: Callable, state: Any, source: Any, *, steps: int | None = None, e
         error = caught
         if not hasattr(caught, "state") and not isinstance(caught, KeyboardInterrupt):
             try:
-                caught.state, caught.history = run.state if run.state is not None else state, history
+                cast(Any, caught).state, cast(Any, caught).history = run.state if run.state is not None else state, history
                 caught.add_note(f"raised during jaxnets.train.loop at step {run.position - run.origin} of the run; "
                                 "error.state and error.history hold the last good state and its history")
             except (AttributeError, TypeError):  # an exception type that takes no attributes

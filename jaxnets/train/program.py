@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import optax
 
@@ -38,7 +39,7 @@ LAST = ("loss_scale",)
 SUM = ("skipped_steps",)
 
 
-def hyperparams(state: Any) -> dict:
+def hyperparams(state: Any) -> dict[str, Any]:
     """The scalar hyperparameters of every ``optax.inject_hyperparams`` state inside ``state``, by name.
 
     One optimizer's are named as optax names them (``learning_rate``); with
@@ -76,7 +77,7 @@ def _children(node: Any):
     if isinstance(node, dict):
         return list(node.items())
     if isinstance(node, tuple) and hasattr(node, "_fields"):
-        return [(f, getattr(node, f)) for f in node._fields]
+        return [(f, getattr(node, f)) for f in getattr(node, "_fields")]
     if isinstance(node, (list, tuple)):
         return list(enumerate(node))
     return []
@@ -88,8 +89,8 @@ def _finite_state(state: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves])) if leaves else jnp.bool_(True)
 
 
-def build(step: Callable, source: Any, *, length: int, max_count: int, watch: Sequence[str] | None = None,
-          check_finite: bool = True, freeze: bool = True, log_hyperparams: bool = True) -> Callable:
+def build(step: Callable[..., Any], source: Any, *, length: int, max_count: int, watch: Sequence[str] | None = None,
+          check_finite: bool = True, freeze: bool = True, log_hyperparams: bool = True) -> Callable[..., Any]:
     """The program of ``max_count`` segments of ``length`` steps of ``step`` over ``source`` (module docstring).
 
     Args:
@@ -178,7 +179,7 @@ def build(step: Callable, source: Any, *, length: int, max_count: int, watch: Se
     return program
 
 
-def row_values(sums: dict, lasts: dict, steps: int, prefix: str) -> dict:
+def row_values(sums: dict[str, Any], lasts: dict[str, Any], steps: int, prefix: str) -> dict[str, Any]:
     """A history row from a span's metric sums and last values: means (prefixed), ``SUM``s, ``LAST``s, hyperparameters."""
     row = {}
     for name, total in sums.items():

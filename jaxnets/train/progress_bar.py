@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -11,7 +12,8 @@ from jaxnets.train.callbacks import Callback, Progress
 __all__ = ["ProgressBar"]
 
 
-def describe(metrics: dict, skip=("step", "epoch", "time")) -> str:
+def describe(metrics: dict[str, Any], skip: tuple[str, ...] = ("step", "epoch", "time")) -> str:
+    """The metrics as ``name=value`` pairs (NaN and the ``skip`` columns left out)."""
     return " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in skip and not math.isnan(v))
 
 
@@ -30,10 +32,16 @@ class ProgressBar(Callback):
         for name, value in (("lines", lines), ("bar", bar), ("enabled", enabled)):
             if not isinstance(value, (bool, np.bool_, int, np.integer)) or value not in (0, 1):  # verbose=1 passes
                 raise TypeError(f"{name} must be True or False, got {value!r}")
+        self.lines: bool
+        self.enabled: bool
+        self.bar: Any  # a tqdm bar, or None
+        self.unit: str
         self.lines, self.enabled, self.bar, self.unit = bool(lines), bool(enabled), None, "step"
-        self.show_bar = bool(bar)
+        self.show_bar: bool = bool(bar)
+        self.scale: int
+        self.total: int
 
-    def on_start(self, run):
+    def on_start(self, run: Any) -> None:
         if not self.enabled:
             return None
         spe, epochs = run.steps_per_epoch, run.config["loop"].get("epochs")
@@ -50,7 +58,7 @@ class ProgressBar(Callback):
                         dynamic_ncols=True)
         return None
 
-    def __call__(self, progress: Progress):
+    def __call__(self, progress: Progress) -> None:
         if not self.enabled:
             return None
         done = progress.step // self.scale
@@ -62,7 +70,7 @@ class ProgressBar(Callback):
             print(f"{self.unit} {done:3d}/{self.total} {line}", flush=True)
         return None
 
-    def on_end(self, progress, error):
+    def on_end(self, progress: Progress | None, error: BaseException | None) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -18,7 +18,7 @@ param_sharding=r``
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 from jaxnets import distributed
 from jaxnets import precision as precision_module
@@ -30,10 +30,10 @@ __all__ = ["translate", "RETIRED", "register_checkpoint"]
 
 #: ``checkpoint_dir=`` builds its callback through this, which :mod:`jaxnets.checkpoint` registers when it is imported
 #: (``import jaxnets`` imports it): train/ itself never imports the checkpoint module, so no import circle forms.
-_CHECKPOINT: dict = {}
+_CHECKPOINT: dict[str, Any] = {}
 
 
-def register_checkpoint(factory) -> None:
+def register_checkpoint(factory: Callable[..., Any]) -> None:
     """Called by :mod:`jaxnets.checkpoint`: ``factory(directory, every=, keep=, best=)`` builds its callback."""
     _CHECKPOINT["factory"] = factory
 
@@ -45,13 +45,14 @@ def _warn(old: str, new: str) -> None:
     warnings.warn(f"fit({old}=...) is deprecated and will be removed in 0.3: use {new}", DeprecationWarning, stacklevel=4)
 
 
-def translate(retired: dict, *, data: Any, precision: Any, placement: Any, callbacks: Any, batch_size: int):
+def translate(retired: dict[str, Any], *, data: Any, precision: Any, placement: Any, callbacks: Any,
+              batch_size: int) -> tuple[Any, Any, Any, list[Any] | None]:
     """``(data, precision, placement, callbacks)`` with the retired keywords folded in; unknown keywords a TypeError."""
     unknown = sorted(set(retired) - set(RETIRED))
     if unknown:
         raise TypeError(f"fit() got unexpected keyword arguments {unknown}")
     callbacks = list(callbacks) if callbacks is not None else None
-    extra: list = []
+    extra: list[Any] = []
     if "train" in retired:
         _warn("train", "data=")
         data = retired.pop("train") if data is None else data

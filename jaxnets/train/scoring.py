@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import jax
 
@@ -12,15 +12,16 @@ import numpy as np
 from jaxnets import _checks, _inputs
 from jaxnets.train import sources as _sources
 from jaxnets.evaluation import batched_outputs, objective_means, score
+from jaxnets.layers import Layer
 from jaxnets.train.callbacks import Callback, Progress, check_every
 from jaxnets.train.state import eval_key
 
 __all__ = ["Evaluate", "evaluator"]
 
-_COMPILED: dict = {}
+_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
-def _jitted(fn: Callable) -> Callable:
+def _jitted(fn: Callable[..., Any]) -> Callable[..., Any]:
     try:
         if fn not in _COMPILED:
             _COMPILED[fn] = jax.jit(fn)
@@ -49,17 +50,20 @@ class Evaluate(Callback):
 
     order = -10
 
-    def __init__(self, fn: Callable[[Any, Any], dict], data: Any, *, every: Any = None, prefix: str = "test_"):
+    def __init__(self, fn: Callable[[Any, Any], dict[str, Any]], data: Any, *, every: Any = None, prefix: str = "test_"):
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(state, data) -> {{name: scalar}}, got {fn!r}")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str such as 'test_', got {prefix!r}")
+        self.fn: Callable[[Any, Any], dict[str, Any]]
+        self.every: Any
+        self.prefix: str
         self.fn, self.every, self.prefix = fn, check_every(every), prefix
         _sources._check_arrays(data, "data")
         sizes = [np.shape(a)[0] for a in jax.tree_util.tree_leaves(data) if np.ndim(a) >= 1]
         if sizes and max(sizes) == 0:
             raise ValueError(f"data is empty (0 examples): nothing to evaluate")
-        self.data = jax.tree_util.tree_map(jax.numpy.asarray, data) if data is not None else None
+        self.data: Any = jax.tree_util.tree_map(jax.numpy.asarray, data) if data is not None else None
         self._compiled = _jitted(fn)
 
     def __repr__(self) -> str:
@@ -70,7 +74,7 @@ class Evaluate(Callback):
         results = jax.device_get(self._compiled(progress.state, self.data))
         if not isinstance(results, dict):
             raise TypeError(f"Evaluate's fn must return a dict of scalars, got {type(results).__name__}")
-        values = {}
+        values: dict[str, float] = {}
         for name, value in results.items():
             if getattr(value, "shape", ()) != ():
                 raise ValueError(f"Evaluate's fn returned {name!r} of shape {value.shape}; it must return scalars")
@@ -79,8 +83,8 @@ class Evaluate(Callback):
         return None
 
 
-def evaluator(model: Any, loss: Callable | None = None, metrics: tuple = (), *, objective: Callable | None = None,
-              batch_size: int = 1024) -> Callable[[Any, Any], dict]:
+def evaluator(model: Layer, loss: Callable[..., Any] | None = None, metrics: tuple[tuple[str, Callable[..., Any]], ...] = (), *,
+              objective: Callable[..., Any] | None = None, batch_size: int = 1024) -> Callable[[Any, Any], dict[str, Any]]:
     """``fn(state, data) -> {name: mean}`` for :class:`Evaluate`: a model's loss and metrics, or an objective's means.
 
     With ``loss``: ``data = (x, y)``, the model in evaluation mode over
@@ -115,10 +119,11 @@ def _evaluator(model, loss, metrics, objective, batch_size):
         x, y = data
         outputs = batched_outputs(model, min(batch_size, _inputs.leading(x)), state.params, state.model_state, x,
                                   eval_key(state, 1))
-        return score(outputs, y, loss, resolved)
+        return score(outputs, y, cast(Callable[..., Any], loss), resolved)
 
     def with_objective(state, data):
-        return objective_means(objective, min(batch_size, _inputs.leading(data)), state.params, state.model_state, data,
+        return objective_means(cast(Callable[..., Any], objective), min(
+batch_size, _inputs.leading(data)), state.params, state.model_state, data,
                                eval_key(state, 1))
 
     fn = with_loss if loss is not None else with_objective

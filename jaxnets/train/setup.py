@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, cast
+
+import optax
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,7 @@ from jaxnets import _checks, _inputs
 from jaxnets import distributed
 from jaxnets import precision as precision_module
 from jaxnets.evaluation import normalized_objective, resolve_metrics
+from jaxnets.layers import Layer
 from jaxnets.train.epoch import steps_per_epoch
 from jaxnets.train.sources import ArraySource
 from jaxnets.train.state import (TrainState, check_finite_state, check_state_fits, check_state_for_model,
@@ -93,7 +96,7 @@ def split_data(data: Any, test: Any, pair: bool) -> tuple[Any, Any]:
     if hasattr(data, "x_train"):
         data = (data.x_train, data.y_train)
     if hasattr(test, "x_test"):  # a Dataset given as test: its held-out split
-        test = (test.x_test, test.y_test)
+        test = (cast(Any, test).x_test, cast(Any, test).y_test)
     if hasattr(data, "bind"):  # a stream: checked when bound
         return data, test
     if isinstance(data, list):
@@ -147,7 +150,7 @@ def check_targets(model: Any, state: Any, example: Any, test: Any) -> int | None
     return out.shape[-1] if integer and out.shape and out.shape[-1] > 0 else None
 
 
-def placed_step(step: Callable, placement: Any) -> Callable:
+def placed_step(step: Callable[..., Any], placement: Any) -> Callable[..., Any]:
     """``step`` on a batch constrained to the placement's data sharding, returning the state in its sharding."""
 
     def placed(state, batch):
@@ -170,8 +173,10 @@ def _cached(*options):
     return _build_step(*options)
 
 
-def cached_step(model, optimizer, *, loss=None, objective=None, metrics=(), gradient=None, transform=None,
-                placement=None) -> Callable:
+def cached_step(model: Layer | None, optimizer: optax.GradientTransformation, *, loss: Callable[..., Any] | None = None,
+                objective: Callable[..., Any] | None = None, metrics: Sequence[tuple[str, Callable[..., Any]]] = (),
+                gradient: Callable[..., Any] | None = None, transform: Callable[..., Any] | None = None,
+                placement: distributed.Placement | None = None) -> Callable[..., Any]:
     """The pure step of a ``fit`` configuration, the same object for the same one (so nothing recompiles)."""
     options = (model, optimizer, loss, objective, tuple(metrics), gradient, transform, placement)
     try:
@@ -180,7 +185,7 @@ def cached_step(model, optimizer, *, loss=None, objective=None, metrics=(), grad
         return _build_step(*options)
 
 
-def as_placement(placement: Any, batch_size: int) -> Any:
+def as_placement(placement: Any, batch_size: int) -> distributed.Placement | None:
     """``fit(placement=)``: a :class:`jaxnets.distributed.Placement`, or a mesh (or devices) made into one."""
     if placement is None or isinstance(placement, distributed.Placement):
         if placement is not None and not placement.members and batch_size % placement.size:
@@ -190,7 +195,9 @@ def as_placement(placement: Any, batch_size: int) -> Any:
     return distributed.placement(placement, batch_size=batch_size)
 
 
-def initial_state(model, optimizer, state, *, key, seed, input_shape, example, loss, precision, gradient) -> TrainState:
+def initial_state(model: Layer | None, optimizer: optax.GradientTransformation, state: TrainState | None, *,
+                  key: jax.Array | None, seed: int | None, input_shape: Sequence[int] | None, example: Any,
+                  loss: Callable[..., Any] | None, precision: Any, gradient: Callable[..., Any] | None) -> TrainState:
     """A fresh state, or a copy of the given one checked against the model, the optimizer and its precision."""
     if input_shape is None and isinstance(example, tuple) and isinstance(example[0], jax.Array):
         input_shape = (-1,) + tuple(example[0].shape[1:])
@@ -213,7 +220,7 @@ def initial_state(model, optimizer, state, *, key, seed, input_shape, example, l
     return state
 
 
-def resolve(metrics: Any, y: Any, loss: Any) -> tuple:
+def resolve(metrics: Any, y: Any, loss: Any) -> tuple[tuple[str, Callable[..., Any]], ...]:
     """``fit``'s metrics as ``((name, fn), ...)``: default accuracy for integer labels; only with a loss."""
     if loss is None:
         return ()

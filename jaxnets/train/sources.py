@@ -31,7 +31,7 @@ implements the same protocol for data beyond device memory.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -72,7 +72,7 @@ class Source:
         alike, so a later loop reuses the program. None (the default) compiles anew for every loop."""
         return None
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """What a checkpoint records of this source, compared when a run resumes."""
         return {"kind": type(self).__name__}
 
@@ -139,21 +139,23 @@ class ArraySource(Source):
         device; :class:`jaxnets.distributed.Placement` replicates it on a mesh).
     """
 
-    def __init__(self, data: Any, batch_size: int, *, drop_last: bool = False, place: Callable | None = None,
+    def __init__(self, data: Any, batch_size: int, *, drop_last: bool = False, place: Callable[[Any], Any] | None = None,
                  name: str = "data"):
         if not isinstance(name, str):
             raise TypeError(f"name must be a str (how messages name the data), got {name!r}")
         data, n = _inputs.check_data(data, name, pair=False)
-        self.batch_size = _checks.positive_int(batch_size, "batch_size")
+        self.batch_size: int = _checks.positive_int(batch_size, "batch_size")
         if not isinstance(drop_last, bool):
             raise TypeError(f"drop_last must be a bool, got {drop_last!r}")
+        self.num_examples: int
+        self.drop_last: bool
         self.num_examples, self.drop_last = n, drop_last
         if place is not None and not callable(place):
             raise TypeError(f"place must be callable as place(tree) -> tree (a jaxnets.distributed.Placement's data), "
                             f"got {place!r}")
-        self.steps_per_epoch = steps_per_epoch(n, self.batch_size, drop_last)
+        self.steps_per_epoch: int | None = steps_per_epoch(n, self.batch_size, drop_last)
         device = (lambda tree: jax.tree_util.tree_map(jnp.asarray, tree)) if place is None else place
-        self.data = device(data)
+        self.data: Any = device(data)
         self._fingerprint: str | None = None
 
     def __repr__(self) -> str:
@@ -161,21 +163,23 @@ class ArraySource(Source):
         return (f"ArraySource({self.num_examples} examples of {shapes}, batch_size={self.batch_size}, "
                 f"{self.steps_per_epoch} steps per epoch{', drop_last' if self.drop_last else ''})")
 
-    def signature(self) -> tuple:
+    def signature(self) -> tuple[Any, ...]:
         """What the compiled program depends on (the data are an argument): reused by every source alike."""
         return ("arrays", self.num_examples, self.batch_size, self.drop_last)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
+        """The kind, sizes and a fingerprint of the data (:meth:`Source.describe`)."""
         if self._fingerprint is None:
             self._fingerprint = fingerprint(self.data)
         return {"kind": "arrays", "num_examples": self.num_examples, "batch_size": self.batch_size,
                 "drop_last": self.drop_last, "fingerprint": self._fingerprint}
 
-    def _epoch(self, key, start):
+    def _epoch(self, key: jax.Array, start: jax.Array) -> jax.Array:
         return epoch_indices(_Position(key, start), self.num_examples, self.batch_size, drop_last=self.drop_last)
 
-    def inputs(self, data, feed, key, position, origin, length):
-        spe = self.steps_per_epoch
+    def inputs(self, data: Any, feed: Any, key: jax.Array, position: jax.Array, origin: jax.Array, length: int) -> jax.Array:
+        """The example indices of each step of the call, ``(length, batch_size)`` (:meth:`Source.inputs`)."""
+        spe = cast(int, self.steps_per_epoch)  # an array source always has epochs
 
         def row(carry, t):  # any window of steps: the epoch's order recomputed when the epoch changes
             epoch, order = carry
@@ -193,7 +197,8 @@ class ArraySource(Source):
         # a whole epoch starting on an epoch's first step (the loop's epochs always do): one order, one sort
         return jax.lax.cond((position - origin) % spe == 0, lambda: self._epoch(key, position), window)
 
-    def batch(self, data, x):
+    def batch(self, data: Any, x: jax.Array) -> Any:
+        """The examples ``x`` (indices) of ``data`` (:meth:`Source.batch`)."""
         return _inputs.take(data, x)
 
 
@@ -218,35 +223,43 @@ class Sampler(Source):
         source = train.Sampler(windows, data=corpus)
     """
 
-    def __init__(self, fn: Callable, *, data: Any = None, steps_per_epoch: int | None = None, name: str | None = None):
+    def __init__(self, fn: Callable[..., Any], *, data: Any = None, steps_per_epoch: int | None = None,
+                 name: str | None = None):
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(key, step) -> batch (or fn(key, step, data)), got {fn!r}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str (how checkpoints name the sampler), got {name!r}")
         _check_arrays(data, "data")
+        self.fn: Callable[..., Any]
+        self.data: Any
         self.fn, self.data = fn, (None if data is None else jax.tree_util.tree_map(jnp.asarray, data))
-        self.takes_data = data is not None
-        self.steps_per_epoch = None if steps_per_epoch is None else _checks.positive_int(steps_per_epoch,
+        self.takes_data: bool = data is not None
+        self.steps_per_epoch: int | None = None if steps_per_epoch is None else _checks.positive_int(steps_per_epoch,
                                                                                         "steps_per_epoch")
-        self.name = name or getattr(fn, "__name__", type(fn).__name__)
-        self._fingerprint = None
+        self.name: str = name or getattr(fn, "__name__", type(fn).__name__)
+        self._fingerprint: str | None = None
 
     def __repr__(self) -> str:
         return f"Sampler({self.name})"
 
-    def signature(self) -> tuple:
+    def signature(self) -> tuple[Any, ...]:
+        """The sampling function and its options (:meth:`Source.signature`)."""
         return ("sampler", self.fn, self.steps_per_epoch, self.takes_data)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
+        """The kind, the function's name and a fingerprint of the data (:meth:`Source.describe`)."""
         if self._fingerprint is None and self.data is not None:
             self._fingerprint = fingerprint(self.data)
         return {"kind": "sampler", "fn": self.name, "fingerprint": self._fingerprint}
 
-    def inputs(self, data, feed, key, position, origin, length):
+    def inputs(self, data: Any, feed: Any, key: jax.Array, position: jax.Array, origin: jax.Array,
+               length: int) -> dict[str, jax.Array]:
+        """Each step's key and counter, ``{"key": (length,), "step": (length,)}`` (:meth:`Source.inputs`)."""
         steps = position + jnp.arange(length, dtype=jnp.int32)
         return {"key": jax.vmap(lambda t: jax.random.fold_in(jax.random.fold_in(key, t), 1))(steps), "step": steps}
 
-    def batch(self, data, x):
+    def batch(self, data: Any, x: dict[str, jax.Array]) -> Any:
+        """``fn(key, step)`` (or ``fn(key, step, data)``) for one step's slice ``x`` (:meth:`Source.batch`)."""
         if not self.takes_data:
             return self.fn(x["key"], x["step"])
         return self.fn(x["key"], x["step"], data)

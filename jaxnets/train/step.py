@@ -27,7 +27,7 @@ wraps any step with an exponential moving average of its params.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,7 @@ import optax
 from jaxnets import _checks, _inputs
 from jaxnets import precision as precision_module
 from jaxnets.evaluation import normalized_objective, resolve_metrics
+from jaxnets.precision import LossScaleState
 from jaxnets.layers import Layer
 from jaxnets.train.state import TrainState, check_state_fits, model_key
 
@@ -45,7 +46,7 @@ __all__ = ["objective_from_loss", "default_gradient", "make_step", "make_train_s
 Metrics = Mapping[str, "Callable[[Any, Any], jax.Array] | str"]
 
 
-def objective_from_loss(model: Layer, loss: Callable[[Any, Any], jax.Array], *, metrics: Metrics | None = None) -> Callable:
+def objective_from_loss(model: Layer, loss: Callable[[Any, Any], jax.Array], *, metrics: Metrics | None = None) -> Callable[..., Any]:
     """The objective of the common case: ``(params, (x, y), key, model_state) -> (loss(model(x), y), aux)``.
 
     The model runs in training mode with ``key``; ``aux`` holds the new
@@ -66,7 +67,8 @@ def objective_from_loss(model: Layer, loss: Callable[[Any, Any], jax.Array], *, 
     return objective
 
 
-def default_gradient(objective: Callable, params: Any, batch: Any, key: jax.Array, model_state: Any):
+def default_gradient(objective: Callable[..., Any], params: Any, batch: Any, key: jax.Array,
+                     model_state: Any) -> tuple[tuple[jax.Array, Any], Any]:
     """``((loss, aux), grads)`` by ``jax.value_and_grad``: the gradient step of :func:`make_step` unless replaced.
 
     A replacement has this signature (e.g.
@@ -91,7 +93,7 @@ _DPSGD_MSG = ("optimizer {name} expects per-example gradients (leaves with a lea
               "noise_multiplier)")
 
 
-def check_gradient_fits(opt_state: Any, gradient: Callable) -> None:
+def check_gradient_fits(opt_state: Any, gradient: Callable[..., Any]) -> None:
     """``optax.contrib.dpsgd`` (which takes per-example gradients) with a batch gradient fails here, not silently."""
     nodes = jax.tree_util.tree_leaves(opt_state, is_leaf=lambda n: type(n).__name__ == "DifferentiallyPrivateAggregateState")
     wants_per_example = any(type(n).__name__ == "DifferentiallyPrivateAggregateState" for n in nodes)
@@ -103,13 +105,13 @@ def check_gradient_fits(opt_state: Any, gradient: Callable) -> None:
 
 
 def make_step(
-    objective: Callable,
+    objective: Callable[..., Any],
     optimizer: optax.GradientTransformation,
     *,
-    gradient: Callable | None = None,
-    transform: Callable | None = None,
+    gradient: Callable[..., Any] | None = None,
+    transform: Callable[..., Any] | None = None,
     jit: bool = True,
-) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, Any]]]:
     """The general training step ``(state, batch) -> (state, metrics)``.
 
     ``k = fold_in(state.key, 2 state.step)``; with a ``transform``,
@@ -147,7 +149,7 @@ def make_step(
         raise TypeError(f"transform must be callable as transform(key, batch) -> batch, got {transform!r}")
     jit = _checks.boolean(jit, "jit")
 
-    def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Any]]:
         if not all(hasattr(state, f) for f in TrainState._fields):
             raise TypeError(f"state must be a TrainState (params, opt_state, model_state, step, key), got "
                             f"{type(state).__name__}")
@@ -174,8 +176,8 @@ def make_step(
         model_state = aux.pop("model_state", state.model_state)
         metrics = {"loss": value, **aux}  # non-scalar entries pass through (a composed step takes them out)
         if scale is not None:  # counted per epoch by scan_epoch (SCALE_METRICS)
-            metrics["skipped_steps"] = (opt_state.skipped - state.opt_state.skipped).astype(value.dtype)
-            metrics["loss_scale"] = opt_state.scale
+            metrics["skipped_steps"] = (cast(LossScaleState, opt_state).skipped - state.opt_state.skipped).astype(value.dtype)
+            metrics["loss_scale"] = cast(LossScaleState, opt_state).scale
         return TrainState(params, opt_state, model_state, state.step + 1, state.key), metrics
 
     return donating_jit(step) if jit else step
@@ -195,7 +197,7 @@ def _check_updates(updates: Any, params: Any) -> None:
                              f"(learning_rate=jnp.ones(3))? Hyperparameters must be scalars")
 
 
-def donating_jit(fn: Callable) -> Callable:
+def donating_jit(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``jax.jit(fn, donate_argnums=0)`` whose donated state, if used again, gets a clear error, not XLA's."""
     if not callable(fn):
         raise TypeError(f"fn must be callable as fn(state, *args) -> (state, ...), got {fn!r}")
@@ -210,7 +212,7 @@ def donating_jit(fn: Callable) -> Callable:
                 raise ValueError(_inputs.DONATED_MSG.format(name="state")) from error
             raise
 
-    call.lower = compiled.lower
+    cast(Any, call).lower = compiled.lower
     return call
 
 
@@ -221,7 +223,7 @@ def make_train_step(
     *,
     metrics: Metrics | None = None,
     jit: bool = True,
-) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
+) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict[str, Any]]]:
     """The training step of the common case, ``(state, x, y) -> (state, metrics)``.
 
     :func:`make_step` of :func:`objective_from_loss`. With the default
@@ -241,7 +243,7 @@ def make_train_step(
     general = make_step(objective_from_loss(model, loss, metrics=metrics), optimizer, jit=False)
     jit = _checks.boolean(jit, "jit")
 
-    def step(state: TrainState, x: Any, y: Any) -> tuple[TrainState, dict]:
+    def step(state: TrainState, x: Any, y: Any) -> tuple[TrainState, dict[str, Any]]:
         return general(state, (x, y))
 
     return donating_jit(step) if jit else step

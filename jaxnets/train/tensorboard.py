@@ -29,12 +29,17 @@ class TensorBoard(Callback):
     def __init__(self, logdir: Any, *, enabled: bool = True):
         if isinstance(logdir, bool) or not isinstance(logdir, (str, os.PathLike)):
             raise TypeError(f"logdir must be a path, got {type(logdir).__name__} {logdir!r}")
+        self.logdir: str
+        self.enabled: bool
+        self.writer: Any  # a tensorboardX SummaryWriter once started, else None
+        self.written: int
+        self.origin: int
         self.logdir, self.enabled, self.writer, self.written = os.fspath(logdir), _checks.boolean(enabled, "enabled"), None, 0
 
     def __repr__(self) -> str:
         return f"TensorBoard({self.logdir!r})"
 
-    def on_start(self, run):
+    def on_start(self, run: Any) -> None:
         if not self.enabled:
             return None
         try:
@@ -63,7 +68,7 @@ class TensorBoard(Callback):
         self.writer.flush()
         return None
 
-    def on_end(self, progress, error):
+    def on_end(self, progress: Progress, error: BaseException | None) -> None:
         if self.writer is not None:
             self(progress)
             self.writer.close()
