@@ -18,6 +18,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",  # Google-style Args/Returns/Raises sections
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 bundled into _static/mathjax: formulas render with no network
     "sphinx.ext.viewcode",
     "sphinx_togglebutton",  # folds the lessons' solutions (admonitions with :class: dropdown)
 ]
@@ -41,3 +42,7 @@ html_theme_options = {"show_toc_level": 2, "use_download_button": False}
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
 napoleon_use_ivar = True
+
+# The bundled MathJax (sphinx-mathjax-offline copies it into _static/mathjax when the build finishes);
+# Sphinx's default is a CDN address, which a reader without a network cannot load.
+mathjax_path = "mathjax/tex-chtml.js"
