@@ -77,7 +77,7 @@ def site(tmp_path_factory):
 def test_site_builds_without_warnings(site):
     api = (site / "api" / "layers.html").read_text()
     assert "define_layer" in api and "Dense" in api, "the API reference lacks the layers' docstrings"
-    for page in ("index.html", "guides/custom_layers.html", "lessons/06_backprop_by_hand.html"):
+    for page in ("index.html", "guides/custom_layers.html", "lessons/07_backprop_by_hand.html"):
         assert (site / page).stat().st_size > 5000, f"{page} is nearly empty"
 
 
@@ -104,7 +104,7 @@ def test_site_loads_nothing_from_another_host(site):
                 problems.append(f"{sheet.relative_to(site)}: url {address}")
     assert not problems, "the site reaches other hosts (it must render offline):\n" + "\n".join(problems[:40])
     # the formulas' renderer is the bundled MathJax, and its fonts are there beside it
-    lesson = (site / "lessons" / "10_optimizers.html").read_text(encoding="utf-8")
+    lesson = (site / "lessons" / "11_optimizers.html").read_text(encoding="utf-8")
     assert re.search(r'<script[^>]*src="[./]*_static/mathjax/tex-chtml\.js', lesson), "no bundled MathJax on a lesson"
     assert any((site / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff")), (
         "MathJax's fonts are not bundled")
