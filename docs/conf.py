@@ -6,7 +6,12 @@ Build (warnings are errors, as in the tests):
     python -m sphinx -W --keep-going -b html docs docs/_build/html
 """
 
+import pathlib
+import sys
+
 import jaxnets
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "_ext"))
 
 project = "jaxnets"
 author = "the jaxnets developers"
@@ -21,11 +26,12 @@ extensions = [
     "sphinx-mathjax-offline",  # MathJax 3 bundled into _static/mathjax: formulas render with no network
     "sphinx.ext.viewcode",
     "sphinx_togglebutton",  # folds the lessons' solutions (admonitions with :class: dropdown)
+    "lesson_pages",  # _ext/lesson_pages.py: a notebook per lesson, from the checked page; test markers hidden
 ]
 
 source_suffix = {".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "lessons/notebooks"]
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 myst_heading_anchors = 3
 

@@ -120,3 +120,27 @@ def test_the_offline_check_sees_remote_loads():
         "https://cdn.jsdelivr.net/npm/mathjax@4/tex-mml-chtml.js", "//fonts.example.org/css", "https://example.org/a.css"]
     assert [m["url"] or m["imported"] for m in CSS_URL.finditer("@font-face{src:url('https://x.org/f.woff2')}")] == [
         "https://x.org/f.woff2"]
+
+
+@pytest.mark.slow
+def test_every_lesson_has_its_notebook_with_the_pages_code(site):
+    import json
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import doc_pages
+
+    lessons = sorted((ROOT / "docs" / "lessons").glob("[0-9]*.md"))
+    assert len(lessons) >= 14
+    for lesson in lessons:
+        page = (site / "lessons" / f"{lesson.stem}.html").read_text(encoding="utf-8")
+        link = re.search(rf'href="(?P<href>[^"]*/{lesson.stem}\.ipynb)"', page)
+        assert link, f"{lesson.name}: the page links no notebook"
+        built = site / "lessons" / link["href"]
+        assert built.is_file(), f"{lesson.name}: the notebook {link['href']} is not in the build"
+        cells = json.loads(built.read_text(encoding="utf-8"))["cells"]
+        code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+        assert code == [b.code.rstrip("\n") for b in doc_pages.blocks(lesson.read_text())], (
+            f"{lesson.name}: the notebook's code cells differ from the page's python blocks")
+        # the tests' output markers are hidden from readers (the shown outputs stay)
+        assert not re.search(r'#\s*output\s*(\((rtol|atol)|</span>|\n)', page), (
+            f"{lesson.name}: a test marker '# output ...' shows in the built page")
