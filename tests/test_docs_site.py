@@ -144,3 +144,16 @@ def test_every_lesson_has_its_notebook_with_the_pages_code(site):
         # the tests' output markers are hidden from readers (the shown outputs stay)
         assert not re.search(r'#\s*output\s*(\((rtol|atol)|</span>|\n)', page), (
             f"{lesson.name}: a test marker '# output ...' shows in the built page")
+
+
+@pytest.mark.slow
+def test_sources_are_shown_not_downloaded_and_the_landing_page_links_the_reference(site):
+    downloads = sorted(str(p.relative_to(site)) for p in (site / "_downloads").rglob("*.py"))
+    assert not downloads, f"links to the package's files download them instead of showing them: {downloads}"
+    lesson = (site / "lessons" / "07_backprop_by_hand.html").read_text(encoding="utf-8")
+    assert 'href="../source_code/jaxnets/backprop.html"' in lesson
+    shown = (site / "source_code" / "jaxnets" / "backprop.html").read_text(encoding="utf-8")
+    assert "def value_and_grad" in re.sub(r"<[^>]+>", "", shown), "the source page does not show the source"
+    index = (site / "index.html").read_text(encoding="utf-8")
+    for target in ("api/index.html", "prerequisites.html", "glossary.html"):
+        assert f'href="{target}' in index, f"the landing page does not link {target}"

@@ -7,6 +7,10 @@
   ``tests/test_docs.py`` runs and can never drift from it
   (``tests/test_docs_site.py`` compares them). Each lesson page links its
   notebook under its title.
+* A link from a page to a file of the package (``[...](../../jaxnets/x.py)``)
+  would make Sphinx copy the file as a download; it goes to a generated page
+  that shows the file highlighted, with line numbers, instead
+  (``docs/source_code/jaxnets/x.md``, not in git).
 * A shown output opens with ``# output`` or ``# output (rtol=..., atol=...)``,
   the marker the tests read (``tests/doc_pages.py``). Readers see the block
   without the marker, styled as output (``.output`` in ``_static/custom.css``).
@@ -15,6 +19,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import sys
@@ -26,6 +31,9 @@ sys.path.insert(0, str(DOCS.parent / "tests"))
 import doc_pages  # noqa: E402  (tests/doc_pages.py: the pages' conventions)
 
 NOTEBOOKS = DOCS / "lessons" / "notebooks"
+SOURCE_PAGES = DOCS / "source_code"
+PACKAGE = DOCS.parent / "jaxnets"
+SOURCE_LINK = re.compile(r"\]\((?P<path>(?:\.\./)+jaxnets/[\w/]+\.py)\)")
 OUTPUT_BLOCK = re.compile(r"^(?P<fence>`{3,})text[ \t]*\n[ \t]*#\s*output\b[^\n]*\n", re.MULTILINE)
 TITLE = re.compile(r"^# .*\n", re.MULTILINE)
 
@@ -70,8 +78,34 @@ def write_notebooks(app) -> None:
             target.write_text(content, encoding="utf-8")
 
 
+def write_source_pages(app) -> None:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        target = SOURCE_PAGES / path.relative_to(DOCS.parent).with_suffix(".md")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        include = os.path.relpath(path, target.parent)
+        name = path.relative_to(DOCS.parent).as_posix()
+        content = (f"---\norphan: true\n---\n\n# `{name}`\n\n```{{literalinclude}} {include}\n"
+                   f":language: python\n:linenos:\n```\n")
+        if not target.is_file() or target.read_text(encoding="utf-8") != content:
+            target.write_text(content, encoding="utf-8")
+
+
+def source_links(docname: str, text: str) -> str:
+    """Links to the package's files, pointed at their highlighted pages."""
+    here = (DOCS / docname).parent
+
+    def to_page(match):
+        file = (here / match["path"]).resolve()
+        if not file.is_file():
+            return match.group(0)
+        page = SOURCE_PAGES / file.relative_to(DOCS.parent).with_suffix(".md")
+        return f"]({os.path.relpath(page, here)})"
+
+    return SOURCE_LINK.sub(to_page, text)
+
+
 def rewrite_source(app, docname: str, source: list[str]) -> None:
-    text = for_readers(source[0])
+    text = source_links(docname, for_readers(source[0]))
     if docname.startswith("lessons/") and (NOTEBOOKS / f"{docname.split('/')[-1]}.ipynb").is_file():
         stem = docname.split("/")[-1]
         link = (f"\n{{download}}`Download this lesson as a notebook <notebooks/{stem}.ipynb>` "
@@ -84,5 +118,6 @@ def rewrite_source(app, docname: str, source: list[str]) -> None:
 
 def setup(app):
     app.connect("builder-inited", write_notebooks)
+    app.connect("builder-inited", write_source_pages)
     app.connect("source-read", rewrite_source)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
