@@ -109,7 +109,7 @@ def rewrite_source(app, docname: str, source: list[str]) -> None:
     if docname.startswith("lessons/") and (NOTEBOOKS / f"{docname.split('/')[-1]}.ipynb").is_file():
         stem = docname.split("/")[-1]
         link = (f"\n{{download}}`Download this lesson as a notebook <notebooks/{stem}.ipynb>` "
-                f"(the page's code, cell by cell; run it beside a `figures/` folder).\n\n")
+                f"(the page's code, cell by cell).\n\n")
         title = TITLE.search(text)
         if title:
             text = text[:title.end()] + link + text[title.end():]
