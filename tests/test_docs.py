@@ -74,3 +74,9 @@ def test_lesson_code_fits_the_column(page):
     wide = [(block.line + 1 + i, len(line)) for block in doc_pages.blocks(page.read_text())
             for i, line in enumerate(block.code.splitlines()) if len(line) > COLUMN]
     assert not wide, f"{page.name}: code lines wider than {COLUMN} characters (line, width): {wide}"
+
+
+def test_every_print_shows_its_output():
+    missing = [f"{page.relative_to(ROOT)}:{block.line}" for page in PAGES for block in doc_pages.blocks(page.read_text())
+               if re.search(r"\bprint\(", block.code) and block.expected is None]
+    assert not missing, f"python blocks that print but show no '# output' block after them: {missing}"
