@@ -14,7 +14,7 @@ example, add Gaussian noise) in the form ``jaxnets.fit(..., gradient=...)``
 takes, and :func:`stacked_gradient` hands the raw per-example gradients to
 an optimizer that aggregates them itself (``optax.contrib.dpsgd``).
 
-Example (one step of DP-SGD without the noise; ``docs/lessons/11_the_training_engine.md`` trains with it)::
+Example (one step of DP-SGD without the noise; ``docs/lessons/13_the_training_engine.md`` trains with it)::
 
     g = per_example.grads(model, loss, params, x, y)       # leaves (B, *param_shape)
     g = per_example.clip(g, max_norm=1.0)                  # each example's global norm <= 1

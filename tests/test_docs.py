@@ -15,8 +15,9 @@ import pytest
 import doc_pages
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PAGES = sorted((ROOT / "docs").rglob("*.md"))
-LESSONS = sorted((ROOT / "docs" / "lessons").glob("*.md"))
+# the docs' own pages (the site build generates highlighted source pages under docs/source_code: not pages to run)
+PAGES = sorted(p for p in (ROOT / "docs").rglob("*.md") if not {"source_code", "_build"} & set(p.parts))
+LESSONS = sorted((ROOT / "docs" / "lessons").glob("[0-9]*.md"))
 
 STANDARD_PROMOTION_REASON = "lessons call optax, whose bias correction mixes int32 and float"
 
@@ -63,3 +64,19 @@ def test_output_blocks_are_compared():
     (block,) = doc_pages.blocks(page)
     assert block.expected.strip() == "0.33" and block.rtol == 0.01
     doc_pages.compare_output(block.expected, "0.3333333333333333\n", block.rtol, block.atol)
+
+
+COLUMN = 88  # characters of code that fit the lessons' column at 1280 px (docs/_static/custom.css)
+
+
+@pytest.mark.parametrize("page", LESSONS, ids=[p.name for p in LESSONS])
+def test_lesson_code_fits_the_column(page):
+    wide = [(block.line + 1 + i, len(line)) for block in doc_pages.blocks(page.read_text())
+            for i, line in enumerate(block.code.splitlines()) if len(line) > COLUMN]
+    assert not wide, f"{page.name}: code lines wider than {COLUMN} characters (line, width): {wide}"
+
+
+def test_every_print_shows_its_output():
+    missing = [f"{page.relative_to(ROOT)}:{block.line}" for page in PAGES for block in doc_pages.blocks(page.read_text())
+               if re.search(r"\bprint\(", block.code) and block.expected is None]
+    assert not missing, f"python blocks that print but show no '# output' block after them: {missing}"
