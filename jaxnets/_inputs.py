@@ -168,3 +168,30 @@ def check_labels(y, out_shape, name: str) -> None:
     """Integer labels outside ``[0, classes)`` of a model with ``out_shape[-1]`` outputs fail here."""
     if np.issubdtype(np.dtype(y.dtype), np.integer) and out_shape and out_shape[-1] != -1:
         _checks.labels_in_range(y, out_shape[-1], f"{name} labels")
+
+
+def check_floating_leaves(tree: Any, name: str, *, empty: str, why: str) -> None:
+    """Every leaf of ``tree`` a floating (or complex) array, named by its path under ``name``; none at all: ``empty``."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not leaves:
+        raise ValueError(empty)
+    for path, leaf in leaves:
+        where = f"{name}{jax.tree_util.keystr(path)}"
+        if not isinstance(leaf, (jax.Array, np.ndarray, jax.core.Tracer)):
+            raise TypeError(f"{where} must be an array, got {type(leaf).__name__} {leaf!r:.40}")
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise TypeError(f"{where} must have a floating {why}, got {np.dtype(leaf.dtype).name}")
+
+
+def check_arrays(tree: Any, name: str) -> None:
+    """Every leaf of ``tree`` an array or a real number (what travels to the device as data)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, (jax.Array, np.ndarray)):
+            if not (np.issubdtype(np.dtype(leaf.dtype), np.number) or np.dtype(leaf.dtype) == np.bool_
+                    or np.dtype(leaf.dtype).name == "bfloat16"):
+                raise TypeError(f"{name}{jax.tree_util.keystr(path)} must hold numbers, got dtype {leaf.dtype}")
+        elif isinstance(leaf, (bool, int, float, np.number, np.bool_)):
+            continue
+        else:
+            raise TypeError(f"{name}{jax.tree_util.keystr(path)} must be an array (a pytree of arrays), got "
+                            f"{type(leaf).__name__} {leaf!r:.40}")

@@ -9,7 +9,7 @@ import jax.core
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnets import _checks
+from jaxnets import _checks, _inputs
 
 __all__ = ["EmaState", "ema_state", "with_ema"]
 
@@ -40,16 +40,8 @@ def ema_state(state: Any, of: Callable[[Any], Any] = _params) -> EmaState:
         raise TypeError(f"state must have params (a TrainState), or pass of= to pick what is averaged, got "
                         f"{type(state).__name__}")
     averaged = of(state)
-    leaves = jax.tree_util.tree_flatten_with_path(averaged)[0]
-    if not leaves:
-        raise ValueError("of(state) holds no arrays to average")
-    for path, leaf in leaves:
-        where = f"of(state){jax.tree_util.keystr(path)}"
-        if not isinstance(leaf, (jax.Array, np.ndarray, jax.core.Tracer)):
-            raise TypeError(f"{where} must be an array, got {type(leaf).__name__} {leaf!r:.40}")
-        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            raise TypeError(f"{where} must have a floating dtype (a moving average of integers would be truncated), "
-                            f"got {np.dtype(leaf.dtype).name}")
+    _inputs.check_floating_leaves(averaged, "of(state)", empty="of(state) holds no arrays to average",
+                                  why="dtype (a moving average of integers would be truncated)")
     return EmaState(state, jax.tree_util.tree_map(jnp.array, averaged))
 
 

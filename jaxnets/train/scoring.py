@@ -10,7 +10,6 @@ import jax
 import numpy as np
 
 from jaxnets import _checks, _inputs
-from jaxnets.train import sources as _sources
 from jaxnets.evaluation import batched_outputs, objective_means, score
 from jaxnets.layers import Layer
 from jaxnets.train.callbacks import Callback, Progress, check_every
@@ -59,7 +58,7 @@ class Evaluate(Callback):
         self.every: Any
         self.prefix: str
         self.fn, self.every, self.prefix = fn, check_every(every), prefix
-        _sources._check_arrays(data, "data")
+        _inputs.check_arrays(data, "data")
         sizes = [np.shape(a)[0] for a in jax.tree_util.tree_leaves(data) if np.ndim(a) >= 1]
         if sizes and max(sizes) == 0:
             raise ValueError(f"data is empty (0 examples): nothing to evaluate")

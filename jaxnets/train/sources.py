@@ -99,20 +99,6 @@ def fingerprint(tree: Any) -> str:
     return digest.hexdigest()
 
 
-def _check_arrays(tree: Any, name: str) -> None:
-    """Every leaf of ``tree`` an array or a real number (what travels to the device as data)."""
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if isinstance(leaf, (jax.Array, np.ndarray)):
-            if not (np.issubdtype(np.dtype(leaf.dtype), np.number) or np.dtype(leaf.dtype) == np.bool_
-                    or np.dtype(leaf.dtype).name == "bfloat16"):
-                raise TypeError(f"{name}{jax.tree_util.keystr(path)} must hold numbers, got dtype {leaf.dtype}")
-        elif isinstance(leaf, (bool, int, float, np.number, np.bool_)):
-            continue
-        else:
-            raise TypeError(f"{name}{jax.tree_util.keystr(path)} must be an array (a pytree of arrays), got "
-                            f"{type(leaf).__name__} {leaf!r:.40}")
-
-
 class _Position(NamedTuple):
     """What :func:`jaxnets.train.epoch_indices` reads of a state: its key and its step counter."""
 
@@ -229,7 +215,7 @@ class Sampler(Source):
             raise TypeError(f"fn must be callable as fn(key, step) -> batch (or fn(key, step, data)), got {fn!r}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str (how checkpoints name the sampler), got {name!r}")
-        _check_arrays(data, "data")
+        _inputs.check_arrays(data, "data")
         self.fn: Callable[..., Any]
         self.data: Any
         self.fn, self.data = fn, (None if data is None else jax.tree_util.tree_map(jnp.asarray, data))

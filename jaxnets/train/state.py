@@ -94,15 +94,8 @@ def init_train_state(
 
 def _check_params(params: Any) -> None:
     """Params must be arrays of floating (or complex) numbers: ``jax.grad`` differentiates nothing else."""
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    if not leaves:
-        raise ValueError("params holds no arrays (give the model's params, e.g. model.init(key, shape)[1])")
-    for path, leaf in leaves:
-        where = f"params{jax.tree_util.keystr(path)}"
-        if not isinstance(leaf, (jax.Array, np.ndarray, jax.core.Tracer)):
-            raise TypeError(f"{where} must be an array, got {type(leaf).__name__} {leaf!r:.40}")
-        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            raise TypeError(f"{where} must have a floating (or complex) dtype to be trained, got {np.dtype(leaf.dtype).name}")
+    _inputs.check_floating_leaves(params, "params", why="(or complex) dtype to be trained",
+                                  empty="params holds no arrays (give the model's params, e.g. model.init(key, shape)[1])")
 
 
 def _check_counter(state: Any, what: str) -> None:
