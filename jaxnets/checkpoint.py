@@ -490,6 +490,12 @@ class Checkpoint(Callback):
             raise ValueError(f"resume must be 'latest', 'best' or None (a fresh run), got {resume!r}")
         if (save == "improved" or resume == "best") and best is None and not isinstance(directory, Checkpoints):
             raise ValueError(f"save={save!r}, resume={resume!r} need best= (a history name such as 'test_loss')")
+        if (save == "improved" or resume == "best") and isinstance(directory, Checkpoints) and directory.best is None:
+            raise ValueError(f"save={save!r}, resume={resume!r} need a best metric, but the Checkpoints folder "
+                             f"{directory.directory} was opened without one: open it as Checkpoints(..., best='test_loss')")
+        if isinstance(directory, Checkpoints) and best is not None and best != directory.best:
+            raise ValueError(f"best={best!r} differs from the Checkpoints folder's own best={directory.best!r}: "
+                             f"the folder's options are its own; give best= to Checkpoints(...) only")
         if not isinstance(directory, Checkpoints):  # the folder's own options, checked now (the folder opens at the start)
             _check_options(keep, best, best_mode, async_save)
         check_every(every)

@@ -170,7 +170,8 @@ def _errors(g, ref) -> tuple[float, float]:
 
 
 def _scalar_loss(loss_fn, params, args):
-    value = loss_fn(params, *args)
+    """The loss's output shape, traced abstractly (nothing runs: a model's loss is not run op by op)."""
+    value = jax.eval_shape(loss_fn, params, *args)
     shape = getattr(value, "shape", None)
     if shape != ():
         raise ValueError(f"loss_fn must return a scalar, got {'shape ' + str(shape) if shape is not None else type(value).__name__}")
@@ -343,14 +344,21 @@ def check_grads(
     fd_methods: dict[str, str] = {}
     x64_before = cast(Any, jax.config).jax_enable_x64  # a flag jax.config sets as an attribute
 
+    # Compiled once per dtype: both gradients in one program, and jax.grad's alone for the float64 truth at a
+    # rounded point; the float64 results are kept for the finite-difference columns (no second compilation).
+    both = jax.jit(lambda p, *a: (jax.grad(loss_fn)(p, *a), grad_fn(p, *a)))
+    reference = jax.jit(jax.grad(loss_fn))
+    float64_grads: tuple[Any, Any] | None = None
     with jax.default_matmul_precision("highest"):
         for dtype_name in dtypes:
             dtype = jnp.dtype(dtype_name)
             with jax.enable_x64(dtype == jnp.float64 or x64_before):
                 p, a = _cast(params, dtype), _cast(args, dtype)
                 _scalar_loss(loss_fn, p, a)
-                ref = _leaves_by_path(jax.jit(jax.grad(loss_fn))(p, *a))
-                got = _leaves_by_path(jax.jit(grad_fn)(p, *a))
+                ref_tree, got_tree = both(p, *a)
+                ref, got = _leaves_by_path(ref_tree), _leaves_by_path(got_tree)
+                if dtype == jnp.float64:
+                    float64_grads = (ref, got)
                 for path, r in ref.items():
                     shapes[path] = tuple(r.shape)
                     g = got.get(path)
@@ -366,7 +374,7 @@ def check_grads(
             if dtype_name in LOW_PRECISION:
                 # the float64 truth at the same (rounded) point: what the low-precision rule approximates
                 with jax.enable_x64(True):
-                    truth = _leaves_by_path(jax.jit(jax.grad(loss_fn))(_cast(p, jnp.float64), *_cast(a, jnp.float64)))
+                    truth = _leaves_by_path(reference(_cast(p, jnp.float64), *_cast(a, jnp.float64)))
                 for path, t in truth.items():
                     if path not in problems and path in got:
                         results[path][f"{dtype_name} vs float64 truth"] = _errors(got[path], t)
@@ -374,8 +382,11 @@ def check_grads(
         if finite_differences:
             with jax.enable_x64(True):
                 p, a = _cast(params, jnp.float64), _cast(args, jnp.float64)
-                ref = _leaves_by_path(jax.jit(jax.grad(loss_fn))(p, *a))
-                got = _leaves_by_path(jax.jit(grad_fn)(p, *a))
+                if float64_grads is None:
+                    _scalar_loss(loss_fn, p, a)
+                    ref_tree, got_tree = both(p, *a)
+                    float64_grads = (_leaves_by_path(ref_tree), _leaves_by_path(got_tree))
+                ref, got = float64_grads
                 keys = jax.random.split(jax.random.key(seed), max(len(ref), 1))
                 for path, (basis, fd, method) in _finite_difference_projections(loss_fn, p, a, directions, max_full, keys).items():
                     fd_methods[path] = method
@@ -528,8 +539,8 @@ def check_layer(layer: Any, x: Any, *, key: jax.Array | None = None, train: bool
     x = _random_input(k_x, x, integer_input)
     shapes = jax.tree_util.tree_map(lambda a: tuple(a.shape), x)
     _, params, state = layer.init_with_state(k_init, shapes)
-    y, _ = layer.apply_with_state(params, state, x, key=k_apply, train=train)
-    leaves, treedef = jax.tree_util.tree_flatten(y)
+    y = jax.eval_shape(lambda p, s, x: layer.apply_with_state(p, s, x, key=k_apply, train=train)[0], params, state, x)
+    leaves, treedef = jax.tree_util.tree_flatten(y)  # shapes only: the output is computed in the compiled checks
     r = jax.tree_util.tree_unflatten(treedef, [jax.random.normal(k, a.shape) for k, a in
                                                zip(jax.random.split(k_r, len(leaves)), leaves)])
     point = {"params": params} if integer_input else {"params": params, "x": x}

@@ -14,6 +14,8 @@ from jaxnets import backprop, data, gradcheck, losses
 from layer_cases import CASES as LAYER_CASES
 from test_layers import REGISTRY, _abstract, _make_input
 
+pytestmark = pytest.mark.sweep  # every rule, model and random stack: the library's arithmetic, not its dependencies'
+
 CE = losses.softmax_cross_entropy_with_integer_labels
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
@@ -51,14 +53,18 @@ def test_rule_matches_jax_vjp(name, shape, train, dtype):
         _, params, state = layer.init_with_state(k_init, _abstract(shape))
         params, state = _cast(params, dtype), _cast(state, dtype)
         forward = lambda p, x: layer.apply_with_state(p, state, x, key=k_apply, train=train)[0]  # noqa: E731
-        y = jax.jit(forward)(params, x)
+        y = jax.eval_shape(forward, params, x)
         y_bar = jax.tree_util.tree_map(lambda a: jax.random.normal(k_bar, a.shape, a.dtype), y)
-        if kind == "int":  # integer inputs have no cotangent: compare the params' only
-            ref_params = jax.jit(lambda p, y_bar: jax.vjp(lambda p: forward(p, x), p)[1](y_bar)[0])(params, y_bar)
-            ref_x = None
-        else:
-            ref_params, ref_x = jax.jit(lambda p, x, y_bar: jax.vjp(forward, p, x)[1](y_bar))(params, x, y_bar)
-        got_params, got_x = jax.jit(lambda p, x, y_bar: layer.backward(p, state, x, y_bar, key=k_apply, train=train))(params, x, y_bar)
+
+        @jax.jit  # jax.vjp's cotangents and the rule's in one program: one compilation per case
+        def both(p, x, y_bar):
+            if kind == "int":  # integer inputs have no cotangent: compare the params' only
+                ref = (jax.vjp(lambda p: forward(p, x), p)[1](y_bar)[0], None)
+            else:
+                ref = jax.vjp(forward, p, x)[1](y_bar)
+            return ref, layer.backward(p, state, x, y_bar, key=k_apply, train=train)
+
+        (ref_params, ref_x), (got_params, got_x) = both(params, x, y_bar)
         assert jax.tree_util.tree_structure(got_params) == jax.tree_util.tree_structure(ref_params)
         for g, r in zip(jax.tree_util.tree_leaves(got_params), jax.tree_util.tree_leaves(ref_params)):
             assert g.shape == r.shape and g.dtype == r.dtype

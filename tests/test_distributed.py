@@ -37,7 +37,7 @@ HLO_FSDP = {"all-reduce": 2, "all-gather": 3, "reduce-scatter": 0, "collective-p
 
 
 def run_child(script, *args, devices=8, timeout=400):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, str(ROOT / "tests" / script), *map(str, args)], env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -165,7 +165,7 @@ def test_bad_meshes_and_batch_sizes_are_refused_before_any_device_work(digits, t
 def script(*args, devices=None, **popen):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     if devices:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
     small = ("--examples", 512, "--hidden", 64, "--learning-rate", 1e-3, "--batch-size", 64, "--epochs", 3)  # quick
     return subprocess.Popen([sys.executable, str(ROOT / "experiments" / "distributed_digits.py"), "--no-progress",
                              *map(str, small + tuple(args))],

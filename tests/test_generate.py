@@ -40,6 +40,7 @@ RULES = {
 HEAVY = {"block with dropout and GPT-2 init", "tied embedding, GPT body"}  # a few compilations of a whole block each
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in RULES])
 def test_new_rules_pass_gradcheck_in_three_dtypes(name):
     make, shape, integer, train = RULES[name]
@@ -148,6 +149,7 @@ def test_block_initializers_and_the_residual_scale(key):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.sweep
 def test_tied_embedding_is_the_untied_chain_with_the_table_as_head(key):
     body = (L.PositionalEmbedding(8), L.TransformerBlock(6, 2, causal=True), L.LayerNorm())
     tied = L.TiedEmbedding(11, 6, *body)
@@ -228,6 +230,7 @@ def _decode(dec, params, x, chunks):
     return jnp.concatenate(out, axis=1), cache
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("kind", ["learned positions", "rotary", "sinusoidal"])
 def test_incremental_decoding_equals_full_recomputation(kind, key):
     model = _gpt(rotary=kind == "rotary", sinusoidal=kind == "sinusoidal")
@@ -291,6 +294,7 @@ def _naive(model, params, prompt, n, context, choose):
     return tokens
 
 
+@pytest.mark.sweep
 def test_greedy_with_the_cache_equals_recomputation_and_a_plain_loop(key):
     model = _gpt(rotary=True)
     _, params = model.init(key, (-1, 24))
@@ -315,6 +319,7 @@ def test_past_the_context_the_window_slides(key):
         generate.greedy(model, params, prompt, 6, use_cache=True)
 
 
+@pytest.mark.sweep
 def test_sampling_with_the_cache_equals_recomputation_and_a_plain_loop(key):
     model = _gpt()
     _, params = model.init(key, (-1, 24))

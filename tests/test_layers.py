@@ -74,6 +74,7 @@ def _substitute_batch(predicted, batch):
 CASES = [(name, shape) for name, (_, shapes, _) in REGISTRY.items() for shape in shapes]
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{s}" for n, s in CASES])
 def test_output_shape_matches_init(name, shape, key):
     factory, _, kind = REGISTRY[name]
@@ -83,7 +84,8 @@ def test_output_shape_matches_init(name, shape, key):
     batch = _batch(shape)
     for train in (False, True):
         predicted, params, state = layer.init_with_state(k_init, _abstract(shape))
-        y, _ = layer.apply_with_state(params, state, x, key=k_apply, train=train)
+        # traced, not run: the shapes apply gives are those of its trace (test_jit_equals_eager runs it eagerly)
+        y = jax.eval_shape(lambda p, s, x: layer.apply_with_state(p, s, x, key=k_apply, train=train)[0], params, state, x)
         actual = _shapes_of(y)
         expected = _substitute_batch(predicted, batch)
         assert actual == expected, f"{name}: init predicted {predicted}, apply gave {actual}"
@@ -91,6 +93,7 @@ def test_output_shape_matches_init(name, shape, key):
     assert concrete == _shapes_of(y)
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{s}" for n, s in CASES])
 def test_jit_equals_eager_and_is_deterministic(name, shape, key):
     factory, _, kind = REGISTRY[name]
@@ -108,6 +111,7 @@ def test_jit_equals_eager_and_is_deterministic(name, shape, key):
         jax.tree_util.tree_map(np.testing.assert_array_equal, eager, again)
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{s}" for n, s in CASES])
 def test_vmap_over_a_stack_of_batches(name, shape, key):
     factory, _, kind = REGISTRY[name]
@@ -116,9 +120,10 @@ def test_vmap_over_a_stack_of_batches(name, shape, key):
     xs = [_make_input(k, shape, kind) for k in jax.random.split(k_x, 3)]
     stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs)
     _, params, state = layer.init_with_state(k_init, _abstract(shape))
-    mapped, _ = jax.vmap(lambda x: layer.apply_with_state(params, state, x))(stacked)
+    mapped, _ = jax.jit(jax.vmap(lambda x: layer.apply_with_state(params, state, x)))(stacked)
+    one = jax.jit(lambda x: layer.apply_with_state(params, state, x))  # compiled once, called per batch
     for i, x in enumerate(xs):
-        single, _ = layer.apply_with_state(params, state, x)
+        single, _ = one(x)
         jax.tree_util.tree_map(lambda m, s: np.testing.assert_allclose(m[i], s, rtol=1e-5, atol=1e-5), mapped, single)
 
 
@@ -204,6 +209,7 @@ def test_conv_matches_naive_loops(kernel, stride, padding, impl, rng):
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("kernel,stride,padding,impl", CONV_CASES)
 def test_conv_transpose_matches_naive_scatter(kernel, stride, padding, impl, rng):
     n = len(kernel)

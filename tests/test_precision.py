@@ -104,6 +104,7 @@ def test_reduced_precision_params_are_refused(key):
 BF16_CASES = [c for c in LAYER_CASES if c.kind == "float"]
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("case", BF16_CASES, ids=[c.name for c in BF16_CASES])
 def test_every_layer_rule_in_bfloat16_is_within_the_derived_tolerance(case):
     shape = case.shapes[0]

@@ -44,7 +44,7 @@ def test_ci_floor_step_installs_exactly_the_declared_minimums():
     python = subprocess.run([sys.executable, str(ROOT / ".ci" / "floor.py"), "--python"], capture_output=True, text=True, check=True).stdout.strip()
     assert project["requires-python"] == f">={python}"
     floor_step = ci_commands()[-1]
-    assert "pip install -r" in floor_step and '-m "not slow"' in floor_step and "--no-deps -e ." in floor_step
+    assert "pip install -r" in floor_step and '-m "not slow and not sweep"' in floor_step and "--no-deps -e ." in floor_step
 
 
 STANDARD_PROMOTION_REASON = "the README example trains with optax.adamw"
