@@ -488,14 +488,14 @@ class Checkpoint(Callback):
             raise ValueError(f"save must be 'always' or 'improved', got {save!r}")
         if resume not in ("latest", "best", None):
             raise ValueError(f"resume must be 'latest', 'best' or None (a fresh run), got {resume!r}")
-        if (save == "improved" or resume == "best") and best is None and not isinstance(directory, Checkpoints):
-            raise ValueError(f"save={save!r}, resume={resume!r} need best= (a history name such as 'test_loss')")
-        if (save == "improved" or resume == "best") and isinstance(directory, Checkpoints) and directory.best is None:
-            raise ValueError(f"save={save!r}, resume={resume!r} need a best metric, but the Checkpoints folder "
-                             f"{directory.directory} was opened without one: open it as Checkpoints(..., best='test_loss')")
-        if isinstance(directory, Checkpoints) and best is not None and best != directory.best:
+        given = isinstance(directory, Checkpoints)  # a folder opened already holds its own options
+        if given and best is not None and best != directory.best:
             raise ValueError(f"best={best!r} differs from the Checkpoints folder's own best={directory.best!r}: "
                              f"the folder's options are its own; give best= to Checkpoints(...) only")
+        if (save == "improved" or resume == "best") and (directory.best if given else best) is None:
+            why = (f"a best metric, but the Checkpoints folder {directory.directory} was opened without one: open it "
+                   f"as Checkpoints(..., best='test_loss')" if given else "best= (a history name such as 'test_loss')")
+            raise ValueError(f"save={save!r}, resume={resume!r} need {why}")
         if not isinstance(directory, Checkpoints):  # the folder's own options, checked now (the folder opens at the start)
             _check_options(keep, best, best_mode, async_save)
         check_every(every)

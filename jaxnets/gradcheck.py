@@ -344,10 +344,9 @@ def check_grads(
     fd_methods: dict[str, str] = {}
     x64_before = cast(Any, jax.config).jax_enable_x64  # a flag jax.config sets as an attribute
 
-    # Compiled once per dtype: both gradients in one program, and jax.grad's alone for the float64 truth at a
-    # rounded point; the float64 results are kept for the finite-difference columns (no second compilation).
+    # One program, compiled once per dtype: both gradients. Its float64 compilation also gives the float64 truth at
+    # a rounded point and the finite-difference columns' gradients (kept, not recomputed).
     both = jax.jit(lambda p, *a: (jax.grad(loss_fn)(p, *a), grad_fn(p, *a)))
-    reference = jax.jit(jax.grad(loss_fn))
     float64_grads: tuple[Any, Any] | None = None
     with jax.default_matmul_precision("highest"):
         for dtype_name in dtypes:
@@ -374,7 +373,7 @@ def check_grads(
             if dtype_name in LOW_PRECISION:
                 # the float64 truth at the same (rounded) point: what the low-precision rule approximates
                 with jax.enable_x64(True):
-                    truth = _leaves_by_path(reference(_cast(p, jnp.float64), *_cast(a, jnp.float64)))
+                    truth = _leaves_by_path(both(_cast(p, jnp.float64), *_cast(a, jnp.float64))[0])
                 for path, t in truth.items():
                     if path not in problems and path in got:
                         results[path][f"{dtype_name} vs float64 truth"] = _errors(got[path], t)

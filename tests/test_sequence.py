@@ -27,7 +27,8 @@ def _rule_vs_vjp(layer, x, diff, key, dtype):
     """The layer's rule against ``jax.vjp`` of its forward, for the float inputs picked by ``diff(x)``.
 
     ``diff`` splits the input into ``(float_part, rebuild)``: the part that is
-    differentiated, and a function putting it back with the rest (masks).
+    differentiated, and a function putting it back with the rest (masks). The output may be a pytree
+    (``(y, carry)``): each leaf gets its own random cotangent.
     """
     k_init, k_bar = jax.random.split(key)
     with jax.enable_x64(dtype == "float64"):
@@ -37,8 +38,9 @@ def _rule_vs_vjp(layer, x, diff, key, dtype):
         params = _cast(params, dtype)
         part, rebuild = diff(x)
         forward = lambda p, part: layer.apply(p, rebuild(part))  # noqa: E731
-        y = jax.eval_shape(forward, params, part)
-        y_bar = jax.random.normal(k_bar, y.shape, y.dtype)
+        leaves, tree = jax.tree_util.tree_flatten(jax.eval_shape(forward, params, part))
+        y_bar = jax.tree_util.tree_unflatten(tree, [jax.random.normal(k, a.shape, a.dtype) for k, a in
+                                                    zip(jax.random.split(k_bar, len(leaves)), leaves)])
         # jax.vjp's cotangents and the rule's in one program: one compilation per case
         ref, (got_p, got_x) = jax.jit(lambda p, part, x: (jax.vjp(forward, p, part)[1](y_bar),
                                                           layer.backward(p, {}, x, y_bar)))(params, part, x)
@@ -430,27 +432,8 @@ def test_lengths_give_each_sequences_own_end(kind, initial, key):
 def test_lengths_and_final_carry_rule_matches_jax_vjp(kind, variant, dtype, key):
     layer = CELLS[kind][0](4, lengths_input=True, return_state=True, **variant)
     inputs = _with_lengths_input(kind, variant.get("initial_state", "zeros"))
-    err = _rule_vs_vjp_tree(layer, inputs, _without_lengths, key, dtype)
+    err = _rule_vs_vjp(layer, inputs, _without_lengths, key, dtype)
     assert err <= TOLERANCE[dtype]
-
-
-def _rule_vs_vjp_tree(layer, x, diff, key, dtype):
-    """:func:`_rule_vs_vjp` for a layer whose output is a pytree (``(y, carry)``)."""
-    k_init, k_bar = jax.random.split(key)
-    with jax.enable_x64(dtype == "float64"):
-        x = _cast(x, dtype)
-        _, params = layer.init(k_init, jax.tree_util.tree_map(jnp.shape, x))
-        params = _cast(params, dtype)
-        part, rebuild = diff(x)
-        forward = lambda p, part: layer.apply(p, rebuild(part))  # noqa: E731
-        y = jax.eval_shape(forward, params, part)
-        leaves, tree = jax.tree_util.tree_flatten(y)
-        y_bar = jax.tree_util.tree_unflatten(tree, [jax.random.normal(k, a.shape, a.dtype) for k, a in
-                                                    zip(jax.random.split(k_bar, len(leaves)), leaves)])
-        ref, (got_p, got_x) = jax.jit(lambda p, part, x: (jax.vjp(forward, p, part)[1](y_bar),
-                                                          layer.backward(p, {}, x, y_bar)))(params, part, x)
-        got_part, _ = diff(got_x)
-        return _rel((got_p, got_part), ref)
 
 
 @pytest.mark.slow  # three dtypes and finite differences per layer

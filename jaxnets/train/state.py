@@ -134,6 +134,13 @@ def eval_key(state: Any, which: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(shuffle_key(state), 1), which)
 
 
+def check_train_state(state: Any) -> None:
+    """A ``TrainState``, or any state with its five fields (params, opt_state, model_state, step, key)."""
+    if not all(hasattr(state, f) for f in TrainState._fields):
+        raise TypeError(f"state must be a TrainState (params, opt_state, model_state, step, key), got "
+                        f"{type(state).__name__}")
+
+
 def check_state_fits(optimizer: optax.GradientTransformation, state: Any) -> None:
     """A state made by another optimizer fails here, printing both structures, not deep inside ``update``."""
     expected = jax.tree_util.tree_structure(jax.eval_shape(optimizer.init, state.params))

@@ -39,7 +39,7 @@ from jaxnets import precision as precision_module
 from jaxnets.evaluation import normalized_objective, resolve_metrics
 from jaxnets.precision import LossScaleState
 from jaxnets.layers import Layer
-from jaxnets.train.state import TrainState, check_state_fits, model_key
+from jaxnets.train.state import TrainState, check_state_fits, check_train_state, model_key
 
 __all__ = ["objective_from_loss", "default_gradient", "make_step", "make_train_step", "donating_jit", "check_gradient_fits"]
 
@@ -150,9 +150,7 @@ def make_step(
     jit = _checks.boolean(jit, "jit")
 
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, Any]]:
-        if not all(hasattr(state, f) for f in TrainState._fields):
-            raise TypeError(f"state must be a TrainState (params, opt_state, model_state, step, key), got "
-                            f"{type(state).__name__}")
+        check_train_state(state)
         check_state_fits(optimizer, state)
         check_gradient_fits(state.opt_state, gradient)
         scale = precision_module.loss_scale_of(state.opt_state)
