@@ -17,11 +17,14 @@ characters is held out.
 Everything runs on :func:`jaxnets.train.loop` (no hand-written training loop):
 
 * source: :class:`jaxnets.train.Sampler`, random windows of the training
-  text drawn on the device per step (nanoGPT's ``get_batch``);
+  text drawn on the device per step (nanoGPT's ``get_batch``), ``(accumulate,
+  batch_size, context)`` of them: ``accumulate`` micro-batches per step;
 * model: ``TiedEmbedding(V, D, PositionalEmbedding, Dropout, TransformerBlock(causal, drop_prob) x L, LayerNorm)``
   (input and output embeddings tied; GPT-2 initialisation);
-* optimiser: ``optax.MultiSteps`` (gradient accumulation over
-  ``accumulate`` micro-batches) of ``clip_by_global_norm`` then AdamW under
+* gradient: :func:`jaxnets.train.accumulate_gradients` (the mean gradient
+  of the ``accumulate`` micro-batches, one at a time in a ``lax.scan``, inside
+  the step: one loop step is one optimiser update);
+* optimiser: ``clip_by_global_norm`` then AdamW under
   ``optax.inject_hyperparams`` (so the loop logs ``learning_rate``), warmup
   + cosine schedule, weight decay on matrices only (an optax mask);
 * callbacks: :class:`jaxnets.train.Evaluate` every ``eval_every``
@@ -30,9 +33,11 @@ Everything runs on :func:`jaxnets.train.loop` (no hand-written training loop):
   and resuming from the best checkpoint (``--resume``);
 * sampling at the end: :func:`jaxnets.generate.sample` (key/value cache).
 
-One *iteration* is one optimiser update (``accumulate`` loop steps). Also
-measured, interleaved in the same process: loop steps per second of the loop
-against the same step as a hand loop of jitted steps. Writes
+One *iteration* is one loop step, one optimiser update (over ``accumulate``
+micro-batches), so ``--max-iters``, ``--eval-every``, ``--log-every`` and the
+history's ``step`` all count iterations. Also measured, interleaved in the
+same process: iterations per second of the loop against the same step as a
+hand loop of jitted steps. Writes
 ``metrics.json`` and ``loss.png`` to ``--out``; checkpoints go to
 ``<out>-checkpoints`` (kept across runs, so that ``--resume`` finds them).
 """
@@ -69,7 +74,7 @@ class Config:
     dropout: float = 0.2
     # optimisation
     max_iters: int = 1500  # optimiser updates
-    accumulate: int = 2  # micro-batches per update (optax.MultiSteps)
+    accumulate: int = 2  # micro-batches per update (train.accumulate_gradients, inside the step)
     learning_rate: float = 2e-3  # peak
     min_learning_rate: float = 2e-4  # the cosine's end
     warmup_iters: int = 100
@@ -128,7 +133,7 @@ def build_model(config, vocab: int):
 
 
 def build_optimizer(config):
-    """MultiSteps(chain(clip, inject_hyperparams(adamw)(schedule, mask=matrices))) and the schedule."""
+    """chain(clip, inject_hyperparams(adamw)(schedule, mask=matrices)) and the schedule (over iterations)."""
     import jax
     import optax
 
@@ -140,8 +145,7 @@ def build_optimizer(config):
 
     adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
         learning_rate=schedule, b1=0.9, b2=config.beta2, weight_decay=config.weight_decay, mask=matrices)
-    inner = optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw)
-    return optax.MultiSteps(inner, every_k_schedule=config.accumulate), schedule
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw), schedule
 
 
 class Started:
@@ -191,10 +195,10 @@ def main(argv=None) -> dict:
     print(f"corpus: {len(text):,} characters of docstrings from {len(files)} stdlib modules, vocabulary {vocab}; "
           f"{split:,} for training, {len(val_ids):,} held out")
 
-    def windows(key, step, corpus):  # nanoGPT's get_batch, on the device
-        start = jax.random.randint(key, (batch_size,), 0, corpus.shape[0] - context - 1)
-        tokens = corpus[start[:, None] + jnp.arange(context + 1)]
-        return {"x": tokens[:, :-1], "y": tokens[:, 1:]}
+    def windows(key, step, corpus):  # nanoGPT's get_batch, on the device: k micro-batches per iteration
+        start = jax.random.randint(key, (k, batch_size), 0, corpus.shape[0] - context - 1)
+        tokens = corpus[start[..., None] + jnp.arange(context + 1)]  # (k, batch_size, context + 1)
+        return {"x": tokens[..., :-1], "y": tokens[..., 1:]}
 
     def fixed_windows(data, n, seed):  # a fixed sample of windows, scored at every evaluation
         starts = np.random.default_rng(seed).integers(0, len(data) - context - 1, n)
@@ -212,7 +216,7 @@ def main(argv=None) -> dict:
     def objective(params, batch, key, model_state):
         return ce(model.apply(params, batch["x"], key=key, train=True), batch["y"])
 
-    step = train.make_step(objective, optimizer, jit=False)
+    step = train.make_step(objective, optimizer, gradient=train.accumulate_gradients(k), jit=False)
 
     def evaluate(state, data):  # mean loss over the fixed windows, in evaluation mode, a batch at a time
         def loss_of(w):
@@ -231,25 +235,25 @@ def main(argv=None) -> dict:
     if not config.resume and os.path.isdir(folder):
         shutil.rmtree(folder)  # a fresh run; --resume continues the folder's best checkpoint
     started = Started()
-    callbacks = [train.Evaluate(evaluate, held_out, every=config.eval_every * k, prefix=""),
-                 checkpoint.Checkpoint(folder, every=config.eval_every * k, keep=1, best="val_loss", save="improved",
+    callbacks = [train.Evaluate(evaluate, held_out, every=config.eval_every, prefix=""),
+                 checkpoint.Checkpoint(folder, every=config.eval_every, keep=1, best="val_loss", save="improved",
                                        resume="best"),
                  started]
     run_config = {"char_gpt": {f.name: getattr(config, f.name) for f in dataclasses.fields(Config)
                                if f.name not in ("resume", "stop_at", "out", "quick", "timing_rounds",
                                                  "prompt", "sample_chars", "temperature", "top_k")}}
     iters = config.stop_at if config.stop_at else config.max_iters
-    per_call = config.eval_every * k
+    per_call = config.eval_every
     t_train = time.perf_counter()
-    state, history = train.loop(step, fresh, source, steps=min(iters, config.max_iters) * k, steps_per_call=per_call,
-                                log_every=config.log_every * k, callbacks=callbacks, watch=("loss",), config=run_config)
+    state, history = train.loop(step, fresh, source, steps=min(iters, config.max_iters), steps_per_call=per_call,
+                                log_every=config.log_every, callbacks=callbacks, watch=("loss",), config=run_config)
     train_seconds = time.perf_counter() - t_train
     history = dict(history)
-    resumed_from = started.position // k
+    resumed_from = started.position
     best = int(np.nanargmin(history["val_loss"]))
     print(("resumed from iteration %d; " % resumed_from if resumed_from else "") +
-          f"iteration {history['step'][-1] // k}: train loss {history['train_loss'][-1]:.4f}, "
-          f"best val loss {history['val_loss'][best]:.4f} at iteration {history['step'][best] // k} "
+          f"iteration {history['step'][-1]}: train loss {history['train_loss'][-1]:.4f}, "
+          f"best val loss {history['val_loss'][best]:.4f} at iteration {history['step'][best]} "
           f"({train_seconds:.1f} s)")
 
     # ---- sampling with the key/value cache, from the best checkpoint's params ----
@@ -275,7 +279,7 @@ def main(argv=None) -> dict:
             return step(s, windows(jax.random.fold_in(jax.random.fold_in(key, t), 1), t, corpus))
 
         def looped():
-            s, _ = train.loop(step, fresh, source, steps=timed, steps_per_call=per_call, log_every=config.log_every * k)
+            s, _ = train.loop(step, fresh, source, steps=timed, steps_per_call=per_call, log_every=config.log_every)
             jax.block_until_ready(s)
 
         def by_hand():
@@ -287,13 +291,15 @@ def main(argv=None) -> dict:
         medians = interleaved_medians({"loop": looped, "hand_loop": by_hand}, config.timing_rounds, timed)
         speed = {"loop_steps_per_second": 1 / medians["loop"], "hand_loop_steps_per_second": 1 / medians["hand_loop"],
                  "loop_over_hand_loop": medians["hand_loop"] / medians["loop"], "steps_per_run": timed,
-                 "rounds": config.timing_rounds, "note": "loop steps (micro-batches); medians of interleaved rounds"}
-        print(f"speed: loop {speed['loop_steps_per_second']:.1f} steps/s, hand loop of jitted steps "
-              f"{speed['hand_loop_steps_per_second']:.1f} steps/s (loop / hand = {speed['loop_over_hand_loop']:.2f}x)")
+                 "rounds": config.timing_rounds,
+                 "note": "loop steps = iterations (one optimiser update over `accumulate` micro-batches each); "
+                         "medians of interleaved rounds"}
+        print(f"speed: loop {speed['loop_steps_per_second']:.1f} iterations/s, hand loop of jitted steps "
+              f"{speed['hand_loop_steps_per_second']:.1f} iterations/s (loop / hand = {speed['loop_over_hand_loop']:.2f}x)")
 
     # ---- figure and numbers ----
     os.makedirs(config.out, exist_ok=True)
-    iterations = [s / k for s in history["step"]]
+    iterations = history["step"]
     plotted = False
     plt = pyplot()
     if plt is not None:
@@ -316,8 +322,8 @@ def main(argv=None) -> dict:
               "corpus": {"source": "docstrings of <stdlib>/*.py (ast)", "files": len(files), "characters": len(text),
                          "sha256": hashlib.sha256(text.encode()).hexdigest(), "vocabulary": vocab,
                          "train_characters": int(split), "val_characters": int(len(val_ids))},
-              "num_params": num_params, "iterations": history["step"][-1] // k, "resumed_from_iteration": resumed_from,
-              "best_val_loss": history["val_loss"][best], "best_iteration": history["step"][best] // k,
+              "num_params": num_params, "iterations": history["step"][-1], "resumed_from_iteration": resumed_from,
+              "best_val_loss": history["val_loss"][best], "best_iteration": history["step"][best],
               "final_train_loss": history["train_loss"][-1],
               "val_bits_per_char": history["val_loss"][best] / math.log(2),
               "train_seconds": train_seconds, "sample": sample_text, "speed": speed, "plotted": plotted,

@@ -1000,7 +1000,7 @@ cases("jaxnets.debug.locate_nonfinite",
 # (more in tests/test_engine.py, test_loop.py, test_train.py and test_checkpoint.py, not repeated here)
 # ---------------------------------------------------------------------------
 
-from jaxnets import checkpoint, train  # noqa: E402
+from jaxnets import checkpoint, per_example, train  # noqa: E402
 
 _TM = L.serial(L.Dense(3), L.Relu(), L.Dense(2))
 _TO = optax.sgd(0.1)
@@ -1067,6 +1067,16 @@ cases("jaxnets.train.default_gradient",
       Case("complex x", lambda: train.default_gradient(_TOBJ, _TS.params, (_TX.astype(jnp.complex64), _TY), K, {}), TypeError,
            r"input x must have a floating dtype, got complex64", "x"),
       Case("an int key", lambda: train.default_gradient(_TOBJ, _TS.params, (_TX, _TY), 0, {}), TypeError, KEY_MESSAGE, "key"))
+cases("jaxnets.train.accumulate_gradients",
+      Case("micro_batches 0", lambda: train.accumulate_gradients(0), ValueError, r"micro_batches must be a positive integer, got 0", "micro_batches"),
+      Case("micro_batches a float", lambda: train.accumulate_gradients(2.0), TypeError,
+           r"micro_batches must be a positive integer, got 2.0 of type float", "micro_batches"),
+      Case("gradient a string", lambda: train.accumulate_gradients(2, "dp"), TypeError,
+           r"gradient must be callable as gradient\(objective, params, batch, key, model_state\)", "gradient"),
+      Case("a per-example gradient", lambda: train.accumulate_gradients(2, per_example.stacked_gradient), TypeError,
+           r"gradient stacked_gradient returns per-example gradients \(per_example = True\)", "per_example"),
+      Case("no micro-batch axis", lambda: train.accumulate_gradients(2)(_TOBJ, _TS.params, (_TX, _TY), K, {}), ValueError,
+           r"needs every batch leaf to have a leading axis of micro_batches=2.*got batch\[0\] of shape \(8, 4\)", "micro_batches"))
 cases("jaxnets.train.make_step",
       Case("objective a string", lambda: train.make_step("obj", _TO), TypeError, r"objective must be callable", "objective"),
       Case("an optimizer name", lambda: train.make_step(_TOBJ, "sgd"), TypeError, r"optimizer must be an optax.GradientTransformation", "optimizer"),

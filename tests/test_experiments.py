@@ -283,13 +283,14 @@ def test_char_gpt_quick_learns_logs_the_schedule_and_resumes_from_its_best_check
     and a run stopped halfway resumes from its best checkpoint and ends where the uninterrupted run ends."""
     gpt = load("char_gpt")
     whole = gpt.main(["--quick", "--out", str(tmp_path / "whole")])
-    h, k = whole["history"], whole["config"]["accumulate"]
+    h = whole["history"]
     assert h["train_loss"][-1] < h["train_loss"][0] and whole["best_val_loss"] < np.log(whole["corpus"]["vocabulary"])
     config = gpt.Config(**whole["config"])
     _, schedule = gpt.build_optimizer(config)
-    # each row's value is the rate of its last update: the schedule at count (step / accumulate) - 1
-    np.testing.assert_allclose(h["learning_rate"], [float(schedule(s // k - 1)) for s in h["step"]], rtol=1e-5)
-    assert [s % (config.eval_every * k) == 0 for s in h["step"]] == [not np.isnan(v) for v in h["val_loss"]]
+    # a step is an update (accumulate micro-batches inside it): each row's rate is its last update's, schedule(step - 1)
+    np.testing.assert_allclose(h["learning_rate"], [float(schedule(s - 1)) for s in h["step"]], rtol=1e-5)
+    assert h["step"] == list(range(config.log_every, config.max_iters + 1, config.log_every))
+    assert [s % config.eval_every == 0 for s in h["step"]] == [not np.isnan(v) for v in h["val_loss"]]
     assert whole["sample"].startswith(config.prompt) and len(whole["sample"]) == len(config.prompt) + config.sample_chars
     assert whole["speed"]["loop_steps_per_second"] > 0 and whole["speed"]["hand_loop_steps_per_second"] > 0
     assert (tmp_path / "whole" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -299,7 +300,7 @@ def test_char_gpt_quick_learns_logs_the_schedule_and_resumes_from_its_best_check
     assert first["iterations"] == half and first["resumed_from_iteration"] == 0
     second = gpt.main(args + ["--resume"])
     assert second["resumed_from_iteration"] == first["best_iteration"] and second["iterations"] == config.max_iters
-    rows = first["history"]["step"].index(first["best_iteration"] * k) + 1
+    rows = first["history"]["step"].index(first["best_iteration"]) + 1
     assert second["history"]["train_loss"][:rows] == first["history"]["train_loss"][:rows]  # the best checkpoint's rows
     assert second["history"]["train_loss"] == h["train_loss"] and second["best_val_loss"] == whole["best_val_loss"]
 

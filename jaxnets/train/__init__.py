@@ -4,6 +4,7 @@ One concept per module:
 
 * :mod:`~jaxnets.train.state`: :class:`TrainState`, :func:`init_train_state`, the keys derived from its counter;
 * :mod:`~jaxnets.train.step`: :func:`make_step` (any objective), :func:`make_train_step` (a model and a loss);
+* :mod:`~jaxnets.train.accumulate`: :func:`accumulate_gradients`, micro-batches averaged inside one step (one update);
 * :mod:`~jaxnets.train.epoch`: the shuffled order, :func:`epoch_indices`, :func:`scan_epoch`, :func:`make_epoch`;
 * :mod:`~jaxnets.train.sources`: the :class:`Source` protocol, :class:`ArraySource`, :class:`Sampler`;
 * :mod:`~jaxnets.train.program`: the one program builder (segments of a step over any source, fused);
@@ -17,6 +18,7 @@ One concept per module:
 """
 
 from jaxnets.evaluation import evaluate, predict
+from jaxnets.train.accumulate import accumulate_gradients
 from jaxnets.train.callbacks import Callback, Hook, Progress, Resume
 from jaxnets.train.early_stopping import EarlyStopping, early_stopping
 from jaxnets.train.ema import EmaState, ema_state, with_ema
@@ -36,7 +38,7 @@ from jaxnets.train.tensorboard import TensorBoard
 
 __all__ = [
     "TrainState", "init_train_state", "model_key", "shuffle_key", "eval_key",
-    "objective_from_loss", "default_gradient", "make_step", "make_train_step", "donating_jit",
+    "objective_from_loss", "default_gradient", "make_step", "make_train_step", "donating_jit", "accumulate_gradients",
     "permutation", "epoch_indices", "steps_per_epoch", "scan_epoch", "make_epoch", "first_nonfinite", "SCALE_METRICS",
     "Source", "ArraySource", "Sampler", "fingerprint",
     "loop", "Run", "History", "NonFiniteError", "hyperparams",
