@@ -136,4 +136,4 @@ BY_NAME = {case.name: case for case in CASES}
 
 # public names of jaxnets.layers that build no layer
 NOT_LAYERS = {"Layer", "count_params", "check_params", "require_rule", "dot_product_attention", "causal_mask",
-              "padding_mask", "rotary_embedding", "sinusoidal_encoding"}
+              "padding_mask", "rotary_embedding", "sinusoidal_encoding", "one_step_program"}

@@ -129,3 +129,41 @@ def test_generation_benchmark_quick(tmp_path):
     assert [r["contender"] for r in result["rows"]] == ["recompute the context (reference)", "key/value cache"]
     assert result["same_tokens"] and result["cache_speedup"] > 0 and all(r["tokens_per_second"] > 0 for r in result["rows"])
     assert (tmp_path / "generation.md").read_text().startswith("| contender |")
+
+
+def test_transformer_benchmark_quick(tmp_path):
+    # the script itself raises unless the raw-JAX GPT's first loss equals the jaxnets GPT's
+    result = _load("experiments/benchmarks/transformer.py", "transformer").main(["--quick", "--out", str(tmp_path)])
+    names = [r["contender"] for r in result["rows"]]
+    assert names[0] == "raw JAX step (reference)" and "jaxnets step, hand rules" in names
+    assert "jaxnets train.loop, autodiff" in names and result["rows"][0]["ratio_to_reference"] == 1.0
+    assert result["initial_loss"]["raw"] == pytest.approx(result["initial_loss"]["jaxnets"], rel=1e-5)
+    costs = result["xla_cost"]
+    assert all(c["compile_s"] > 0 and c["bytes"] > 0 for c in costs.values())
+    # the same model: XLA counts nearly the same work (the raw step's fused q/k/v product includes a zero key bias)
+    assert costs["jaxnets step, autodiff"]["flops"] == pytest.approx(costs["raw JAX step"]["flops"], rel=0.05)
+    assert json.loads((tmp_path / "transformer.json").read_text())["rows"] == result["rows"]
+
+
+def test_resnet_benchmark_quick(tmp_path):
+    result = _load("experiments/benchmarks/resnet.py", "resnet").main(["--quick", "--no-flax", "--out", str(tmp_path)])
+    names = [r["contender"] for r in result["rows"]]
+    assert len(names) == 8 and names[0] == "raw JAX step (reference)" and "jaxnets train.loop, impl='im2col'" in names
+    assert result["initial_loss"]["raw"] == pytest.approx(result["initial_loss"]["jaxnets"], rel=1e-5)
+    costs = result["xla_cost"]
+    # impl="xla" is the reference's convolutions: XLA counts the same flops; im2col's products count more
+    assert costs["jaxnets step, impl='xla'"]["flops"] == pytest.approx(costs["raw JAX step"]["flops"], rel=1e-3)
+    assert costs["jaxnets step, impl='im2col'"]["flops"] > costs["raw JAX step"]["flops"]
+    assert (tmp_path / "resnet.md").read_text().startswith("| contender |")
+
+
+def test_device_check_quick(tmp_path):
+    # the population, conv and GPT parts run the scripts tested above; these two are its own
+    result = _load("experiments/benchmarks/device_check.py", "device_check").main(
+        ["--quick", "--parts", "w2", "epoch", "--out", str(tmp_path)])
+    assert set(result["parts"]) == {"w2", "epoch"} and all(s > 0 for s in result["seconds"].values())
+    w2 = result["parts"]["w2"]
+    assert set(w2["peak_gflops"]) == {"float32", "bfloat16"} and w2["bfloat16_speedup"] > 0
+    assert all(0 < r["fraction_of_peak"] for r in w2["rows"])
+    assert [r["contender"] for r in result["parts"]["epoch"]["rows"]] == ["per-step loop (reference)", "fused epoch (make_epoch)"]
+    assert (tmp_path / "device_check.md").read_text().startswith("device check on ")

@@ -37,7 +37,7 @@ def _finish(kind, ckpt, out):
 def test_sigkill_at_random_moments_then_resume_is_bitwise_the_run_never_killed(tmp_path, kind):
     reference = _finish(kind, tmp_path / "ref_ckpt", tmp_path / "ref")
     rng, ckpt, survived = random.Random(kind), tmp_path / "ckpt", 0
-    kills = 2
+    kills = 2 if kind == "steps" else 1  # the step run is killed twice: a resume of a resumed run
     for attempt in range(kills):
         proc = _start(kind, ckpt, tmp_path / "killed")
         wanted, seen = rng.randint(1, 3), 0

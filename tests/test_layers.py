@@ -255,6 +255,31 @@ def test_conv_impls_have_equal_gradients(rng):
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
 
 
+
+def test_conv_auto_is_xla_in_a_one_step_program_and_im2col_in_a_fused_epoch_on_cpu():
+    """``impl="auto"`` by where it runs (``one_step_program``): XLA counts the work of the impl it traced."""
+    import optax
+
+    from jaxnets import losses, train
+    ce = losses.softmax_cross_entropy_with_integer_labels
+    x, y = jnp.ones((2, 6, 6, 1)), jnp.zeros((2,), jnp.int32)
+
+    def flops(fn, *args):
+        cost = fn.lower(*args).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    counted = {}
+    for impl in ("auto", "xla", "im2col"):
+        model = L.serial(L.Conv2D(4, 3, impl=impl), L.Relu(), L.Flatten(), L.Dense(3))
+        state = train.init_train_state(model, optax.sgd(0.1), (-1, 6, 6, 1), seed=0)
+        counted[impl] = (flops(train.make_train_step(model, ce, optax.sgd(0.1)), state, x, y),
+                         flops(train.make_epoch(model, ce, optax.sgd(0.1), num_examples=2, batch_size=2), state, x, y))
+    assert counted["xla"] != counted["im2col"]  # the two impls are told apart in both programs
+    if jax.default_backend() == "cpu":
+        assert counted["auto"] == (counted["xla"][0], counted["im2col"][1])
+    else:
+        assert counted["auto"] == counted["xla"]
+
 def test_pooling_matches_numpy(rng):
     x = rng.normal(size=(2, 6, 4, 3)).astype(np.float32)
     blocks = x.reshape(2, 3, 2, 2, 2, 3)  # (b, 3, 2, 2, 2, c): 2x2 windows

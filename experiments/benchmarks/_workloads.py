@@ -110,6 +110,27 @@ def looped(step, carry: tuple, inputs: tuple, calls: int):
     return run
 
 
+def cost(compiled) -> dict:
+    """XLA's cost analysis of a compiled program: ``{"flops", "bytes"}`` (bytes accessed)."""
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return {"flops": float(analysis["flops"]), "bytes": float(analysis["bytes accessed"])}
+
+
+def compile_timed(fn, *args) -> tuple:
+    """Lower and compile a jitted ``fn`` for ``args``: ``(compiled, info)``.
+
+    ``compiled`` is the program, callable on arguments like ``args`` (timed
+    runs call it, so nothing compiles twice); ``info`` its cost analysis and
+    ``compile_s``, the seconds lowering and compiling took.
+    """
+    import time
+
+    t = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, {**cost(compiled), "compile_s": time.perf_counter() - t}
+
+
 def matmul_flops_per_step(sizes, batch) -> int:
     """Multiply-adds of the matrix products of one training step, times 2.
 

@@ -38,12 +38,6 @@ import _workloads as W
 from _common import interleaved_medians, write_results
 
 
-def cost(compiled) -> dict:
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, list) else analysis
-    return {"flops": float(analysis["flops"]), "bytes": float(analysis["bytes accessed"])}
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -128,10 +122,10 @@ def main(argv=None) -> dict:
     rows = [{"contender": name, "us_per_step": t * 1e6, "ratio_to_reference": t / reference} for name, t in per_step.items()]
 
     probe = fresh_state()  # (lowering reads only shapes; the trained buffers were donated)
-    costs = {"raw JAX step": cost(raw_step.lower(W.raw_params(probe.params), optimizer.init(W.raw_params(probe.params)), x, y).compile()),
-             "jaxnets step": cost(step.lower(probe, x, y).compile())}
-    epoch_costs = {"checked": cost(epoch.lower(probe, xs, ys).compile()),
-                   "unchecked": cost(unchecked.lower(probe, xs, ys).compile())}
+    costs = {"raw JAX step": W.cost(raw_step.lower(W.raw_params(probe.params), optimizer.init(W.raw_params(probe.params)), x, y).compile()),
+             "jaxnets step": W.cost(step.lower(probe, x, y).compile())}
+    epoch_costs = {"checked": W.cost(epoch.lower(probe, xs, ys).compile()),
+                   "unchecked": W.cost(unchecked.lower(probe, xs, ys).compile())}
     # XLA counts a loop body once, so the check's extra work is compared with the epoch's steps counted out.
     costs["fused epoch extra for the finiteness check"] = {
         k: (epoch_costs["checked"][k] - epoch_costs["unchecked"][k]) / (steps_per_epoch * costs["jaxnets step"][k])

@@ -43,7 +43,7 @@ and the im2col helpers in ``_im2col``.
 
 from jaxnets.layers.attention import MultiHeadAttention, causal_mask, dot_product_attention, padding_mask
 from jaxnets.layers.combinators import FanInConcat, FanInSum, FanOut, parallel, residual, serial
-from jaxnets.layers.conv import Conv, Conv1D, Conv2D, ConvTranspose, ConvTranspose2D
+from jaxnets.layers.conv import Conv, Conv1D, Conv2D, ConvTranspose, ConvTranspose2D, one_step_program
 from jaxnets.layers.core import Layer, check_params, count_params, require_rule
 from jaxnets.layers.custom import define_layer
 from jaxnets.layers.dense import Dense, Embedding, TiedEmbedding
@@ -68,6 +68,7 @@ __all__ = [
     "Conv2D",
     "ConvTranspose",
     "ConvTranspose2D",
+    "one_step_program",
     "Embedding",
     "TiedEmbedding",
     "LayerNorm",

@@ -18,7 +18,7 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnets.layers._util import accumulation_dtype, batch_matmul_t
+from jaxnets.layers._util import accumulation_dtype, batch_matmul_t, rows_matmul
 
 __all__ = ["same_pads", "transpose_pads", "dilated_size", "patches", "patches_adjoint", "crop", "conv_im2col",
            "conv_im2col_backward"]
@@ -124,7 +124,7 @@ def conv_im2col(x, w, strides, pads, dilation=None, groups=1):
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     cols = jnp.concatenate(patches(xp, kernel, strides, dilation), axis=-1)  # (batch, *out, prod(k) * in)
     if groups == 1:
-        return cols @ w.reshape(-1, w.shape[-1])  # (batch, *out, out_channels)
+        return rows_matmul(cols, w.reshape(-1, w.shape[-1]))  # (batch, *out, out_channels)
     taps = math.prod(kernel)
     wg = w.reshape(taps, w.shape[-2], groups, w.shape[-1] // groups)  # (K, in / G, G, out / G)
     y = jnp.einsum("...kgc,kcgo->...go", _grouped_cols(cols, taps, groups), wg)  # (batch, *out, G, out / G)

@@ -197,7 +197,7 @@ dot_product_attention.backward = _dot_product_attention_backward
 
 
 def _project(x, p, use_bias):
-    y = x @ p["w"]
+    y = _util.rows_matmul(x, p["w"])
     return y + p["b"] if use_bias else y
 
 

@@ -69,7 +69,7 @@ def Dense(
                 f"{spec} expects inputs with last dimension {w.shape[0]} (w has shape {tuple(w.shape)}), "
                 f"got x of shape {tuple(x.shape)}"
             )
-        y = x @ w
+        y = _util.rows_matmul(x, w)  # one 2-D product (its gradient reads the rows in place)
         if use_bias:
             y = y + _util.entry(params, "b", "params", spec)
         return y
@@ -154,7 +154,7 @@ def _tied_head(num_embeddings: int, features: int) -> Layer:
         if h.shape[-1] != table.shape[-1]:
             raise ValueError(f"{spec} scores inputs of width {table.shape[-1]} against the table, got h of shape "
                              f"{tuple(h.shape)}")
-        return h @ table.T
+        return _util.rows_matmul(h, table.T)
 
     def backward(params, h, y_bar, *, key=None, train=False):
         """``y = h T^T``: ``T_bar = Y_bar^T H`` (num_embeddings, features), rows flattened; ``h_bar = Y_bar T``."""

@@ -255,7 +255,7 @@ def _recurrent(cell: _Cell, spec: str, hidden: int, return_sequences: bool, init
         for n in lead:
             b_size *= n
         xs = jnp.swapaxes(x.reshape((b_size, t_len, d)), 0, 1)  # (T, B, D) time-major
-        zx = xs @ params["wx"] + _bias(cell, params)  # (T, B, G H): every step's input projection at once
+        zx = _util.rows_matmul(xs, params["wx"]) + _bias(cell, params)  # (T, B, G H): every step's input projection at once
         dtype = jnp.result_type(zx, params["wh"])  # the carry's dtype: x and params promoted, as Dense does
         zx = zx.astype(dtype)
         if with_input:

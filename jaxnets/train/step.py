@@ -38,7 +38,7 @@ from jaxnets import _checks, _inputs
 from jaxnets import precision as precision_module
 from jaxnets.evaluation import normalized_objective, resolve_metrics
 from jaxnets.precision import LossScaleState
-from jaxnets.layers import Layer
+from jaxnets.layers import Layer, one_step_program
 from jaxnets.train.state import TrainState, check_state_fits, check_train_state, model_key
 
 __all__ = ["objective_from_loss", "default_gradient", "make_step", "make_train_step", "donating_jit", "check_gradient_fits"]
@@ -178,7 +178,7 @@ def make_step(
             metrics["loss_scale"] = cast(LossScaleState, opt_state).scale
         return TrainState(params, opt_state, model_state, state.step + 1, state.key), metrics
 
-    return donating_jit(step) if jit else step
+    return donating_jit(_one_step(step)) if jit else step
 
 
 def _check_updates(updates: Any, params: Any) -> None:
@@ -193,6 +193,16 @@ def _check_updates(updates: Any, params: Any) -> None:
             raise ValueError(f"optimizer.update returned updates{jax.tree_util.keystr(path)} of shape {jnp.shape(u)} "
                              f"for params of shape {jnp.shape(p)}: is a hyperparameter of the optimizer an array "
                              f"(learning_rate=jnp.ones(3))? Hyperparameters must be scalars")
+
+
+def _one_step(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step``, traced as a program of one step per call (``impl="auto"`` convolutions: see ``one_step_program``)."""
+    @functools.wraps(step)
+    def one_step(*args):
+        with one_step_program():
+            return step(*args)
+
+    return one_step
 
 
 def donating_jit(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -244,4 +254,4 @@ def make_train_step(
     def step(state: TrainState, x: Any, y: Any) -> tuple[TrainState, dict[str, Any]]:
         return general(state, (x, y))
 
-    return donating_jit(step) if jit else step
+    return donating_jit(_one_step(step)) if jit else step
