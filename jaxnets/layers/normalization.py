@@ -25,29 +25,6 @@ def _statistics(x: jax.Array, axes: tuple, keepdims: bool) -> tuple[jax.Array, j
     return mean, jnp.mean(jnp.square(centred), axis=axes, keepdims=keepdims)
 
 
-def _batch_statistics(x: jax.Array, axes: tuple) -> tuple[jax.Array, jax.Array]:
-    """Per-channel mean and biased variance over ``axes`` (all but the channels), in one pass over ``x``.
-
-    ``var = mean((x - s)^2) - mean(x - s)^2`` for any constant ``s``; both
-    sums come from one read of ``x`` (the two-pass form reads it twice, and
-    its gradient once more), which makes the ResNet of
-    ``experiments/benchmarks/resnet.py`` about 10% faster per step on CPU.
-    The shift ``s``, the first example's value in each channel (no gradient),
-    keeps the subtraction from cancelling: the terms are of the size of the
-    spread around a data point, not of the mean, so a channel with a large
-    mean and a small spread keeps its digits (the unshifted one-pass form
-    loses them). The result is clamped at 0 against rounding.
-    """
-    if any(x.shape[a] == 0 for a in axes):  # an empty batch: NaN statistics, as the mean of nothing
-        shift = jnp.zeros(x.shape[-1:], x.dtype)
-    else:
-        shift = lax.stop_gradient(x[(0,) * len(axes)])  # (C,): the first example's value, a constant
-    d = x - shift
-    mean_d = jnp.mean(d, axis=axes)
-    var = jnp.maximum(jnp.mean(jnp.square(d), axis=axes) - jnp.square(mean_d), 0)
-    return mean_d + shift, var
-
-
 def _params(features: int, use_scale: bool, use_bias: bool) -> dict:
     params = {}
     if use_scale:
@@ -189,7 +166,7 @@ def BatchNorm(*, momentum: float = 0.99, eps: float = 1e-5, use_scale: bool = Tr
         _util.check_input(x, spec, min_rank=2)
         running_mean, running_var = running(state, x)
         if train:
-            mean, var = _batch_statistics(x, tuple(range(x.ndim - 1)))
+            mean, var = _statistics(x, tuple(range(x.ndim - 1)), keepdims=False)
             new_state = {
                 "mean": momentum * running_mean + (1.0 - momentum) * mean.astype(running_mean.dtype),
                 "var": momentum * running_var + (1.0 - momentum) * var.astype(running_var.dtype),
@@ -206,7 +183,7 @@ def BatchNorm(*, momentum: float = 0.99, eps: float = 1e-5, use_scale: bool = Tr
         del key
         axes = tuple(range(x.ndim - 1))
         if train:
-            mean, var = _batch_statistics(x, axes)
+            mean, var = _statistics(x, axes, keepdims=False)
         else:
             mean, var = (s.astype(x.dtype) for s in running(state, x))
         return _normalise_backward(params, x, y_bar, mean, var, eps, axes, use_scale, use_bias, spec, train)
