@@ -131,6 +131,45 @@ def compile_timed(fn, *args) -> tuple:
     return compiled, {**cost(compiled), "compile_s": time.perf_counter() - t}
 
 
+def optax_step(loss_fn, optimizer, *, has_aux=False):
+    """The plain training step of a loss: ``value_and_grad``, ``optimizer.update``, ``apply_updates``.
+
+    ``loss_fn(params, *extra, x, y)``; with ``has_aux`` it returns ``(loss,
+    new_extra)`` (BatchNorm statistics, threaded like the optimizer state).
+    The step is ``(params, *extra, opt_state, x, y) -> (params, *extra, opt_state, loss)``.
+    """
+    def step(params, *args):
+        *extra, opt_state, x, y = args
+        if has_aux:
+            (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *extra, x, y)
+            extra = [new]
+        else:
+            loss, grads = jax.value_and_grad(loss_fn)(params, *extra, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), *extra, opt_state, loss)
+
+    return step
+
+
+def step_report(per_step: dict, fused: dict, compiled: dict) -> tuple:
+    """``(rows, costs, text)`` of a per-step and a fused comparison: each against its first contender, the reference.
+
+    ``per_step`` and ``fused`` map names to median seconds per step;
+    ``compiled`` maps step names to :func:`compile_timed` infos.
+    """
+    rows = []
+    for times in (per_step, fused):
+        ref = next(iter(times.values()))
+        rows += [{"contender": name, "ms_per_step": t * 1e3, "ratio_to_reference": t / ref} for name, t in times.items()]
+    costs = {name: {k: c[k] for k in ("flops", "bytes", "compile_s")} for name, c in compiled.items()}
+    text = table(rows, [("contender", "contender", ""), ("ms per step", "ms_per_step", ".2f"),
+                        ("ratio to its reference", "ratio_to_reference", ".3f")])
+    text += "\n\n" + table([{"step": name, **c} for name, c in costs.items()],
+                            [("step", "step", ""), ("compile s", "compile_s", ".2f"), ("XLA flops", "flops", ".3g"),
+                             ("XLA bytes accessed", "bytes", ".3g")])
+    return rows, costs, text
+
+
 def matmul_flops_per_step(sizes, batch) -> int:
     """Multiply-adds of the matrix products of one training step, times 2.
 

@@ -110,12 +110,7 @@ def raw_step_fn(optimizer):
         logits, new_state = raw_forward(params, state, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_state
 
-    def step(params, state, opt_state, x, y):
-        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, x, y)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), state, opt_state, loss
-
-    return step
+    return W.optax_step(loss_fn, optimizer, has_aux=True)
 
 
 def flax_resnet(size):
@@ -157,12 +152,7 @@ def flax_step_fn(module, optimizer):
         logits, new = module.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new["batch_stats"]
 
-    def step(params, stats, opt_state, x, y):
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, x, y)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), stats, opt_state, loss
-
-    return step
+    return W.optax_step(loss_fn, optimizer, has_aux=True)
 
 
 def draw_fn(batch):
@@ -263,23 +253,14 @@ def main(argv=None) -> dict:
                                                          flax_fused_carry, (key, images, labels), 1)
     fused_times = interleaved_medians(fused_contenders, rounds, fused)
 
-    ref, fused_ref = per_step["raw JAX step (reference)"], fused_times["raw JAX, fused (reference)"]
-    rows = [{"contender": name, "ms_per_step": t * 1e3, "ratio_to_reference": t / ref} for name, t in per_step.items()]
-    rows += [{"contender": name, "ms_per_step": t * 1e3, "ratio_to_reference": t / fused_ref}
-             for name, t in fused_times.items()]
-    table = W.table(rows, [("contender", "contender", ""), ("ms per step", "ms_per_step", ".2f"),
-                           ("ratio to its reference", "ratio_to_reference", ".3f")])
-    cost_table = W.table([{"step": name, **c} for name, c in compiled.items()],
-                         [("step", "step", ""), ("compile s", "compile_s", ".2f"), ("XLA flops", "flops", ".3g"),
-                          ("XLA bytes accessed", "bytes", ".3g")])
+    rows, costs, text = W.step_report(per_step, fused_times, compiled)
     print(f"ResNet {size}, SGD momentum; {count_params(fused_starts['auto'].params):,} params; {steps} steps x {rounds} rounds per "
           f"step, {fused} steps per fused call; backend {jax.default_backend()}; flax {'yes' if module else 'not run'}")
-    print(table)
-    print(cost_table)
+    print(text)
     result = {"benchmark": "resnet", **W.environment(), "size": size, "rounds": rounds, "steps_per_round": steps,
-              "fused_steps": fused, "quick": args.quick, "rows": rows, "xla_cost": compiled,
+              "fused_steps": fused, "quick": args.quick, "rows": rows, "xla_cost": costs,
               "initial_loss": {"raw": raw_loss, "jaxnets": jn_loss}}
-    write_results(args.out, "resnet", result, table + "\n\n" + cost_table)
+    write_results(args.out, "resnet", result, text)
     return result
 
 

@@ -103,12 +103,7 @@ def raw_step_fn(optimizer, heads):
     def loss_fn(params, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(raw_forward(params, x, heads), y).mean()
 
-    def step(params, opt_state, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return step
+    return W.optax_step(loss_fn, optimizer)
 
 
 def flax_gpt(size):
@@ -146,12 +141,7 @@ def flax_step_fn(module, optimizer):
     def loss_fn(params, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(module.apply({"params": params}, x), y).mean()
 
-    def step(params, opt_state, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return step
+    return W.optax_step(loss_fn, optimizer)
 
 
 def windows_fn(size):
@@ -266,24 +256,14 @@ def main(argv=None) -> dict:
             flax_fused, (flax_fused_start, optimizer.init(flax_fused_start)), (key, corpus), 1)
     fused_times = interleaved_medians(fused_contenders, rounds, fused)
 
-    ref, fused_ref = per_step["raw JAX step (reference)"], fused_times["raw JAX, fused (reference)"]
-    rows = [{"contender": name, "ms_per_step": t * 1e3, "ratio_to_reference": t / ref} for name, t in per_step.items()]
-    rows += [{"contender": name, "ms_per_step": t * 1e3, "ratio_to_reference": t / fused_ref}
-             for name, t in fused_times.items()]
-    costs = {name: {k: c[k] for k in ("flops", "bytes", "compile_s")} for name, c in compiled.items()}
-    table = W.table(rows, [("contender", "contender", ""), ("ms per step", "ms_per_step", ".2f"),
-                           ("ratio to its reference", "ratio_to_reference", ".3f")])
-    cost_rows = [{"step": name, **c} for name, c in costs.items()]
-    cost_table = W.table(cost_rows, [("step", "step", ""), ("compile s", "compile_s", ".2f"),
-                                     ("XLA flops", "flops", ".3g"), ("XLA bytes accessed", "bytes", ".3g")])
+    rows, costs, text = W.step_report(per_step, fused_times, compiled)
     print(f"GPT {size}, AdamW; {count_params(fused_starts[1].params):,} params; {steps} steps x {rounds} rounds per step, "
           f"{fused} steps per fused call; backend {jax.default_backend()}; flax {'yes' if module else 'not run'}")
-    print(table)
-    print(cost_table)
+    print(text)
     result = {"benchmark": "transformer", **W.environment(), "size": size, "rounds": rounds, "steps_per_round": steps,
               "fused_steps": fused, "quick": args.quick, "rows": rows, "xla_cost": costs,
               "initial_loss": {"raw": raw_loss, "jaxnets": jn_loss}}
-    write_results(args.out, "transformer", result, table + "\n\n" + cost_table)
+    write_results(args.out, "transformer", result, text)
     return result
 
 
