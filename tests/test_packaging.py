@@ -29,7 +29,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
 EXTRAS = PROJECT["optional-dependencies"]
 RUNTIME_EXTRAS = ("data", "plots", "progress", "checkpoint", "stream", "tensorboard", "privacy")
-TEST_TOOLS = ("pytest", "pytest-xdist", "hypothesis", "chex", "flax", "setuptools", "build")
+TEST_TOOLS = ("pytest", "pytest-xdist", "hypothesis", "chex", "flax", "equinox", "setuptools", "build")
 SDIST_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "CHANGELOG.md")
 
 

@@ -133,7 +133,7 @@ def test_defaults_on_the_porting_page_are_flaxs_and_staxs():
 
 
 def _torch():
-    return pytest.importorskip("torch", reason="torch is a test dependency (CPU wheel): pip install torch")
+    return pytest.importorskip("torch", reason="PyTorch is not installed (not a dependency: its wheels are gigabytes); pip install torch to run these")
 
 
 def test_torch_cnn_with_batchnorm_transpose_prelu_loads_and_agrees():
@@ -190,7 +190,7 @@ def test_torch_embedding_and_errors_name_the_key_and_both_shapes():
 
 
 def test_equinox_modules_load_and_agree():
-    eqx = pytest.importorskip("equinox", reason="equinox is a test dependency: pip install equinox")
+    eqx = pytest.importorskip("equinox", reason="equinox is a test dependency: pip install -e '.[test]'")
     k = jax.random.split(jax.random.key(0), 6)
     net = eqx.nn.Sequential([
         eqx.nn.Conv2d(3, 8, 3, padding=1, key=k[0]), eqx.nn.Lambda(jax.nn.relu),
