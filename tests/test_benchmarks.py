@@ -146,7 +146,7 @@ def test_transformer_benchmark_quick(tmp_path):
 
 
 def test_resnet_benchmark_quick(tmp_path):
-    result = _load("experiments/benchmarks/resnet.py", "resnet").main(["--quick", "--no-flax", "--out", str(tmp_path)])
+    result = _load("experiments/benchmarks/resnet.py", "resnet").main(["--quick", "--no-flax", "--no-torch", "--out", str(tmp_path)])
     names = [r["contender"] for r in result["rows"]]
     assert len(names) == 8 and names[0] == "raw JAX step (reference)" and "jaxnets train.loop, impl='im2col'" in names
     assert result["initial_loss"]["raw"] == pytest.approx(result["initial_loss"]["jaxnets"], rel=1e-5)
@@ -157,6 +157,17 @@ def test_resnet_benchmark_quick(tmp_path):
     assert xla["flops"] == pytest.approx(raw["flops"], rel=0.15)
     assert im2col["flops"] > xla["flops"] and im2col["bytes"] > 2 * xla["bytes"]
     assert (tmp_path / "resnet.md").read_text().startswith("| contender |")
+
+
+def test_gpt_profile_quick(tmp_path):
+    result = _load("experiments/benchmarks/gpt_profile.py", "gpt_profile").main(["--quick", "--no-torch", "--out", str(tmp_path)])
+    xla = result["xla_ms"]
+    # the step's thunks were found in the trace and matched to the compiled HLO: products and element-wise work both
+    assert xla.get("element-wise and reductions", 0) > 0 and result["xla_wall_ms"] > 0
+    assert sum(v for k, v in xla.items() if "products" in k) > 0
+    assert result["torch_ms"] is None and [r["product"] for r in result["matmuls"]][0] == "(16, 16) @ (16, 64)"
+    assert all(r["jax_gflops"] > 0 for r in result["matmuls"])
+    assert json.loads((tmp_path / "gpt_profile.json").read_text())["xla_ms"] == xla
 
 
 def test_device_check_quick(tmp_path):

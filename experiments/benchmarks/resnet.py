@@ -1,4 +1,4 @@
-"""A small ResNet training step: jaxnets' convolutions (auto, xla, im2col) against raw JAX and flax.linen.
+"""A small ResNet training step: jaxnets' convolutions (auto, xla, im2col) against raw JAX, flax.linen and PyTorch.
 
     python experiments/benchmarks/resnet.py            # full run
     python experiments/benchmarks/resnet.py --quick    # a tiny net, two rounds: checks the script
@@ -22,13 +22,18 @@ seconds per training step):
 * jaxnets with ``impl="auto"`` (the default), ``"xla"`` and ``"im2col"``:
   ``train.make_train_step``;
 * flax.linen, where installed: ``nn.Conv``, ``nn.BatchNorm`` (its
-  ``batch_stats`` collection mutable), the same optax step.
+  ``batch_stats`` collection mutable), the same optax step;
+* PyTorch eager, where installed (``_torch.py``): ``nn.Conv2d`` (NCHW, XLA's
+  "SAME" padding), ``nn.BatchNorm2d``, ``torch.optim.SGD``, on the jaxnets
+  model's initial weights (its first loss is checked against raw JAX's);
+  per step only.
 
 Per step: a Python loop of jitted steps on one device-resident batch. Fused:
 ``--fused`` steps per call, each drawing a random batch of a stored set of
 1,024 images on the device: a ``lax.scan`` of the step for raw JAX and flax,
 ``jaxnets.train.loop`` over a ``Sampler`` for jaxnets (what ``fit`` runs).
-Also reports each step's compile time and XLA's cost analysis. Writes
+Also reports each step's compile time and XLA's cost analysis. Without
+PyTorch its row is left out and the header says so. Writes
 ``resnet.json`` and ``resnet.md`` to ``--out``.
 """
 
@@ -42,6 +47,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+import _torch
 import _workloads as W
 from _common import interleaved_medians, write_results
 
@@ -183,6 +189,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=5, help="steps per round of the per-step contenders")
     parser.add_argument("--fused", type=int, default=5, help="steps per call of the fused contenders")
     parser.add_argument("--no-flax", action="store_true", help="leave flax.linen out even where installed")
+    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even where installed")
     parser.add_argument("--out", default="runs/benchmarks")
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
@@ -231,6 +238,12 @@ def main(argv=None) -> dict:
         flax_step, compiled["flax.linen step"] = W.compile_timed(
             jax.jit(flax_step_fn(module, optimizer), donate_argnums=(0, 1, 2)), *flax_carry, x, y)
         contenders["flax.linen step"] = W.looped(flax_step, flax_carry, (x, y), steps)
+    torch = None if args.no_torch else _torch.torch_or_none()
+    if torch is not None:
+        torch_loss, contenders["PyTorch eager step"] = _torch.resnet(start.params, start.model_state, size, x, y,
+                                                                     MOMENTUM, EPS, steps)
+        if not math.isclose(torch_loss, raw_loss, rel_tol=1e-4):
+            raise AssertionError(f"the PyTorch ResNet is not the raw-JAX ResNet: loss {torch_loss} against {raw_loss}")
     per_step = interleaved_medians(contenders, rounds, steps)
 
     key = jax.random.key(3)
@@ -255,11 +268,13 @@ def main(argv=None) -> dict:
 
     rows, costs, text = W.step_report(per_step, fused_times, compiled)
     print(f"ResNet {size}, SGD momentum; {count_params(fused_starts['auto'].params):,} params; {steps} steps x {rounds} rounds per "
-          f"step, {fused} steps per fused call; backend {jax.default_backend()}; flax {'yes' if module else 'not run'}")
+          f"step, {fused} steps per fused call; backend {jax.default_backend()}; flax {'yes' if module else 'not run'}; "
+          f"PyTorch {torch.__version__ + ' eager, ' + str(torch.get_num_threads()) + ' threads' if torch else 'not run'}")
     print(text)
     result = {"benchmark": "resnet", **W.environment(), "size": size, "rounds": rounds, "steps_per_round": steps,
               "fused_steps": fused, "quick": args.quick, "rows": rows, "xla_cost": costs,
-              "initial_loss": {"raw": raw_loss, "jaxnets": jn_loss}}
+              "initial_loss": {"raw": raw_loss, "jaxnets": jn_loss},
+              "torch": torch.__version__ if torch else None}
     write_results(args.out, "resnet", result, text)
     return result
 

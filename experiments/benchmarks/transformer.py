@@ -1,4 +1,4 @@
-"""A GPT training step at research scale: jaxnets against raw JAX and flax.linen, per step and fused.
+"""A GPT training step at research scale: jaxnets against raw JAX, flax.linen and PyTorch, per step and fused.
 
     python experiments/benchmarks/transformer.py            # full run
     python experiments/benchmarks/transformer.py --quick    # a tiny model, two rounds: checks the script
@@ -24,15 +24,19 @@ seconds per training step):
   (``jax.grad`` runs the layers' hand-derived rules);
 * flax.linen, where installed: ``nn.Embed`` (``attend`` for the tied head),
   ``nn.MultiHeadDotProductAttention`` with ``nn.make_causal_mask``,
-  ``nn.LayerNorm(epsilon=1e-5)``, ``nn.Dense``; the same optax step.
+  ``nn.LayerNorm(epsilon=1e-5)``, ``nn.Dense``; the same optax step;
+* PyTorch eager, where installed (``_torch.py``): nanoGPT's modules,
+  ``F.scaled_dot_product_attention(is_causal=True)``, ``torch.optim.AdamW``,
+  on the raw step's initial weights (its first loss is checked against it);
+  per step only (eager PyTorch has no fused form).
 
 Per step: a Python loop of jitted steps on one device-resident batch. Fused:
 ``--fused`` steps per call, each drawing random windows of a random corpus
 on the device (nanoGPT's ``get_batch``): a ``lax.scan`` of the step for raw
 JAX and flax, ``jaxnets.train.loop`` over a ``Sampler`` for jaxnets. Also
 reports each step's compile time and XLA's cost analysis (flops, bytes
-accessed). PyTorch is not a dependency of this repository and is not timed
-here. Writes ``transformer.json`` and ``transformer.md`` to ``--out``.
+accessed). PyTorch is not a dependency of this repository: without it the
+PyTorch row is left out and the header says so. Writes ``transformer.json`` and ``transformer.md`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import _torch
 import _workloads as W
 from _common import interleaved_medians, write_results
 
@@ -177,6 +182,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=5, help="steps per round of the per-step contenders")
     parser.add_argument("--fused", type=int, default=5, help="steps per call of the fused contenders")
     parser.add_argument("--no-flax", action="store_true", help="leave flax.linen out even where installed")
+    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even where installed")
     parser.add_argument("--out", default="runs/benchmarks")
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
@@ -227,6 +233,11 @@ def main(argv=None) -> dict:
                                                                  flax_params, optimizer.init(flax_params), x, y)
         contenders["flax.linen step"] = W.looped(
             flax_step, (jax.tree_util.tree_map(jnp.copy, flax_params), optimizer.init(flax_params)), (x, y), steps)
+    torch = None if args.no_torch else _torch.torch_or_none()
+    if torch is not None:
+        torch_loss, contenders["PyTorch eager step"] = _torch.gpt(params, size, x, y, steps)
+        if not math.isclose(torch_loss, raw_loss, rel_tol=1e-4):
+            raise AssertionError(f"the PyTorch GPT is not the raw-JAX GPT: loss {torch_loss} against {raw_loss}")
     per_step = interleaved_medians(contenders, rounds, steps)
 
     # fused: `fused` steps per call, each drawing its windows on the device
@@ -258,11 +269,13 @@ def main(argv=None) -> dict:
 
     rows, costs, text = W.step_report(per_step, fused_times, compiled)
     print(f"GPT {size}, AdamW; {count_params(fused_starts[1].params):,} params; {steps} steps x {rounds} rounds per step, "
-          f"{fused} steps per fused call; backend {jax.default_backend()}; flax {'yes' if module else 'not run'}")
+          f"{fused} steps per fused call; backend {jax.default_backend()}; flax {'yes' if module else 'not run'}; "
+          f"PyTorch {torch.__version__ + ' eager, ' + str(torch.get_num_threads()) + ' threads' if torch else 'not run'}")
     print(text)
     result = {"benchmark": "transformer", **W.environment(), "size": size, "rounds": rounds, "steps_per_round": steps,
               "fused_steps": fused, "quick": args.quick, "rows": rows, "xla_cost": costs,
-              "initial_loss": {"raw": raw_loss, "jaxnets": jn_loss}}
+              "initial_loss": {"raw": raw_loss, "jaxnets": jn_loss},
+              "torch": torch.__version__ if torch else None}
     write_results(args.out, "transformer", result, text)
     return result
 
