@@ -355,6 +355,70 @@ def test_batch_norm_over_spatial_axes(rng):
 
 
 
+def _two_pass_batch_norm(scale, bias, state, x, momentum, eps):
+    """BatchNorm's training forward written plainly (two-pass statistics), for jax.grad to differentiate."""
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axes)
+    var = jnp.square(x - mean).mean(axes)
+    y = (x - mean) / jnp.sqrt(var + eps) * scale + bias
+    return y, {"mean": momentum * state["mean"] + (1 - momentum) * mean, "var": momentum * state["var"] + (1 - momentum) * var}
+
+
+@pytest.mark.parametrize("use_scale,use_bias", [(True, True), (False, True), (True, False), (False, False)])
+def test_batch_norm_training_derivative_is_autodiff_of_the_plain_formula(rng, use_scale, use_bias):
+    # BatchNorm's training forward carries a closed-form derivative (a custom_vjp): it must equal jax.grad of the
+    # plain two-pass formula, through the output and through the running statistics, in float64
+    layer = L.BatchNorm(momentum=0.8, eps=1e-3, use_scale=use_scale, use_bias=use_bias)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(5.0, 2.0, size=(6, 3, 3, 4)))
+        scale, bias = jnp.asarray(rng.normal(size=4)), jnp.asarray(rng.normal(size=4))
+        state = {"mean": jnp.asarray(rng.normal(size=4)), "var": jnp.asarray(rng.uniform(0.5, 2.0, size=4))}
+        w, u, v = (jnp.asarray(rng.normal(size=s)) for s in (x.shape, 4, 4))
+        params = {**({"scale": scale} if use_scale else {}), **({"bias": bias} if use_bias else {})}
+
+        def score(apply):
+            def f(params, x):
+                y, new = apply(params, x)
+                return jnp.sum(w * y) + jnp.sum(u * new["mean"]) + jnp.sum(v * new["var"])
+            return f
+
+        ours = score(lambda p, x: layer.apply_with_state(p, state, x, train=True))
+        plain = score(lambda p, x: _two_pass_batch_norm(p.get("scale", 1.0), p.get("bias", 0.0), state, x, 0.8, 1e-3))
+        np.testing.assert_allclose(ours(params, x), plain(params, x), rtol=1e-12)
+        got, want = jax.grad(ours, argnums=(0, 1))(params, x), jax.grad(plain, argnums=(0, 1))(params, x)
+        for g, e in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-12)
+        # and the second derivative (reverse over reverse) of the output path
+        hvp = lambda f: jax.grad(lambda x: jnp.vdot(jax.grad(f, argnums=1)(params, x), w))(x)  # noqa: E731
+        np.testing.assert_allclose(hvp(ours), hvp(plain), rtol=1e-8, atol=1e-10)
+
+
+def test_batch_norm_training_derivative_keeps_16_bit_dtypes(rng):
+    # bfloat16 activations and params (as under a bfloat16 policy; the running statistics stay float32): each
+    # cotangent in its primal's dtype
+    layer = L.BatchNorm()
+    _, params, state = layer.init_with_state(jax.random.key(0), (-1, 8))
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16), params)
+    x = jnp.asarray(rng.normal(size=(16, 8)), jnp.bfloat16)
+    gp, gx = jax.grad(lambda p, x: jnp.sum(layer.apply_with_state(p, state, x, train=True)[0]), argnums=(0, 1))(params, x)
+    assert gx.dtype == gp["scale"].dtype == gp["bias"].dtype == jnp.bfloat16
+    # sum(y) does not depend on x through the normalised values: its gradient is zero up to bfloat16 rounding
+    np.testing.assert_allclose(np.asarray(gx, np.float32), 0.0, atol=0.05)
+    np.testing.assert_allclose(gp["bias"], 16.0)
+
+
+def test_batch_norm_statistics_survive_a_large_mean(rng):
+    # one-pass statistics shifted by the running mean: a channel whose mean is 1e4 standard deviations away
+    layer = L.BatchNorm(momentum=0.5)
+    _, params, _ = layer.init_with_state(jax.random.key(0), (-1, 2))
+    x = jnp.asarray(rng.normal([1e4, 0.0], [1.0, 1.0], size=(512, 2)), jnp.float32)
+    state = {"mean": jnp.array([1e4, 0.0], jnp.float32), "var": jnp.ones(2)}
+    y, new = layer.apply_with_state(params, state, x, train=True)
+    xd = np.asarray(x, np.float64)
+    np.testing.assert_allclose(np.asarray(y).var(0), 1.0, rtol=1e-3)
+    np.testing.assert_allclose(2 * (np.asarray(new["var"]) - 0.5), xd.var(0), rtol=1e-3)
+
+
 def test_dropout_keeps_the_right_fraction_and_the_mean(key):
     drop_prob = 0.3
     x = jnp.ones((200, 500))
