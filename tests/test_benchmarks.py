@@ -151,10 +151,11 @@ def test_resnet_benchmark_quick(tmp_path):
     assert len(names) == 8 and names[0] == "raw JAX step (reference)" and "jaxnets train.loop, impl='im2col'" in names
     assert result["initial_loss"]["raw"] == pytest.approx(result["initial_loss"]["jaxnets"], rel=1e-5)
     costs = result["xla_cost"]
-    # impl="xla" runs the reference's convolutions (BatchNorm's arithmetic differs a little); im2col's products
-    # multiply the gathered windows, so XLA counts more flops and far more bytes for them
+    # impl="xla" runs the reference's convolutions; BatchNorm's closed-form derivative does fewer flops than autodiff's
+    # trace of the raw step's statistics (a large share at this tiny size: 0.84x here, 0.98x at the full size).
+    # im2col's products multiply the gathered windows, so XLA counts more flops and far more bytes for them
     xla, im2col, raw = (costs[k] for k in ("jaxnets step, impl='xla'", "jaxnets step, impl='im2col'", "raw JAX step"))
-    assert xla["flops"] == pytest.approx(raw["flops"], rel=0.15)
+    assert 0.7 * raw["flops"] <= xla["flops"] <= 1.02 * raw["flops"]
     assert im2col["flops"] > xla["flops"] and im2col["bytes"] > 2 * xla["bytes"]
     assert (tmp_path / "resnet.md").read_text().startswith("| contender |")
 
