@@ -7,8 +7,6 @@ statistics as explicit state. The forward pieces and the rule are shared.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -46,8 +44,8 @@ def _batch_statistics(x: jax.Array, axes: tuple, shift: jax.Array) -> tuple[jax.
     return m + shift, var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _train_normalise(x, scale, bias, shift, eps):
+def _train_normalise_impl(x: jax.Array, scale: jax.Array, bias: jax.Array, shift: jax.Array,
+                          eps: float) -> tuple[jax.Array, jax.Array, jax.Array]:
     """BatchNorm in training: ``(y, mean, var)``, with the batch statistics of ``x``.
 
     The derivative is the closed form of :func:`_normalise_backward` (as cuDNN
@@ -63,6 +61,9 @@ def _train_normalise(x, scale, bias, shift, eps):
     """
     mean, var = _batch_statistics(x, tuple(range(x.ndim - 1)), shift)
     return (x - mean) * (lax.rsqrt(var + eps) * scale) + bias, mean, var
+
+
+_train_normalise = jax.custom_vjp(_train_normalise_impl, nondiff_argnums=(4,))
 
 
 def _train_normalise_fwd(x, scale, bias, shift, eps):
