@@ -35,9 +35,11 @@ def main(ckpt, out, kill):
         def save(self, epoch, *args, **kwargs):
             if epoch == int(at):
                 self.wait()  # the previous save is on disk: the kill below must leave it readable
-            original(self, epoch, *args, **kwargs)
+                kwargs["final"] = True  # taken, though the writer rests after that save (a mid-run save would be skipped)
+            taken = original(self, epoch, *args, **kwargs)
             if epoch == int(at):
                 os.kill(os.getpid(), signal.SIGKILL)  # the save is still being written in the background
+            return taken
 
         checkpoint.Checkpoints.save = save
     state, history = jaxnets.fit(model, losses.softmax_cross_entropy_with_integer_labels, optax.adam(1e-3), subset,

@@ -124,6 +124,30 @@ def test_a_superseded_save_never_loses_the_best_checkpoint(tmp_path):
     reopened.close()
 
 
+def test_a_save_due_while_the_writer_rests_is_skipped_before_any_copy(tmp_path, monkeypatch):
+    """Without best, a mid-run save (final=False) that the writer could not start now is not copied at all."""
+    folder = checkpoint.Checkpoints(str(tmp_path), keep=5, writer_share=0.001)  # after one save, a long rest
+    copies = []
+    real_copy = checkpoint._copy_to_host
+    monkeypatch.setattr(checkpoint, "_copy_to_host", lambda tree: copies.append(1) or real_copy(tree))
+    assert folder.save(1, {"w": np.ones(3, np.float32)}, {"loss": [1.0]}, {}, final=False)
+    folder.wait()  # written; the writer now rests about 1000 times the save's time
+    assert not folder.save(2, {"w": np.full(3, 2.0, np.float32)}, {"loss": [1.0, 0.5]}, {}, final=False)
+    assert len(copies) == 1 and folder.skipped == [2]
+    assert folder.save(3, {"w": np.full(3, 3.0, np.float32)}, {"loss": [1.0, 0.5, 0.2]}, {})  # final: always taken
+    folder.close()
+    assert folder.epochs() == [1, 3] and len(copies) == 2
+    restored, history, _ = checkpoint.Checkpoints(str(tmp_path)).restore({"w": np.zeros(3, np.float32)})
+    np.testing.assert_array_equal(restored["w"], 3.0)
+    # with best, a mid-run save is never skipped this way: it may be the best one
+    best = checkpoint.Checkpoints(str(tmp_path / "best"), best="loss", writer_share=0.001)
+    assert best.save(1, {"w": np.ones(3, np.float32)}, {"loss": [1.0]}, {}, final=False)
+    best.wait()
+    assert best.save(2, {"w": np.ones(3, np.float32)}, {"loss": [1.0, 0.5]}, {}, final=False)
+    best.close()
+    assert best.epochs() == [1, 2]
+
+
 def test_background_saves_never_make_training_wait_and_the_newest_is_written(digits, tmp_path):
     folder = checkpoint.Checkpoints(str(tmp_path), keep=50)
     state, history = jaxnets.fit(model(), CE, optax.adam(1e-3), digits, epochs=12, checkpoint_dir=folder, progress=False)
@@ -163,8 +187,12 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_the_uninterrupted_run(tmp_
         proc.communicate(timeout=300)
         assert proc.returncode == -signal.SIGKILL, kill
         if kill.startswith("save"):  # the previous checkpoint is readable, whatever state the killed save is in
-            previous = int(kill.split(":")[1]) - 1
-            restored = checkpoint.Checkpoints(str(ckpt)).restore(_like(), epoch=previous)
+            killed = int(kill.split(":")[1])
+            # the newest written before it (saves due while the writer rested were skipped; the first is always taken)
+            folder = checkpoint.Checkpoints(str(ckpt))
+            previous = max(e for e in folder.epochs() if e < killed)
+            restored = folder.restore(_like(), epoch=previous)
+            folder.close()
             assert restored[1]["epoch"] == list(range(1, previous + 1))
         leaves, history = _finish(ckpt, out)
         assert history == reference[1], kill
