@@ -243,12 +243,12 @@ class Checkpoints:
         _check_id(epoch)
         if not isinstance(history, dict):
             raise TypeError(f"history must be a dict of lists ({{name: [values]}}), got {type(history).__name__}")
-        _inputs.check_not_donated(state, "state")
         if not final and self.async_save and self.best is None:
             with self._cond:
-                if self._busy or time.monotonic() < self._ready_at:
+                if self._busy or time.monotonic() < self._ready_at:  # nothing of the state is read
                     self.skipped.append(int(epoch))
                     return False
+        _inputs.check_not_donated(state, "state")
         host = _copy_to_host(_to_host(state))
         history = json.loads(json.dumps(history))  # a copy now: the caller appends to its history while this is written
         meta = dict(config or {})  # the shapes and checksums are computed by the writer, off the training thread
@@ -258,8 +258,8 @@ class Checkpoints:
             values = [v for v in history[self.best] if not (isinstance(v, float) and math.isnan(v))]
             meta["best_value"] = float(values[-1]) if values else None
         item = (int(epoch), host, history, meta)
-        if int(epoch) in self.skipped:  # skipped mid-run, taken now (the run's final save of the same position)
-            self.skipped.remove(int(epoch))
+        if self.skipped and self.skipped[-1] == int(epoch):  # skipped mid-run, taken now (the run's final save)
+            self.skipped.pop()
         if not self.async_save:
             try:
                 self._write(item)

@@ -42,7 +42,7 @@ import optax
 import _torch
 import _workloads as W
 import transformer as T
-from _common import write_results
+from _common import interleaved_medians, write_results
 
 
 def _xla_profile(step, state, x, y, calls):
@@ -91,27 +91,23 @@ def _torch_profile(run, calls):
     return dict(groups)
 
 
-def _matmuls(shapes, torch, repeats):
-    rows = []
+def _matmuls(shapes, torch, rounds):
+    """GFLOP/s of one product of each shape, JAX and PyTorch timed in turn (``interleaved_medians``)."""
+    rows, product = [], jax.jit(jnp.matmul)
     for m, k, n in shapes:
         rng = np.random.default_rng(0)
         a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
-        f = jax.jit(jnp.matmul)
         ja, jb = jnp.asarray(a), jnp.asarray(b)
-        f(ja, jb).block_until_ready()
-        t = time.perf_counter()
-        for _ in range(repeats):
-            r = f(ja, jb)
-        r.block_until_ready()
-        row = {"product": f"({m}, {k}) @ ({k}, {n})", "jax_gflops": 2 * m * k * n * repeats / (time.perf_counter() - t) / 1e9}
+        contenders = {"jax": lambda ja=ja, jb=jb: product(ja, jb).block_until_ready()}
         if torch is not None:
             ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-            torch.mm(ta, tb)
-            t = time.perf_counter()
-            for _ in range(repeats):
-                torch.mm(ta, tb)
-            row["torch_gflops"] = 2 * m * k * n * repeats / (time.perf_counter() - t) / 1e9
-            row["jax_time_over_torch"] = row["torch_gflops"] / row["jax_gflops"]
+            contenders["torch"] = lambda ta=ta, tb=tb: torch.mm(ta, tb)  # eager: done when it returns
+        seconds = interleaved_medians(contenders, rounds, 1)
+        flops = 2 * m * k * n
+        row = {"product": f"({m}, {k}) @ ({k}, {n})", "jax_gflops": flops / seconds["jax"] / 1e9}
+        if torch is not None:
+            row["torch_gflops"] = flops / seconds["torch"] / 1e9
+            row["jax_time_over_torch"] = seconds["jax"] / seconds["torch"]
         rows.append(row)
     return rows
 
@@ -124,7 +120,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="runs/benchmarks")
     args = parser.parse_args(argv)
     size = T.QUICK if args.quick else T.FULL
-    calls, repeats = (1, 2) if args.quick else (args.calls, 20)
+    calls, rounds = (1, 2) if args.quick else (args.calls, 20)
 
     from jaxnets import losses, train
 
@@ -148,7 +144,7 @@ def main(argv=None) -> dict:
         torch_groups = _torch_profile(run, calls)
     rows_of = size["batch"] * size["context"]
     d = size["width"]
-    matmuls = _matmuls([(rows_of, d, 4 * d), (rows_of, 4 * d, d), (rows_of, d, d), (d, rows_of, 4 * d)], torch, repeats)
+    matmuls = _matmuls([(rows_of, d, 4 * d), (rows_of, 4 * d, d), (rows_of, d, d), (d, rows_of, 4 * d)], torch, rounds)
 
     lines = [f"GPT {size}; backend {jax.default_backend()}; PyTorch {torch.__version__ if torch else 'not run'}", "",
              f"jaxnets step (XLA), wall {wall:.1f} ms per step; thunk time per step:", ""]
