@@ -12,10 +12,21 @@ benchmarks say so and leave the row out.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
 def torch_or_none():
+    """``torch``, or None where it is not installed.
+
+    Its OpenMP threads are told to sleep when idle (``OMP_WAIT_POLICY=PASSIVE``,
+    unless set): by default they spin after each operation, and in an
+    interleaved benchmark that spinning takes the cores from the JAX contender
+    timed next (one product alone measured 1.4-2.1x PyTorch's time with
+    spinning threads beside it, 1.1-1.2x without; PyTorch's own time barely moves).
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when libgomp starts: before the first import
     try:
         import torch
     except ImportError:
